@@ -1,0 +1,10 @@
+"""lvit: a reproducibility suite for LocalViT (Li et al.) and DPT (Ranftl et al.).
+
+``import lvit`` registers every lvit model with timm.
+"""
+
+from lvit.models import create_model, lvit_model_names
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "lvit_model_names"]

@@ -1,0 +1,84 @@
+"""Experiment declarations: the single source of truth for every table and figure of both papers.
+
+An :class:`Experiment` lists its rows (a model and its kwargs), the numbers the paper printed for each
+row, the metrics with their direction, the seed's "Takeaway" claims it can test, and the recipe of each
+profile. Notebooks, the CLI, tests and the report all read these objects; nothing else restates them.
+Published numbers live here and are never written into ``results/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILES: tuple[str, ...] = ("smoke", "proxy", "paper")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    label: str = ""  # how the paper's column header reads, e.g. "Top-1 Acc. (%)"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str  # the row as printed in the paper, e.g. "h-swish + SE-192"
+    model: str  # a registered model name (lvit or timm)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    published: Mapping[str, float] = field(default_factory=dict)  # metric name -> printed value
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A sentence of the seed's Takeaway slide and a test of it on per-row values of one metric."""
+
+    text: str
+    metric: str
+    holds: Callable[[Mapping[str, float]], bool]  # row label -> mean value; True when the claim holds
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # identifier used by notebooks, CLI and results/<profile>/<name>.csv
+    paper: str  # "localvit" | "dpt"
+    title: str  # the table or figure as the paper names it
+    task: str  # "classification" | "depth" | "segmentation" | "complexity"
+    rows: tuple[Row, ...]
+    metrics: tuple[Metric, ...]
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile -> recipe
+    claims: tuple[Claim, ...] = ()
+
+    def row(self, label: str) -> Row:
+        for row in self.rows:
+            if row.label == label:
+                return row
+        valid = ", ".join(r.label for r in self.rows)
+        raise KeyError(f"experiment {self.name!r} has no row {label!r}; valid rows: {valid}")
+
+    def recipe(self, profile: str) -> Mapping[str, Any]:
+        if profile not in self.profiles:
+            valid = ", ".join(self.profiles) or "none declared"
+            raise KeyError(f"experiment {self.name!r} has no profile {profile!r}; valid profiles: {valid}")
+        return self.profiles[profile]
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register_experiment(experiment: Experiment) -> Experiment:
+    if experiment.name in _REGISTRY:
+        raise ValueError(f"experiment {experiment.name!r} is declared twice")
+    _REGISTRY[experiment.name] = experiment
+    return experiment
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; valid experiments: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def list_experiments(paper: str | None = None) -> list[Experiment]:
+    return [e for e in _REGISTRY.values() if paper is None or e.paper == paper]
