@@ -1,0 +1,181 @@
+"""The locality feed-forward of LocalViT and the pieces it is built from.
+
+Faithful to the official code (ofsoundof/LocalViT, ``models/localvit.py``): one ``nn.Sequential`` named
+``conv`` whose indices match the released checkpoints (``conv.conv.0.weight`` ... when the module is a
+block's ``conv`` attribute)::
+
+    1x1 conv -> BN -> act -> [DW 3x3 conv -> BN -> act] -> [SE | ECA] -> 1x1 conv -> BN
+
+Every conv is bias-free, the residual is *inside* the module (``x + conv(x)``), and the same activation
+follows the expand conv and the depth-wise conv. Tokens enter and leave as sequences; :func:`tokens_to_image`
+and :func:`image_to_tokens` do the Seq2Img/Img2Seq rearrangement while prefix tokens (the class token)
+bypass the convolution, as in the paper.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+Activation = Literal["relu6", "hswish"]
+ChannelAttention = Literal["se", "eca"] | None
+ACTIVATIONS: tuple[str, ...] = ("relu6", "hswish")
+CHANNEL_ATTENTIONS: tuple[str | None, ...] = (None, "se", "eca")
+
+
+class HSigmoid(nn.Module):
+    """Hard sigmoid ``ReLU6(x + 3) / 6`` (MobileNetV3). The ReLU6 is a submodule so MAC counters see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU6(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(x + 3) / 6
+
+
+class HSwish(nn.Module):
+    """Hard swish ``x * HSigmoid(x)`` (MobileNetV3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sigmoid = HSigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.sigmoid(x)
+
+
+class SELayer(nn.Module):
+    """Squeeze-and-excitation with hidden size ``channels // reduction`` and a hard-sigmoid gate.
+
+    ``reduction`` is the paper's "SE-r": for 768 channels SE-192 has 4 hidden units, SE-4 has 192.
+    """
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        if channels // reduction < 1:
+            raise ValueError(f"SE reduction {reduction} leaves no hidden unit for {channels} channels")
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, channels // reduction),
+            nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels),
+            HSigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.fc(self.avg_pool(x).flatten(1))
+        return x * rearrange(gate, "b c -> b c 1 1")
+
+
+class ECALayer(nn.Module):
+    """Efficient channel attention: a 1-D conv over the pooled channels; kernel size grows with log2(C)."""
+
+    def __init__(self, channels: int, gamma: int = 2, b: int = 1) -> None:
+        super().__init__()
+        t = int(abs((math.log(channels, 2) + b) / gamma))
+        kernel_size = t if t % 2 else t + 1
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv = nn.Conv1d(1, 1, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)
+        self.sigmoid = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = rearrange(self.avg_pool(x), "b c 1 1 -> b 1 c")
+        gate = self.sigmoid(self.conv(pooled))
+        return x * rearrange(gate, "b 1 c -> b c 1 1")
+
+
+def make_activation(act: str) -> nn.Module:
+    if act == "relu6":
+        return nn.ReLU6(inplace=True)
+    if act == "hswish":
+        return HSwish()
+    raise ValueError(f"unknown activation {act!r}; valid: {', '.join(ACTIVATIONS)}")
+
+
+def make_channel_attention(attn: str | None, channels: int, se_reduction: int) -> list[nn.Module]:
+    if attn is None:
+        return []
+    if attn == "se":
+        return [SELayer(channels, se_reduction)]
+    if attn == "eca":
+        return [ECALayer(channels)]
+    raise ValueError(f"unknown channel attention {attn!r}; valid: {', '.join(map(str, CHANNEL_ATTENTIONS))}")
+
+
+class LocalityFeedForward(nn.Module):
+    """The LocalViT feed-forward on an image ``(B, C, H, W)``; returns ``x + conv(x)``.
+
+    Args:
+        in_dim: channels in and out.
+        mlp_ratio: the expansion ratio γ; hidden channels ``int(in_dim * mlp_ratio)``.
+        dw: with the 3x3 depth-wise conv (False gives the 1x1-conv feed-forward, ``wo_dp_conv``).
+        act: ``"relu6"`` or ``"hswish"``, used after the expand conv and after the depth-wise conv.
+        attn: ``None``, ``"se"`` or ``"eca"`` channel attention after the depth-wise block.
+        se_reduction: SE reduction ratio r (hidden = hidden channels // r).
+        stride: stride of the depth-wise conv.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        mlp_ratio: float = 4.0,
+        dw: bool = True,
+        act: Activation = "hswish",
+        attn: ChannelAttention = "se",
+        se_reduction: int = 4,
+        stride: int = 1,
+    ) -> None:
+        super().__init__()
+        hidden = int(in_dim * mlp_ratio)
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_dim, hidden, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(hidden),
+            make_activation(act),
+        ]
+        if dw:
+            layers += [
+                nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                nn.BatchNorm2d(hidden),
+                make_activation(act),
+            ]
+        layers += make_channel_attention(attn, hidden, se_reduction)
+        layers += [nn.Conv2d(hidden, in_dim, 1, 1, 0, bias=False), nn.BatchNorm2d(in_dim)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+def tokens_to_image(
+    x: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``(B, P + H*W, C)`` into the prefix tokens ``(B, P, C)`` and the image ``(B, C, H, W)``.
+
+    Patch tokens are row-major, as timm's ``PatchEmbed`` flattens them. Without ``grid_size`` the grid is
+    taken to be square, as the official code does (``p = sqrt(N)``).
+    """
+    prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+    if grid_size is None:
+        side = math.isqrt(patches.shape[1])
+        if side * side != patches.shape[1]:
+            raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid; pass grid_size")
+        grid_size = (side, side)
+    return prefix, rearrange(patches, "b (h w) c -> b c h w", h=grid_size[0], w=grid_size[1])
+
+
+def image_to_tokens(prefix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`tokens_to_image`: ``(B, P, C)`` and ``(B, C, H, W)`` -> ``(B, P + H*W, C)``."""
+    return torch.cat([prefix, rearrange(image, "b c h w -> b (h w) c")], dim=1)
+
+
+def apply_to_patch_tokens(
+    module: nn.Module, x: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int] | None
+) -> torch.Tensor:
+    """Run an image module over the patch tokens of ``x``; the prefix tokens (class token) bypass it."""
+    prefix, image = tokens_to_image(x, num_prefix_tokens, grid_size)
+    return image_to_tokens(prefix, module(image))
