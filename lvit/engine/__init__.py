@@ -1,0 +1,1 @@
+"""Training engine: one loop (``loop``), the papers' losses (``losses``), tasks, runner."""
