@@ -10,7 +10,7 @@ import torch.nn as nn
 from timm.models import model_entrypoint
 
 # Family modules register their models with timm on import; import each one here.
-from lvit.models import localvit  # noqa: F401, E402
+from lvit.models import dpt, localvit, pvt, tnt  # noqa: F401, E402
 
 
 def lvit_model_names() -> list[str]:
