@@ -1,0 +1,483 @@
+"""DPT: Vision Transformers for Dense Prediction (Ranftl, Bochkovskiy, Koltun, ICCV 2021).
+
+Built as the official code (``isl-org/DPT``) builds it, on timm backbones:
+
+    image ─► ViT (taps at 4 blocks; Hybrid: ResNet stages 1-2 + ViT blocks 8, 11)
+          ─► Reassemble: Read (ignore | add | project) → grid → 1x1 conv → resample ×4 / ×2 / ×1 / ×½
+          ─► 3x3 conv to ``features`` (256) ─► 4 RefineNet-style fusion blocks (each ×2) ─► depth | seg head
+
+Differences from the official code that do not change the function:
+- Intermediate tokens are collected by this instance's own forward (no module-level hook dict), so two
+  models in one process and DDP replicas are independent.
+- Module names are descriptive; :func:`checkpoint_filter_fn` renames the official ``pretrained.*`` /
+  ``scratch.*`` / ``auxlayer.*`` keys (and HuggingFace ``DPTForDepthEstimation`` keys) to them.
+- Parameters the official checkpoints carry but the forward never uses (the ImageNet head, the final
+  LayerNorm, ``refinenet4``'s first residual unit, blocks after the last tap) exist so that checkpoints load
+  strictly, but are created with ``requires_grad=False``, so DDP needs no ``find_unused_parameters``.
+  Calling ``model.requires_grad_(True)`` undoes that; :meth:`DPT.freeze_unused` restores it.
+
+Known numeric difference: the Hybrid's ResNet uses timm 1.0's weight standardisation (eps inside the
+sqrt, 1e-8) where the released weights were trained with timm 0.4.5's ``(w - mean) / (std + 1e-5)``;
+outputs differ by about 2e-4 relative (``../shared/reference/dpt.md`` §2.6).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from timm.models import register_model
+
+READOUTS: tuple[str, ...] = ("ignore", "add", "project")
+TASKS: tuple[str, ...] = ("depth", "segmentation")
+
+
+# --------------------------------------------------------------------------------------------- Read
+
+
+class ReadIgnore(nn.Module):
+    """Drop the prefix (class) tokens."""
+
+    def __init__(self, num_prefix_tokens: int = 1) -> None:
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.num_prefix_tokens :]
+
+
+class ReadAdd(nn.Module):
+    """Add the readout token to every patch token (the mean of cls and dist tokens for DeiT-distilled)."""
+
+    def __init__(self, num_prefix_tokens: int = 1) -> None:
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        readout = tokens[:, : self.num_prefix_tokens].mean(dim=1, keepdim=True)
+        return tokens[:, self.num_prefix_tokens :] + readout
+
+
+class ReadProject(nn.Module):
+    """GELU(Linear(cat[patch, cls])): patch first, cls second, as the official weight layout expects."""
+
+    def __init__(self, dim: int, num_prefix_tokens: int = 1) -> None:
+        super().__init__()
+        self.num_prefix_tokens = num_prefix_tokens
+        self.project = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, self.num_prefix_tokens :]
+        readout = tokens[:, :1].expand_as(patches)  # the official code always reads token 0
+        return self.project(torch.cat([patches, readout], dim=-1))
+
+
+def create_read(readout: str, dim: int, num_prefix_tokens: int = 1) -> nn.Module:
+    if readout == "ignore":
+        return ReadIgnore(num_prefix_tokens)
+    if readout == "add":
+        return ReadAdd(num_prefix_tokens)
+    if readout == "project":
+        return ReadProject(dim, num_prefix_tokens)
+    raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
+
+
+# --------------------------------------------------------------------------------------- Reassemble
+
+
+def create_resample(channels: int, factor: float) -> nn.Module:
+    """×4 / ×2: transposed conv with kernel = stride (as coded; the paper says 3x3); ×1: none; ×½: 3x3/s2."""
+    if factor > 1:
+        k = int(factor)
+        return nn.ConvTranspose2d(channels, channels, kernel_size=k, stride=k)
+    if factor == 1:
+        return nn.Identity()
+    return nn.Conv2d(channels, channels, kernel_size=3, stride=round(1 / factor), padding=1)
+
+
+class ReassembleStage(nn.Module):
+    """Tokens (B, P+N, D) → Read → image (B, D, h, w) → 1x1 conv to ``out_channels`` → resample."""
+
+    def __init__(
+        self, dim: int, out_channels: int, factor: float, readout: str, num_prefix_tokens: int
+    ) -> None:
+        super().__init__()
+        self.read = create_read(readout, dim, num_prefix_tokens)
+        self.project = nn.Conv2d(dim, out_channels, kernel_size=1)
+        self.resample = create_resample(out_channels, factor)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        x = rearrange(self.read(tokens), "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+        return self.resample(self.project(x))
+
+
+# ------------------------------------------------------------------------------------------- Fusion
+
+
+class ResidualConvUnit(nn.Module):
+    """Pre-activation residual unit: x + [BN](conv(act([BN](conv(act(x))))))."""
+
+    def __init__(self, features: int, use_bn: bool) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, kernel_size=3, padding=1, bias=not use_bn)
+        self.conv2 = nn.Conv2d(features, features, kernel_size=3, padding=1, bias=not use_bn)
+        if use_bn:
+            self.bn1 = nn.BatchNorm2d(features)
+            self.bn2 = nn.BatchNorm2d(features)
+        else:
+            self.bn1 = self.bn2 = nn.Identity()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn1(self.conv1(self.act(x)))
+        out = self.bn2(self.conv2(self.act(out)))
+        return out + x
+
+
+class FeatureFusionBlock(nn.Module):
+    """out = RCU2(x + RCU1(skip)), bilinear ×2 (align_corners=True), 1x1 conv.
+
+    ``residual_unit1`` of the deepest block is never called (it has no skip input) but the official
+    checkpoints carry it.
+    """
+
+    def __init__(self, features: int, use_bn: bool) -> None:
+        super().__init__()
+        self.residual_unit1 = ResidualConvUnit(features, use_bn)
+        self.residual_unit2 = ResidualConvUnit(features, use_bn)
+        self.out_conv = nn.Conv2d(features, features, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if skip is not None:
+            x = x + self.residual_unit1(skip)
+        x = self.residual_unit2(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+# -------------------------------------------------------------------------------------------- Heads
+
+
+class Interpolate(nn.Module):
+    def __init__(self, scale_factor: float, mode: str = "bilinear", align_corners: bool = True) -> None:
+        super().__init__()
+        self.scale_factor, self.mode, self.align_corners = scale_factor, mode, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale_factor == 1:
+            return x
+        return F.interpolate(
+            x, scale_factor=self.scale_factor, mode=self.mode, align_corners=self.align_corners
+        )
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}, mode={self.mode}, align_corners={self.align_corners}"
+
+
+def depth_head(features: int, upsample: float, head_features: int = 32) -> nn.Sequential:
+    """Indices as the official ``scratch.output_conv``: conv, ×2, conv, ReLU, conv, ReLU (non-negative)."""
+    return nn.Sequential(
+        nn.Conv2d(features, features // 2, kernel_size=3, padding=1),
+        Interpolate(upsample),
+        nn.Conv2d(features // 2, head_features, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(head_features, 1, kernel_size=1),
+        nn.ReLU(),
+        nn.Identity(),
+    )
+
+
+def segmentation_head(features: int, num_classes: int, upsample: float | None) -> nn.Sequential:
+    """Conv-BN-ReLU-Dropout(0.1)-Conv; the main head ends with ×2, the auxiliary head does not."""
+    layers: list[nn.Module] = [
+        nn.Conv2d(features, features, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(features),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Conv2d(features, num_classes, kernel_size=1),
+    ]
+    if upsample is not None:
+        layers.append(Interpolate(upsample))
+    return nn.Sequential(*layers)
+
+
+# --------------------------------------------------------------------------------------------- Model
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    """Official ``_resize_pos_embed``: bilinear (align_corners=False, no antialias) on the square grid."""
+    prefix, posemb = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old = int(posemb.shape[1] ** 0.5)
+    posemb = rearrange(posemb, "b (h w) c -> b c h w", h=old, w=old)
+    posemb = F.interpolate(posemb, size=grid, mode="bilinear", align_corners=False)
+    return torch.cat([prefix, rearrange(posemb, "b c h w -> b (h w) c")], dim=1)
+
+
+def nearest_multiples(value: int, multiple: int) -> list[int]:
+    below = max(multiple, value // multiple * multiple)
+    return sorted({below, below + multiple} if value % multiple else {value})
+
+
+class DPT(nn.Module):
+    """Dense Prediction Transformer over a timm ViT (or ViT-hybrid) backbone.
+
+    Args:
+        backbone: timm model name of the ViT (any ``VisionTransformer``-like model: ``patch_embed.proj``,
+            ``cls_token``, ``pos_embed``, ``blocks``; hybrid models expose ``patch_embed.backbone``).
+        block_taps: indices of the ViT blocks whose output tokens feed the Reassemble stages.
+        conv_taps: Hybrid only: ResNet stage indices whose feature maps feed the first stages directly.
+        reassemble_channels: the four Reassemble widths (official ``features`` list of ``_make_encoder``).
+        features: fusion width D̂ (256 in every official model).
+        task: ``"depth"`` or ``"segmentation"``.
+        readout: ``"ignore"``, ``"add"`` or ``"project"``.
+        num_classes: segmentation classes (ADE20K: 150).
+        backbone_kwargs: passed to ``timm.create_model`` for the backbone (img_size, patch_size, ...).
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        block_taps: Sequence[int],
+        reassemble_channels: Sequence[int],
+        conv_taps: Sequence[int] = (),
+        features: int = 256,
+        task: str = "depth",
+        readout: str = "project",
+        num_classes: int = 150,
+        backbone_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; valid readouts: {', '.join(READOUTS)}")
+        if len(conv_taps) + len(block_taps) != 4 or len(reassemble_channels) != 4:
+            raise ValueError("DPT needs four taps (conv_taps + block_taps) and four reassemble_channels")
+        self.task, self.readout = task, readout
+        self.block_taps, self.conv_taps = tuple(block_taps), tuple(conv_taps)
+        self.backbone = timm.create_model(backbone, pretrained=False, **dict(backbone_kwargs or {}))
+        if self.conv_taps and not hasattr(self.backbone.patch_embed, "backbone"):
+            raise ValueError(f"conv_taps need a hybrid backbone (patch_embed.backbone); {backbone} has none")
+        self.patch_stride = int(self.backbone.patch_embed.feat_ratio())
+        dim, prefix = self.backbone.embed_dim, self.backbone.num_prefix_tokens
+
+        # Conv taps go straight to the 3x3 convs; token taps get ×4, ×2, ×1, ×½ by their stage position.
+        factors = (4, 2, 1, 0.5)
+        self.reassemble = nn.ModuleList(
+            nn.Identity() if stage < len(self.conv_taps)
+            else ReassembleStage(dim, reassemble_channels[stage], factors[stage], readout, prefix)
+            for stage in range(4)
+        )
+        self.feature_convs = nn.ModuleList(
+            nn.Conv2d(c, features, kernel_size=3, padding=1, bias=False) for c in reassemble_channels
+        )
+        use_bn = task == "segmentation"
+        self.fusion = nn.ModuleList(FeatureFusionBlock(features, use_bn) for _ in range(4))
+        # Fusion ends at stride patch/8 (½ for patch 16); the head's upsample brings it to input size.
+        head_upsample = self.patch_stride / 8
+        if task == "depth":
+            self.head = depth_head(features, head_upsample)
+        else:
+            self.head = segmentation_head(features, num_classes, head_upsample)
+            self.aux_head = segmentation_head(features, num_classes, None)
+        self.freeze_unused()
+
+    # -- parameters the forward never uses --------------------------------------------------------
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters kept only so official checkpoints load: ImageNet head, final norm, refinenet4's RCU1,
+        blocks after the last tap (and the conv backbone's head, if any)."""
+        unused = ["backbone.norm.", "backbone.fc_norm.", "backbone.head.", "fusion.3.residual_unit1."]
+        after_last_tap = range(max(self.block_taps) + 1, len(self.backbone.blocks))
+        unused += [f"backbone.blocks.{i}." for i in after_last_tap]
+        return [n for n, _ in self.named_parameters() if n.startswith(tuple(unused))]
+
+    def freeze_unused(self) -> None:
+        """Set ``requires_grad=False`` on :meth:`unused_parameter_names` so DDP sees no unused parameters."""
+        unused = set(self.unused_parameter_names())
+        for name, param in self.named_parameters():
+            if name in unused:
+                param.requires_grad_(False)
+
+    def load_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Load a classification-pretrained state_dict of the backbone model strictly.
+
+        A classifier of another class count replaces the backbone's head first (the head is unused here).
+        """
+        head = getattr(self.backbone, "head", None)
+        weight = state_dict.get("head.weight")
+        if isinstance(head, nn.Linear) and weight is not None and weight.shape != head.weight.shape:
+            self.backbone.reset_classifier(weight.shape[0])
+        self.backbone.load_state_dict(state_dict, strict=True)
+        self.freeze_unused()
+
+    # -- forward ------------------------------------------------------------------------------------
+    def check_input_size(self, height: int, width: int) -> None:
+        multiple = 2 * self.patch_stride  # the ×½ stage and the ×2 fusion need an even token grid
+        if height % multiple or width % multiple:
+            hs, ws = nearest_multiples(height, multiple), nearest_multiples(width, multiple)
+            nearest = ", ".join(f"{h}x{w}" for h in hs for w in ws)
+            raise ValueError(
+                f"DPT input height and width must be multiples of {multiple}; got {height}x{width}. "
+                f"Nearest valid sizes (HxW): {nearest}"
+            )
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], tuple[int, int]]:
+        """Backbone forward as the official ``forward_flex``: ResNet feature maps for ``conv_taps``, then
+        tokens (B, prefix+N, D) of ``block_taps`` (before the final norm), and the token grid (h, w)."""
+        vit = self.backbone
+        taps: list[torch.Tensor] = []
+        if self.conv_taps:
+            resnet = vit.patch_embed.backbone
+            x = resnet.stem(x)
+            for index, stage in enumerate(resnet.stages):
+                x = stage(x)
+                if index in self.conv_taps:
+                    taps.append(x)
+            x = resnet.norm(x)
+        x = vit.patch_embed.proj(x)
+        grid = (x.shape[-2], x.shape[-1])
+        x = rearrange(x, "b c h w -> b (h w) c")
+        prefix = [vit.cls_token.expand(x.shape[0], -1, -1)]
+        if getattr(vit, "dist_token", None) is not None:
+            prefix.append(vit.dist_token.expand(x.shape[0], -1, -1))
+        x = torch.cat([*prefix, x], dim=1)
+        x = vit.pos_drop(x + resize_pos_embed(vit.pos_embed, grid, vit.num_prefix_tokens))
+        for block in vit.blocks:  # LocalViT's locality blocks rebuild the image from the tokens
+            if hasattr(block, "grid_size"):
+                block.grid_size = grid
+        for index, block in enumerate(vit.blocks[: max(self.block_taps) + 1]):
+            x = block(x)
+            if index in self.block_taps:
+                taps.append(x)
+        return taps, grid
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four fusion outputs, deepest first (paths 4, 3, 2, 1 of the official code)."""
+        self.check_input_size(x.shape[-2], x.shape[-1])
+        taps, grid = self.forward_taps(x)
+        layers = [
+            conv(tap if isinstance(stage, nn.Identity) else stage(tap, grid))
+            for stage, conv, tap in zip(self.reassemble, self.feature_convs, taps, strict=True)
+        ]
+        paths = [self.fusion[3](layers[3])]
+        for stage in (2, 1, 0):
+            paths.append(self.fusion[stage](paths[-1], layers[stage]))
+        return paths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Depth: (B, H, W) non-negative inverse depth. Segmentation: (B, C, H, W) logits, and in training
+        mode also the auxiliary logits of the penultimate fusion output (``path_2``) upsampled to (H, W)."""
+        paths = self.forward_features(x)
+        out = self.head(paths[-1])
+        if self.task == "depth":
+            return out.squeeze(dim=1)
+        if self.training:
+            aux = self.aux_head(paths[-2])
+            aux = F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=True)
+            return out, aux
+        return out
+
+
+# ----------------------------------------------------------------------------- checkpoint conversion
+
+_OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^pretrained\.model\.", "backbone."),
+    (r"^pretrained\.act_postprocess(\d)\.0\.project\.", r"reassemble.{\1}.read.project."),
+    (r"^pretrained\.act_postprocess(\d)\.3\.", r"reassemble.{\1}.project."),
+    (r"^pretrained\.act_postprocess(\d)\.4\.", r"reassemble.{\1}.resample."),
+    (r"^scratch\.layer(\d)_rn\.", r"feature_convs.{\1}."),
+    (r"^scratch\.refinenet(\d)\.resConfUnit(\d)\.", r"fusion.{\1}.residual_unit\2."),
+    (r"^scratch\.refinenet(\d)\.out_conv\.", r"fusion.{\1}.out_conv."),
+    (r"^scratch\.output_conv\.", "head."),
+    (r"^auxlayer\.", "aux_head."),
+)
+
+
+def _rename(key: str, rules: Sequence[tuple[str, str]]) -> str:
+    for pattern, replacement in rules:
+        match = re.match(pattern, key)
+        if match:
+            renamed = match.expand(replacement) + key[match.end() :]
+            # "{n}" marks a 1-based official index that becomes 0-based here.
+            return re.sub(r"\{(\d+)\}", lambda m: str(int(m.group(1)) - 1), renamed)
+    return key
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: DPT | None = None) -> dict[str, Any]:
+    """Official DPT ``.pt`` keys (``pretrained.model.*``, ``pretrained.act_postprocess*``, ``scratch.*``,
+    ``auxlayer.*``) → this module's names. Keys already in lvit layout pass unchanged; unknown keys pass
+    unchanged too, so a strict load reports them."""
+    if "model" in state_dict and isinstance(state_dict["model"], Mapping):  # {"model": sd} wrappers
+        state_dict = state_dict["model"]
+    return {_rename(k, _OFFICIAL_RENAMES): v for k, v in state_dict.items()}
+
+
+# ----------------------------------------------------------------------------------------- variants
+
+_VARIANTS: dict[str, dict[str, Any]] = {
+    # official models (dpt.md §2.1)
+    "dpt_base": dict(backbone="vit_base_patch16_384", block_taps=(2, 5, 8, 11),
+                     reassemble_channels=(96, 192, 384, 768)),
+    "dpt_large": dict(backbone="vit_large_patch16_384", block_taps=(5, 11, 17, 23),
+                      reassemble_channels=(256, 512, 1024, 1024)),
+    "dpt_hybrid": dict(backbone="vit_base_r50_s16_384", conv_taps=(0, 1), block_taps=(8, 11),
+                       reassemble_channels=(256, 512, 768, 768)),
+    # proxy variants: the same taps relative to depth, widths scaled with the backbone
+    "dpt_tiny": dict(backbone="vit_tiny_patch16_224", block_taps=(2, 5, 8, 11),
+                     reassemble_channels=(24, 48, 96, 192), features=64),
+    "dpt_small": dict(backbone="vit_small_patch16_224", block_taps=(2, 5, 8, 11),
+                      reassemble_channels=(48, 96, 192, 384), features=128),
+    "dpt_localvit_tiny": dict(backbone="localvit_tiny", block_taps=(2, 5, 8, 11),
+                              reassemble_channels=(24, 48, 96, 192), features=64),
+}
+
+
+def _create_dpt(variant: str, pretrained: bool = False, **kwargs: Any) -> DPT:
+    if pretrained:
+        raise ValueError(f"{variant}: nothing is downloaded; build, then lvit.load_pretrained(model, file)")
+    for factory_option in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(factory_option, None)
+    config = {**_VARIANTS[variant], **kwargs}
+    return DPT(**config)
+
+
+@register_model
+def dpt_base(pretrained: bool = False, **kwargs: Any) -> DPT:
+    """DPT-Base: ViT-B/16-384, taps at blocks 3, 6, 9, 12 (1-based). No official weights were released."""
+    return _create_dpt("dpt_base", pretrained, **kwargs)
+
+
+@register_model
+def dpt_large(pretrained: bool = False, **kwargs: Any) -> DPT:
+    """DPT-Large: ViT-L/16-384, taps at blocks 5, 12, 18, 24 (1-based)."""
+    return _create_dpt("dpt_large", pretrained, **kwargs)
+
+
+@register_model
+def dpt_hybrid(pretrained: bool = False, **kwargs: Any) -> DPT:
+    """DPT-Hybrid: ResNet-50 stages 1-2 + ViT-B/16 blocks 9, 12 (1-based), project readout."""
+    return _create_dpt("dpt_hybrid", pretrained, **kwargs)
+
+
+@register_model
+def dpt_tiny(pretrained: bool = False, **kwargs: Any) -> DPT:
+    """Proxy: ViT-Ti/16 backbone, fusion width 64."""
+    return _create_dpt("dpt_tiny", pretrained, **kwargs)
+
+
+@register_model
+def dpt_small(pretrained: bool = False, **kwargs: Any) -> DPT:
+    """Proxy: ViT-S/16 backbone, fusion width 128."""
+    return _create_dpt("dpt_small", pretrained, **kwargs)
+
+
+@register_model
+def dpt_localvit_tiny(pretrained: bool = False, **kwargs: Any) -> DPT:
+    """Proxy crossing both papers: DPT on LocalViT-T (locality feed-forward in every block), width 64."""
+    return _create_dpt("dpt_localvit_tiny", pretrained, **kwargs)
