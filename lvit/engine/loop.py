@@ -1,0 +1,439 @@
+"""One training loop for classification, depth and segmentation, from a 2-core CPU to torchrun on many GPUs.
+
+What the loop does, and why:
+
+* **Precision.** bf16 autocast on CUDA (no loss scaler needed), fp32 on CPU, where bf16 is slow and noisy.
+* **Distributed.** Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the process group is initialised
+  with NCCL on CUDA and gloo on CPU, the model is wrapped in DDP, data is sharded by a ``DistributedSampler``
+  (or timm's ``RepeatAugSampler``) re-seeded with ``set_epoch`` every epoch. Batch sizes given to the loop are
+  *global*; each rank takes ``batch_size / (world * grad_accum)``. BatchNorm stays per rank, as in the
+  LocalViT and DPT recipes (no SyncBN). Only rank 0 writes checkpoints and evaluates.
+* **Determinism mode** (``deterministic=True``): seeds python, numpy and torch with ``seed + rank``, sets
+  ``torch.use_deterministic_algorithms(True)``, ``cudnn.benchmark = False`` and
+  ``CUBLAS_WORKSPACE_CONFIG=:4096:8``. With the checkpointed RNG states and sampler position this makes
+  a resumed run bit-identical to an uninterrupted one on CPU. Without it only the seeds are set.
+* **Checkpoints** hold tensors and plain types only (loaded with ``weights_only=True``), are written to a
+  temporary file, fsynced and renamed over ``last.pt`` (atomic on POSIX), every ``checkpoint_every`` optimizer
+  steps and at each epoch end. ``resume=True`` continues from ``last.pt`` mid-epoch, skipping used samples.
+* **NaN/Inf guard**: a non-finite loss is recorded on device (no per-step host sync) and checked before every
+  checkpoint write and at epoch end; the loop then raises :class:`NonFiniteLossError` and leaves the last good
+  checkpoint untouched.
+* **Host syncs**: the running loss is summed on device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from lvit.engine.tasks import Task
+
+CHECKPOINT_NAME = "last.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss; the last good checkpoint was kept."""
+
+
+@dataclass
+class LoopConfig:
+    epochs: int
+    batch_size: int  # global batch per optimizer step (all ranks, all accumulation steps)
+    grad_accum: int = 1
+    max_steps: int | None = (
+        None  # stop after this many optimizer steps in total (a budget, or a simulated kill)
+    )
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    repeated_aug: int = 1  # >1: timm RepeatAugSampler with this many repeats (DeiT uses 3)
+    compile: bool = False
+    channels_last: bool | None = None  # None: on for CUDA
+    checkpoint_dir: str | Path | None = None
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at epoch end
+    resume: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    device: str = "auto"
+    progress_desc: str = "train"
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` → this rank's CUDA device when available, else CPU; anything else is passed to torch."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", local_rank)
+    return resolved
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group torchrun (or a test's spawn) described in the environment; no-op when alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return info
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: temp file in the same directory, fsync, rename, fsync the directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Checkpoints are untrusted input: only tensors and plain python types are unpickled."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class _SkipSampler(Sampler[int]):
+    """The wrapped sampler's indices minus the first ``skip`` (those a resumed epoch already consumed)."""
+
+    def __init__(self, sampler: Sampler[int], skip: int) -> None:
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self) -> Iterator[int]:
+        for position, index in enumerate(self.sampler):
+            if position >= self.skip:
+                yield index
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
+
+
+def _train_sampler(dataset: Dataset, config: LoopConfig, dist_info: DistInfo) -> Sampler[int]:
+    if config.repeated_aug > 1:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        return RepeatAugSampler(
+            dataset,
+            num_replicas=dist_info.world,
+            rank=dist_info.rank,
+            num_repeats=config.repeated_aug,
+            selected_round=0,
+        )
+    return DistributedSampler(
+        dataset,
+        num_replicas=dist_info.world,
+        rank=dist_info.rank,
+        shuffle=True,
+        seed=config.seed,
+        drop_last=True,
+    )
+
+
+def _micro_batch(config: LoopConfig, world: int) -> int:
+    per_step = world * config.grad_accum
+    if config.batch_size % per_step:
+        raise ValueError(
+            f"batch_size {config.batch_size} must be divisible by world size × grad_accum = {per_step}"
+        )
+    return config.batch_size // per_step
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move a batch (tensor, tuple, list or dict of them) to ``device``; 4-D float images go channels_last."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.ndim == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device, channels_last) for v in batch)
+    return batch
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    config: LoopConfig,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` on ``train_set`` with ``task``'s loss, optimizer and schedule; return the history.
+
+    Each history entry holds ``epoch, train_loss, lr, images_per_s, wall_s`` and, on rank 0, the task's
+    validation metrics prefixed with ``val_``.
+    """
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist_info = init_distributed(device)
+    seed_everything(config.seed + dist_info.rank, config.deterministic)
+    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    micro_batch = _micro_batch(config, dist_info.world)
+    sampler = _train_sampler(train_set, config, dist_info)
+    steps_per_epoch = len(sampler) // (micro_batch * config.grad_accum)  # type: ignore[arg-type]
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"train set of {len(train_set)} samples is smaller than one global batch "  # type: ignore[arg-type]
+            f"({config.batch_size}); lower batch_size or raise the sample count"
+        )
+    optimizer, scheduler = task.configure(model, steps_per_epoch=steps_per_epoch, epochs=config.epochs)
+
+    ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
+    history: list[dict[str, Any]] = []
+    start_epoch, start_step, global_step = 0, 0, 0
+    loss_carry = torch.zeros((), device=device)
+    if config.resume and ckpt_path is not None and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+        history = list(state["history"])
+        loss_carry = state["loss_sum"].to(device)
+        _set_rng_state(
+            state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0]
+        )
+
+    train_model: nn.Module = model
+    if dist_info.world > 1:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if config.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+
+    bad_step = torch.full(
+        (), -1, dtype=torch.long, device=device
+    )  # first optimizer step with a non-finite loss
+
+    def checkpoint(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor) -> None:
+        _raise_if_non_finite(bad_step, ckpt_path)
+        if ckpt_path is None:
+            return
+        rng = _gather_rng(dist_info)
+        if dist_info.is_main:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                    "epoch": epoch,
+                    "step_in_epoch": step_in_epoch,
+                    "global_step": global_step,
+                    "history": history,
+                    "loss_sum": loss_sum.detach().cpu(),
+                    "rng": rng,
+                },
+            )
+        if dist_info.world > 1:
+            dist.barrier()
+
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        skip = start_step * micro_batch * config.grad_accum if epoch == start_epoch else 0
+        loader = DataLoader(
+            train_set,
+            batch_size=micro_batch,
+            sampler=_SkipSampler(sampler, skip) if skip else sampler,
+            num_workers=config.num_workers,
+            drop_last=True,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
+        )
+        step_in_epoch = start_step if epoch == start_epoch else 0
+        loss_sum = loss_carry if epoch == start_epoch else torch.zeros((), device=device)
+        images, started = 0, time.perf_counter()
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=step_in_epoch,
+            desc=f"{config.progress_desc} {epoch + 1}/{config.epochs}",
+            unit="step",
+            disable=None if dist_info.is_main else True,
+            leave=False,
+        )
+        train_model.train()
+        micro_batches = iter(loader)
+        stopped = False
+        while step_in_epoch < steps_per_epoch:
+            if config.max_steps is not None and global_step >= config.max_steps:
+                stopped = True
+                break
+            optimizer.zero_grad(set_to_none=True)
+            for micro in range(config.grad_accum):
+                batch = to_device(next(micro_batches), device, channels_last)
+                inputs, targets = task.prepare_batch(batch, training=True)
+                sync = micro == config.grad_accum - 1 or not isinstance(train_model, DistributedDataParallel)
+                with contextlib.nullcontext() if sync else train_model.no_sync(), _autocast(device):
+                    loss = task.loss(train_model(inputs), targets)
+                (loss / config.grad_accum).backward()
+                loss_sum = loss_sum + loss.detach().float() / config.grad_accum
+                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), global_step, bad_step)
+                images += micro_batch * dist_info.world
+            optimizer.step()
+            global_step += 1
+            step_in_epoch += 1
+            if scheduler is not None:
+                scheduler.step_update(global_step)
+            bar.update(1)
+            if (
+                config.checkpoint_every
+                and global_step % config.checkpoint_every == 0
+                and step_in_epoch < steps_per_epoch
+            ):
+                checkpoint(epoch, step_in_epoch, loss_sum)
+        bar.close()
+        if stopped:
+            checkpoint(epoch, step_in_epoch, loss_sum)
+            return history
+        elapsed = time.perf_counter() - started
+        if dist_info.world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum = loss_sum / dist_info.world
+        entry: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": global_step,
+            "train_loss": float(loss_sum) / steps_per_epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images_per_s": images / max(elapsed, 1e-9),
+            "wall_s": elapsed,
+        }
+        _raise_if_non_finite(bad_step, ckpt_path)
+        if val_set is not None and dist_info.is_main:
+            metrics = task.evaluate(model, val_set, device, batch_size=config.eval_batch_size or micro_batch)
+            entry.update({f"val_{k}": v for k, v in metrics.items()})
+        history.append(entry)
+        checkpoint(epoch + 1, 0, torch.zeros(()))
+        if on_epoch_end is not None and dist_info.is_main:
+            on_epoch_end(entry)
+    return history
+
+
+def _gather_rng(dist_info: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG state (rank 0 writes them all, so a resumed rank continues its own stream)."""
+    state = _rng_state()
+    if dist_info.world == 1:
+        return [state]
+    gathered: list[Any] = [None] * dist_info.world
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def _raise_if_non_finite(bad_step: torch.Tensor, ckpt_path: Path | None) -> None:
+    step = int(bad_step)  # the one host sync: before a checkpoint write and at epoch end
+    if step >= 0:
+        kept = (
+            f"the last good checkpoint is kept at {ckpt_path}"
+            if ckpt_path
+            else "no checkpoint was configured"
+        )
+        raise NonFiniteLossError(
+            f"non-finite (NaN/Inf) training loss at optimizer step {step + 1}; stopping. {kept}. "
+            "Lower the learning rate or check the data."
+        )
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "DistInfo",
+    "LoopConfig",
+    "NonFiniteLossError",
+    "cleanup_distributed",
+    "fit",
+    "init_distributed",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "seed_everything",
+]

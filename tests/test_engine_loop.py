@@ -1,0 +1,179 @@
+"""Training loop: resume equals an uninterrupted run, atomic checkpoints, NaN guard, DDP == one process."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+from torch.utils.data import TensorDataset
+
+from lvit.engine import loop
+from lvit.engine.loop import LoopConfig, NonFiniteLossError, fit, load_checkpoint, save_checkpoint
+from lvit.engine.tasks import ClassificationTask
+
+NUM_CLASSES = 4
+
+
+def _dataset(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(
+        torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    )
+
+
+def _model(batchnorm=True):
+    torch.manual_seed(123)
+    layers = [nn.Conv2d(3, 4, 3, padding=1)]
+    layers += [nn.BatchNorm2d(4)] if batchnorm else []
+    return nn.Sequential(*layers, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, NUM_CLASSES))
+
+
+# The DeiT pieces that draw random numbers (Mixup/CutMix, random erasing) are on: RNG restore is tested.
+RECIPE = dict(
+    num_classes=NUM_CLASSES,
+    lr=1e-2,
+    weight_decay=0.05,
+    warmup_epochs=0.5,
+    mixup=0.8,
+    cutmix=1.0,
+    label_smoothing=0.1,
+    random_erasing=0.25,
+)
+
+
+def _config(tmp, **kw):
+    base = dict(epochs=2, batch_size=8, checkpoint_dir=tmp, checkpoint_every=3, deterministic=True, seed=7)
+    return LoopConfig(**{**base, **kw})
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path):
+    full = _model()
+    history_full = fit(full, ClassificationTask(RECIPE), _dataset(), _dataset(16, 1), _config(tmp_path / "a"))
+
+    resumed = _model()
+    partial = fit(
+        resumed, ClassificationTask(RECIPE), _dataset(), _dataset(16, 1), _config(tmp_path / "b", max_steps=5)
+    )
+    assert partial == []  # stopped mid-epoch 1 (8 steps per epoch)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["global_step"] == 5
+    resumed = _model()  # a fresh process would start from fresh weights; resume must restore everything
+    history_resumed = fit(
+        resumed, ClassificationTask(RECIPE), _dataset(), _dataset(16, 1), _config(tmp_path / "b", resume=True)
+    )
+
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for a, b in zip(history_full, history_resumed, strict=True):
+        for key in ("epoch", "step", "train_loss", "lr", "val_top1", "val_loss"):
+            assert a[key] == b[key], key
+    assert len(history_full) == 2 and history_full[1]["train_loss"] < history_full[0]["train_loss"] * 1.5
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(3)})
+
+    def crash_mid_write(state, handle):
+        handle.write(b"partial bytes of a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(loop.torch, "save", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left behind
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+def test_nan_guard_raises_and_keeps_last_good_checkpoint(tmp_path):
+    recipe = dict(RECIPE, lr=1e30, warmup_epochs=0, mixup=0.0, cutmix=0.0, random_erasing=0.0, min_lr=1e30)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite .* step 2.*last good checkpoint"):
+        fit(
+            _model(batchnorm=False),
+            ClassificationTask(recipe),
+            _dataset(),
+            None,
+            _config(tmp_path, checkpoint_every=1, epochs=1),
+        )
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["global_step"] == 1  # the step whose loss was still finite
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    model = _model(batchnorm=False)
+    recipe = dict(RECIPE, mixup=0.0, cutmix=0.0, random_erasing=0.0, label_smoothing=0.0)
+    fit(
+        model,
+        ClassificationTask(recipe),
+        _dataset(32),
+        None,
+        LoopConfig(epochs=1, batch_size=8, seed=3, device="cpu", max_steps=3),
+    )
+    if rank == 0:
+        torch.save(model.state_dict(), os.path.join(out_dir, "ddp.pt"))
+    loop.cleanup_distributed()
+
+
+def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path):
+    # fork: the children inherit the imported modules instead of re-importing torch and timm (seconds each)
+    mp.start_processes(
+        _ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+    )
+    single = _model(batchnorm=False)
+    recipe = dict(RECIPE, mixup=0.0, cutmix=0.0, random_erasing=0.0, label_smoothing=0.0)
+    fit(
+        single,
+        ClassificationTask(recipe),
+        _dataset(32),
+        None,
+        LoopConfig(epochs=1, batch_size=8, seed=3, device="cpu", max_steps=3),
+    )
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    moved = False
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(ddp[name], value, rtol=1e-5, atol=1e-6)
+        moved |= not torch.equal(value, _model(batchnorm=False).state_dict()[name])
+    assert moved  # three optimizer steps really changed the weights
+
+
+def test_batch_not_divisible_by_world_and_accumulation_is_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        fit(
+            _model(),
+            ClassificationTask(RECIPE),
+            _dataset(),
+            None,
+            LoopConfig(epochs=1, batch_size=6, grad_accum=4),
+        )
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    recipe = dict(RECIPE, mixup=0.0, cutmix=0.0, random_erasing=0.0)
+    a, b = _model(batchnorm=False), _model(batchnorm=False)
+    fit(a, ClassificationTask(recipe), _dataset(32), None, LoopConfig(epochs=1, batch_size=8, seed=1))
+    fit(
+        b,
+        ClassificationTask(recipe),
+        _dataset(32),
+        None,
+        LoopConfig(epochs=1, batch_size=8, grad_accum=2, seed=1),
+    )
+    for name, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], value, rtol=1e-5, atol=1e-6)
