@@ -15,7 +15,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from lvit.data.synthetic import LocalShapes
+from lvit.data.synthetic import DOMAINS, SCENE_CLASSES, LocalShapes, Scenes
 
 _DEFAULT_SAMPLES = {"train": 10_000, "val": 1_000, "test": 1_000}
 
@@ -29,8 +29,15 @@ def _local_shapes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dat
     return LocalShapes(split=split, num_samples=_num_samples(split, recipe), **kwargs)
 
 
+def _scenes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
+    domains = recipe.get(f"{split}_domains", recipe.get("domains", DOMAINS))
+    kwargs = {k: recipe[k] for k in ("image_size", "seed") if k in recipe}
+    return Scenes(split=split, num_samples=_num_samples(split, recipe), domains=tuple(domains), **kwargs)
+
+
 _BUILDERS: dict[str, Callable[[str, Mapping[str, Any], Path], Dataset]] = {
     "local_shapes": _local_shapes,
+    "scenes": _scenes,
 }
 
 
@@ -38,8 +45,9 @@ def dataset_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build_dataset(name: str, split: str, recipe: Mapping[str, Any] | None = None,
-                  data_root: str | Path = "data") -> Dataset:
+def build_dataset(
+    name: str, split: str, recipe: Mapping[str, Any] | None = None, data_root: str | Path = "data"
+) -> Dataset:
     """The dataset ``name`` for ``split`` ("train", "val" or "test") configured by ``recipe``."""
     if name not in _BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(dataset_names())}")
@@ -48,4 +56,4 @@ def build_dataset(name: str, split: str, recipe: Mapping[str, Any] | None = None
     return _BUILDERS[name](split, recipe or {}, Path(data_root))
 
 
-__all__ = ["LocalShapes", "build_dataset", "dataset_names"]
+__all__ = ["DOMAINS", "SCENE_CLASSES", "LocalShapes", "Scenes", "build_dataset", "dataset_names"]

@@ -64,8 +64,9 @@ def as_index_tensor(indices: torch.Tensor | list[int] | range, num_samples: int)
     indices = torch.as_tensor(list(indices) if isinstance(indices, range) else indices, dtype=torch.long)
     indices = indices.reshape(-1).cpu()
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= num_samples):
-        raise IndexError(f"indices must lie in [0, {num_samples}); got min {int(indices.min())}, "
-                         f"max {int(indices.max())}")
+        raise IndexError(
+            f"indices must lie in [0, {num_samples}); got min {int(indices.min())}, max {int(indices.max())}"
+        )
     return indices
 
 

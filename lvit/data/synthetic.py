@@ -20,6 +20,7 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+from lvit.data.scenes import DOMAINS, SCENE_CLASSES, Scenes
 from lvit.data.seeding import (
     UniformStream,
     as_index_tensor,
@@ -259,9 +260,14 @@ class LocalShapes(Dataset):
 
     namespace = "local_shapes"
 
-    def __init__(self, split: str = "train", num_samples: int = 10_000,
-                 image_size: int | tuple[int, int] = 64, num_classes: int = NUM_SHAPE_CLASSES,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        num_samples: int = 10_000,
+        image_size: int | tuple[int, int] = 64,
+        num_classes: int = NUM_SHAPE_CLASSES,
+        seed: int = 0,
+    ) -> None:
         if not 2 <= num_classes <= NUM_SHAPE_CLASSES:
             raise ValueError(f"num_classes must be in [2, {NUM_SHAPE_CLASSES}], got {num_classes}")
         if num_samples < 1:
@@ -278,8 +284,12 @@ class LocalShapes(Dataset):
     def labels(self, indices: torch.Tensor) -> torch.Tensor:
         return indices % self.num_classes
 
-    def generate(self, indices: torch.Tensor | list[int], device: torch.device | str = "cpu",
-                 image_size: int | tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(
+        self,
+        indices: torch.Tensor | list[int],
+        device: torch.device | str = "cpu",
+        image_size: int | tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(images (B, 3, H, W) float32, labels (B,) int64)`` on ``device``."""
         indices = as_index_tensor(indices, self.num_samples)
         height, width = image_hw(image_size) if image_size is not None else self.image_size
@@ -293,8 +303,10 @@ class LocalShapes(Dataset):
         return images[0], int(labels[0])
 
     def __repr__(self) -> str:
-        return (f"LocalShapes(split={self.split!r}, num_samples={self.num_samples}, "
-                f"image_size={self.image_size}, num_classes={self.num_classes}, seed={self.seed})")
+        return (
+            f"LocalShapes(split={self.split!r}, num_samples={self.num_samples}, "
+            f"image_size={self.image_size}, num_classes={self.num_classes}, seed={self.seed})"
+        )
 
 
-__all__ = ["SHAPES", "TEXTURES", "LocalShapes", "class_name"]
+__all__ = ["DOMAINS", "SCENE_CLASSES", "SHAPES", "TEXTURES", "LocalShapes", "Scenes", "class_name"]

@@ -1,0 +1,139 @@
+"""The papers' train and eval transforms.
+
+- LocalViT / DeiT (localvit.md §3): train = timm ``create_transform``, RandAugment ``rand-m9-mstd0.5-inc1``,
+  bicubic, colour jitter 0.4 (ignored by timm once AA is set), random erasing p=0.25 pixel mode count 1;
+  eval = Resize(size / 0.875 = 256, bicubic) -> CenterCrop(224) -> ImageNet mean/std. Mixup/CutMix and
+  repeated augmentation act on batches and live in the engine.
+- DPT depth (dpt.md §2.8, §5.1): eval resizes keeping the aspect ratio, each side a multiple of 32 ("minimal"
+  = the scale factor closer to 1), bicubic, mean = std = 0.5; train resizes the longer side to 384, takes a
+  random square 384 crop and a random horizontal flip.
+- DPT segmentation (dpt.md §5.3, PyTorch-Encoding ``_sync_transform``): random mirror, longer side random in
+  [0.5, 2.0] x 520 (bicubic image, nearest mask), pad to 480 (mask with ignore), random 480 crop.
+
+Dense transforms act on tensors: image float (3, H, W) in [0, 1], depth / mask (H, W).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torchvision import transforms as T
+
+DPT_MEAN = (0.5, 0.5, 0.5)
+DPT_STD = (0.5, 0.5, 0.5)
+SEG_IGNORE_INDEX = -1
+
+
+def deit_train_transform(image_size: int = 224) -> T.Compose:
+    """DeiT's training augmentation (timm), as LocalViT's ``main.py`` builds it."""
+    return create_transform(
+        input_size=image_size,
+        is_training=True,
+        color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="bicubic",
+        re_prob=0.25,
+        re_mode="pixel",
+        re_count=1,
+    )
+
+
+def deit_eval_transform(image_size: int = 224) -> T.Compose:
+    """Resize(image_size / 0.875, bicubic) -> CenterCrop(image_size) -> ImageNet normalisation."""
+    return T.Compose(
+        [
+            T.Resize(int(image_size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ]
+    )
+
+
+def normalize(
+    image: torch.Tensor, mean: tuple[float, ...] = DPT_MEAN, std: tuple[float, ...] = DPT_STD
+) -> torch.Tensor:
+    mean_t = torch.tensor(mean, device=image.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, device=image.device).view(-1, 1, 1)
+    return (image - mean_t) / std_t
+
+
+def dpt_resize_shape(height: int, width: int, target: int = 384, multiple: int = 32) -> tuple[int, int]:
+    """DPT ``Resize(keep_aspect_ratio=True, ensure_multiple_of=32, resize_method="minimal")`` output size.
+
+    "minimal" scales both sides by whichever of target/height, target/width is closer to 1, so the image
+    changes as little as possible while one side reaches the target; each side is then rounded to the
+    nearest multiple of 32 (never below one multiple).
+    """
+    scale_h, scale_w = target / height, target / width
+    scale = scale_h if abs(1 - scale_h) < abs(1 - scale_w) else scale_w
+
+    def snap(x: float) -> int:
+        return max(multiple, int(round(x / multiple)) * multiple)
+
+    return snap(scale * height), snap(scale * width)
+
+
+def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+
+def _resize_nearest(target: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(target[None, None].float(), size=size, mode="nearest")[0, 0].to(target.dtype)
+
+
+def dpt_eval_transform(image: torch.Tensor, target: int = 384) -> torch.Tensor:
+    """DPT inference input: keep-aspect resize to multiples of 32 (bicubic), mean = std = 0.5."""
+    return normalize(_resize_image(image, dpt_resize_shape(image.shape[-2], image.shape[-1], target)))
+
+
+def depth_train_transform(
+    image: torch.Tensor,
+    depth: torch.Tensor,
+    valid: torch.Tensor,
+    size: int = 384,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MiDaS/DPT training crop: longer side to ``size``, random square ``size`` crop, random h-flip."""
+    height, width = image.shape[-2:]
+    scale = size / max(height, width)
+    new_hw = (max(size, round(height * scale)), max(size, round(width * scale)))
+    image = _resize_image(image, new_hw)
+    depth, valid = _resize_nearest(depth, new_hw), _resize_nearest(valid, new_hw)
+    top = int(torch.randint(new_hw[0] - size + 1, (1,), generator=generator))
+    left = int(torch.randint(new_hw[1] - size + 1, (1,), generator=generator))
+    crop = (..., slice(top, top + size), slice(left, left + size))
+    image, depth, valid = image[crop], depth[crop], valid[crop]
+    if float(torch.rand(1, generator=generator)) < 0.5:
+        image, depth, valid = image.flip(-1), depth.flip(-1), valid.flip(-1)
+    return normalize(image), depth, valid
+
+
+def segmentation_train_transform(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    base_size: int = 520,
+    crop_size: int = 480,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch-Encoding ``_sync_transform``: mirror, random long-side rescale, pad, random crop."""
+    if float(torch.rand(1, generator=generator)) < 0.5:
+        image, mask = image.flip(-1), mask.flip(-1)
+    low, high = scale_range
+    long_side = int(base_size * (low + (high - low) * float(torch.rand(1, generator=generator))))
+    height, width = image.shape[-2:]
+    scale = long_side / max(height, width)
+    new_hw = (max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5)))
+    image, mask = _resize_image(image, new_hw), _resize_nearest(mask, new_hw)
+    pad_h, pad_w = max(0, crop_size - new_hw[0]), max(0, crop_size - new_hw[1])
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+        mask = F.pad(mask, (0, pad_w, 0, pad_h), value=SEG_IGNORE_INDEX)
+    top = int(torch.randint(image.shape[-2] - crop_size + 1, (1,), generator=generator))
+    left = int(torch.randint(image.shape[-1] - crop_size + 1, (1,), generator=generator))
+    crop = (..., slice(top, top + crop_size), slice(left, left + crop_size))
+    return normalize(image[crop]), mask[crop]
