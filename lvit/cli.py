@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Modules that define ``register_cli(subparsers)``; each adds its subcommand with ``set_defaults(func=...)``.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = ("lvit.report", "lvit.reproduce")
 
 
 def build_parser() -> argparse.ArgumentParser:

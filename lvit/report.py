@@ -1,0 +1,464 @@
+"""Published vs reproduced: comparison tables, rank agreement, claim status, figures and ``REPORT.md``.
+
+Everything here is a pure function of a tidy result DataFrame (one row per experiment, row, profile,
+seed and metric; see :mod:`lvit.results`) and the experiment declarations of :mod:`lvit.experiments`.
+Published numbers come only from the declarations. A row without results stays *missing* (NaN in
+numeric columns, "missing" in text), never zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from scipy.stats import kendalltau
+
+from lvit.experiments import Experiment, get_experiment, list_experiments
+
+MISSING = "missing"
+
+# Agreement of one row with the paper, strongest first.
+AGREEMENT_MATCH = "matches (within rounding)"
+AGREEMENT_REFERENCE = "reference row"
+AGREEMENT_SAME = "same direction"
+AGREEMENT_OPPOSITE = "opposite direction"
+AGREEMENT_NO_PUBLISHED = "no published value"
+
+CLAIM_HOLDS = "holds"
+CLAIM_FAILS = "does not hold"
+CLAIM_NOT_ENOUGH = "not enough rows"
+
+# Fixed so that SVG ids, and hence the files, are identical run after run.
+_SVG_HASHSALT = "lvit"
+
+
+# --------------------------------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------------------------------
+
+
+def _metric_names(experiment: Experiment, metric: str | None) -> list[str]:
+    names = [m.name for m in experiment.metrics]
+    if metric is None:
+        return names
+    if metric not in names:
+        raise KeyError(f"experiment {experiment.name!r} has no metric {metric!r}; valid metrics: "
+                       f"{', '.join(names)}")
+    return [metric]
+
+
+def _experiment_results(experiment: Experiment, results_df: pd.DataFrame) -> pd.DataFrame:
+    """The result rows of one experiment at one profile (several profiles at once would mix recipes)."""
+    if results_df.empty:
+        return results_df
+    rows = results_df[results_df["experiment"] == experiment.name]
+    if "profile" in rows and rows["profile"].nunique() > 1:
+        raise ValueError(f"results for {experiment.name!r} mix profiles {sorted(rows['profile'].unique())}; "
+                         "pass the rows of one profile")
+    return rows
+
+
+def seed_statistics(experiment: Experiment, results_df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Mean, sample std and seed count per declared row (missing rows: NaN mean, n = 0), in paper order."""
+    rows = _experiment_results(experiment, results_df)
+    labels = [r.label for r in experiment.rows]
+    if rows.empty:
+        values = pd.DataFrame(columns=["row", "value"])
+    else:
+        values = rows.loc[rows["metric"] == metric, ["row", "value"]].dropna()
+    grouped = values.groupby("row")["value"]
+    stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count()})
+    stats = stats.reindex(labels)
+    stats["n"] = stats["n"].fillna(0).astype(int)
+    stats.index.name = "row"
+    return stats
+
+
+def _decimals(value: float) -> int:
+    """Digits after the point as the paper printed the value: the shortest repr, at least one (the
+    tables print 75.0, which reads back as 75)."""
+    text = repr(float(value))
+    if "e" in text or "." not in text:
+        return 1
+    return max(1, len(text.split(".")[1].rstrip("0")))
+
+
+def _printed_tolerance(value: float) -> float:
+    """Half a unit of the last printed digit: ``5.7`` covers ``[5.65, 5.75]``."""
+    return 0.5 * 10.0 ** -_decimals(value) + 1e-12
+
+
+def _format_ours(mean: float, std: float, n: int, decimals: int) -> str:
+    if n == 0 or math.isnan(mean):
+        return MISSING
+    spread = f"{std:.{decimals}f}" if n > 1 else "–"
+    return f"{mean:.{decimals}f} ± {spread} (n={n})"
+
+
+def _agreement(published: float, mean: float, ref_published: float, ref_mean: float,
+               is_reference: bool) -> str:
+    if math.isnan(mean):
+        return MISSING
+    if math.isnan(published):
+        return AGREEMENT_NO_PUBLISHED
+    if abs(mean - published) <= _printed_tolerance(published):
+        return AGREEMENT_MATCH
+    if is_reference:
+        return AGREEMENT_REFERENCE
+    if math.isnan(ref_mean) or math.isnan(ref_published):
+        return MISSING
+    # Direction of this row relative to the table's first row, in the paper and in ours.
+    return AGREEMENT_SAME if np.sign(published - ref_published) == np.sign(mean - ref_mean) \
+        else AGREEMENT_OPPOSITE
+
+
+def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
+                     metric: str | None = None) -> pd.DataFrame:
+    """Published vs ours per row (and per metric when ``metric`` is None), in the paper's row order.
+
+    Columns: ``metric, row, published, ours`` (text: mean ± std (n=seeds), or "missing"), ``mean, std,
+    n_seeds, delta`` (ours − published; NaN when either is missing) and ``agreement``: the row matches
+    the printed value within its rounding, or moves in the same / opposite direction as in the paper
+    relative to the table's first row (the reference row). Missing rows keep NaN, never 0.
+    """
+    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    tables = []
+    for name in _metric_names(experiment, metric):
+        stats = seed_statistics(experiment, results_df, name)
+        published = pd.Series({r.label: float(r.published.get(name, math.nan)) for r in experiment.rows})
+        printed = [p for p in published if not math.isnan(p)]
+        decimals = min(max((_decimals(p) for p in printed), default=1) + 1, 4)
+        reference = experiment.rows[0].label
+        table = pd.DataFrame({
+            "metric": name,
+            "row": stats.index,
+            "published": published.reindex(stats.index).to_numpy(),
+            "ours": [_format_ours(m, s, n, decimals)
+                     for m, s, n in zip(stats["mean"], stats["std"], stats["n"], strict=True)],
+            "mean": stats["mean"].to_numpy(dtype=float),
+            "std": stats["std"].to_numpy(dtype=float),
+            "n_seeds": stats["n"].to_numpy(),
+        })
+        table["delta"] = table["mean"] - table["published"]
+        table["agreement"] = [
+            _agreement(p, m, published[reference], stats.loc[reference, "mean"], label == reference)
+            for label, p, m in zip(table["row"], table["published"], table["mean"], strict=True)
+        ]
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class RankAgreement:
+    metric: str
+    tau: float  # Kendall τ-b between published and our means over the rows that have both; NaN if undefined
+    pvalue: float
+    n_rows: int
+
+    def describe(self) -> str:
+        if math.isnan(self.tau):
+            return f"τ undefined ({self.n_rows} comparable rows)"
+        return f"τ = {self.tau:+.2f} over {self.n_rows} rows (p = {self.pvalue:.2f})"
+
+
+def rank_agreement(experiment: Experiment | str, results_df: pd.DataFrame,
+                   metric: str | None = None) -> RankAgreement:
+    """Kendall τ between the paper's ordering of the rows and ours, for one metric (default: the first).
+
+    τ is undefined (NaN) with fewer than two comparable rows, or when either side is constant.
+    """
+    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    name = _metric_names(experiment, metric)[0]
+    table = comparison_table(experiment, results_df, name).dropna(subset=["published", "mean"])
+    n_rows = len(table)
+    if n_rows < 2 or table["published"].nunique() < 2 or table["mean"].nunique() < 2:
+        return RankAgreement(name, math.nan, math.nan, n_rows)
+    result = kendalltau(table["published"], table["mean"])
+    return RankAgreement(name, float(result.statistic), float(result.pvalue), n_rows)
+
+
+def claim_status(experiment: Experiment | str, results_df: pd.DataFrame) -> pd.DataFrame:
+    """Whether each declared claim holds on our means, and (as a check of the declaration) on the paper's.
+
+    A claim reads row means by label; a row it needs that has no result gives "not enough rows".
+    """
+    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    records = []
+    for claim in experiment.claims:
+        stats = seed_statistics(experiment, results_df, claim.metric)
+        ours = {label: float(m) for label, m in stats["mean"].items() if not math.isnan(m)}
+        published = {r.label: float(r.published[claim.metric]) for r in experiment.rows
+                     if claim.metric in r.published}
+        records.append({"claim": claim.text, "metric": claim.metric,
+                        "ours": _evaluate_claim(claim.holds, ours),
+                        "paper": _evaluate_claim(claim.holds, published)})
+    return pd.DataFrame(records, columns=["claim", "metric", "ours", "paper"])
+
+
+def _evaluate_claim(holds, means: Mapping[str, float]) -> str:
+    try:
+        return CLAIM_HOLDS if holds(dict(means)) else CLAIM_FAILS
+    except KeyError:
+        return CLAIM_NOT_ENOUGH
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------
+
+
+def _theme() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+
+
+def save_figure(fig: plt.Figure, directory: Path, stem: str) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.svg``; the bytes depend only on the figure (no dates, fixed ids)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{stem}.png", directory / f"{stem}.svg"]
+    with matplotlib.rc_context({"svg.hashsalt": _SVG_HASHSALT}):
+        fig.savefig(paths[0], dpi=150, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
+    return paths
+
+
+def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metric: str | None = None,
+                    profile: str = "") -> plt.Figure:
+    """Two panels with the rows on a shared axis: the paper's value, and ours (each seed + mean ± std).
+
+    Separate axes, because proxy and smoke data put our numbers on a different scale from the paper's;
+    what should agree is the ordering of the rows.
+    """
+    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    name = _metric_names(experiment, metric)[0]
+    declared = {m.name: m for m in experiment.metrics}[name]
+    label = declared.label or name
+    table = comparison_table(experiment, results_df, name)
+    rows = list(table["row"])
+    _theme()
+    fig, (ax_paper, ax_ours) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.45 * len(rows) + 1.6))
+    sns.barplot(x=table["published"], y=rows, order=rows, color="0.7", ax=ax_paper)
+    ax_paper.set(title="paper (published)", xlabel=label, ylabel="")
+    seeds = _experiment_results(experiment, results_df)
+    seeds = seeds[seeds["metric"] == name] if not seeds.empty else pd.DataFrame(columns=["row", "value"])
+    if not seeds.empty:
+        sns.stripplot(data=seeds, x="value", y="row", order=rows, color="0.45", size=4, jitter=0.15,
+                      ax=ax_ours)
+    ax_ours.errorbar(table["mean"], np.arange(len(rows)), xerr=table["std"].fillna(0), fmt="o",
+                     color=sns.color_palette()[0], capsize=4, label="mean ± std")
+    for y, text in enumerate(table["ours"]):
+        if text == MISSING:
+            ax_ours.annotate(MISSING, (0.02, y), xycoords=("axes fraction", "data"), va="center",
+                             color="tab:red")
+    n_seeds = int(table["n_seeds"].max()) if len(table) else 0
+    title = f"ours ({profile}, {n_seeds} seed{'s' if n_seeds != 1 else ''})" if profile else "ours"
+    ax_ours.set(title=title, xlabel=label, ylabel="")
+    arrow = "higher is better" if declared.higher_is_better else "lower is better"
+    fig.suptitle(f"{experiment.title} — {label} ({arrow})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(histories: pd.DataFrame, pairs: Sequence[tuple[str, str]],
+                         accuracy: str, loss: str, profile: str = "") -> plt.Figure:
+    """Figures (a)–(f): per baseline/LocalViT pair, accuracy (top row) and training loss (bottom) per epoch.
+
+    ``histories`` is long-form: ``row, seed, epoch, metric, value``; lines show the mean over seeds with
+    a ±std band. ``pairs`` lists (baseline row, LocalViT row) per column.
+    """
+    _theme()
+    fig, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 7), squeeze=False)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    for column, pair in enumerate(pairs):
+        for line, (metric, ylabel) in enumerate([(accuracy, "accuracy (%)"), (loss, "training loss")]):
+            ax = axes[line, column]
+            data = histories[(histories["metric"] == metric) & histories["row"].isin(pair)]
+            if data.empty:
+                ax.text(0.5, 0.5, MISSING, transform=ax.transAxes, ha="center", color="tab:red")
+            else:
+                sns.lineplot(data=data, x="epoch", y="value", hue="row", hue_order=list(pair),
+                             errorbar="sd", marker="o", ax=ax)
+                ax.legend(title=None, fontsize="small")
+            letter = letters[line * len(pairs) + column]
+            ax.set(title=f"({letter}) {pair[0]} vs {pair[1]}", xlabel="epoch", ylabel=ylabel)
+    if profile:
+        fig.suptitle(f"Training curves ({profile} profile)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# REPORT.md and LaTeX
+# --------------------------------------------------------------------------------------------------
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    shown = table[["row", "published", "ours", "delta", "agreement"]].copy()
+    shown["published"] = [("–" if math.isnan(p) else f"{p:g}") for p in shown["published"]]
+    shown["delta"] = [("–" if math.isnan(d) else f"{d:+.3g}") for d in shown["delta"]]
+    return shown.to_markdown(index=False)
+
+
+def latex_table(experiment: Experiment, results_df: pd.DataFrame, profile: str) -> str:
+    """A booktabs table: one line per row, per metric the published value and ours (mean ± std)."""
+    metrics = list(experiment.metrics)
+    header = " & ".join(["Row"] + [f"\\multicolumn{{2}}{{c}}{{{_latex_escape(m.label or m.name)}}}"
+                                   for m in metrics])
+    sub = " & ".join([""] + ["paper & ours"] * len(metrics))
+    tables = {m.name: comparison_table(experiment, results_df, m.name).set_index("row") for m in metrics}
+    lines = []
+    for row in experiment.rows:
+        cells = [_latex_escape(row.label)]
+        for m in metrics:
+            entry = tables[m.name].loc[row.label]
+            cells.append("--" if math.isnan(entry["published"]) else f"{entry['published']:g}")
+            cells.append(_latex_escape(entry["ours"].split(" (n=")[0]).replace("±", "$\\pm$"))
+        lines.append(" & ".join(cells) + r" \\")
+    columns = "l" + "rr" * len(metrics)
+    return "\n".join([
+        f"% {experiment.title}: paper vs lvit ({profile} profile). Generated by lvit report.",
+        r"\begin{table}[t]", r"\centering", f"\\begin{{tabular}}{{{columns}}}", r"\toprule",
+        header + r" \\", sub + r" \\", r"\midrule", *lines, r"\bottomrule", r"\end{tabular}",
+        f"\\caption{{{_latex_escape(experiment.title)} ({profile} profile).}}", r"\end{table}", ""])
+
+
+def _latex_escape(text: str) -> str:
+    for char, escaped in [("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
+                          ("#", r"\#"), ("~", r"\textasciitilde{}"), ("$", r"\$")]:
+        text = text.replace(char, escaped)
+    return text
+
+
+def provenance_summary(results_df: pd.DataFrame) -> dict[str, str]:
+    """Where the numbers of one experiment came from: code, device, library versions, wall time."""
+    if results_df.empty:
+        return {}
+
+    def values(column: str) -> str:
+        if column not in results_df:
+            return "unknown"
+        found = sorted(results_df[column].dropna().astype(str).unique())
+        return ", ".join(found) or "unknown"
+
+    code = values("git_sha")
+    if "dirty" in results_df and results_df["dirty"].astype(bool).any():
+        code += " (uncommitted changes)"
+    summary = {"code": code, "device": values("device"),
+               "versions": f"torch {values('torch')}, timm {values('timm')}, lvit {values('lvit')}"}
+    if "wall_s" in results_df:
+        # wall_s is repeated on every metric of one run; count each (row, seed) run once.
+        runs = results_df.drop_duplicates(subset=[c for c in ("row", "seed") if c in results_df])
+        summary["wall time"] = f"{runs['wall_s'].sum():.0f} s over {len(runs)} runs"
+    if "started_at" in results_df:
+        started = results_df["started_at"].dropna().astype(str)
+        if not started.empty:
+            summary["run between"] = f"{started.min()} and {started.max()}"
+    return summary
+
+
+def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile: str,
+                       figures_dir: Path | None, report_dir: Path) -> str:
+    """The Markdown section of REPORT.md for one experiment at one profile."""
+    rows = _experiment_results(experiment, results_df)
+    parts = [f"### {experiment.title}", "",
+             f"`{experiment.name}` · {experiment.paper} · {experiment.task} · "
+             f"{rows[['row', 'seed']].drop_duplicates().shape[0] if not rows.empty else 0} runs", ""]
+    for metric in experiment.metrics:
+        table = comparison_table(experiment, results_df, metric.name)
+        agreement = rank_agreement(experiment, results_df, metric.name)
+        arrow = "↑" if metric.higher_is_better else "↓"
+        parts += [f"**{metric.label or metric.name}** ({arrow}) — rank agreement: {agreement.describe()}", "",
+                  _markdown_table(table), ""]
+    claims = claim_status(experiment, results_df)
+    if not claims.empty:
+        parts += ["Claims:", ""]
+        parts += [f"- {c.claim} — ours: **{c.ours}**; paper: {c.paper}" for c in claims.itertuples()]
+        parts.append("")
+    if figures_dir is not None:
+        for png in sorted(Path(figures_dir).glob(f"{experiment.name}*.png")):
+            parts += [f"![{png.stem}]({png.relative_to(report_dir).as_posix()})", ""]
+    provenance = provenance_summary(rows)
+    if provenance:
+        parts.append("Provenance: " + "; ".join(f"{k}: {v}" for k, v in provenance.items()))
+    else:
+        parts.append("Provenance: no runs at this profile.")
+    parts.append("")
+    return "\n".join(parts)
+
+
+def _load(results_dir: Path, profile: str) -> pd.DataFrame:
+    from lvit.results import load_results
+
+    return load_results(results_dir, profile=profile)
+
+
+def write_report(results_dir: Path | str, profiles: Iterable[str] | None = None,
+                 experiments: Sequence[str] | None = None) -> Path:
+    """Write ``<results_dir>/REPORT.md`` and ``<results_dir>/<profile>/tables/<experiment>.tex``.
+
+    ``profiles`` defaults to every profile directory under ``results_dir``. Declared rows without
+    results appear as missing.
+    """
+    from lvit.experiments import PROFILES
+
+    results_dir = Path(results_dir)
+    if profiles is None:
+        profiles = [p for p in PROFILES if (results_dir / p).is_dir()]
+    profiles = list(profiles)
+    chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments()
+    parts = ["# lvit report: published vs reproduced", "",
+             "Every table and figure of LocalViT (Li et al.) and DPT (Ranftl et al.), the paper's number "
+             "beside ours. *ours* is mean ± sample std over seeds (n = seeds). *delta* is ours − paper; "
+             "at the smoke and proxy profiles the data are procedural, so only the *ordering* of rows is "
+             "comparable: *agreement* says whether each row moves in the paper's direction relative to the "
+             "table's first row, and Kendall τ compares the whole ordering. Missing rows are shown as "
+             "missing, never as zero.", ""]
+    if not profiles:
+        parts += ["No results yet: run `lvit reproduce`.", ""]
+    for profile in profiles:
+        results = _load(results_dir, profile)
+        parts += [f"## Profile `{profile}`", ""]
+        figures_dir = results_dir / profile / "figures"
+        for experiment in chosen:
+            parts.append(experiment_section(experiment, results, profile, figures_dir, results_dir))
+            tex = results_dir / profile / "tables" / f"{experiment.name}.tex"
+            tex.parent.mkdir(parents=True, exist_ok=True)
+            tex.write_text(latex_table(experiment, results, profile))
+    report = results_dir / "REPORT.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text("\n".join(parts))
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("report", help="write results/REPORT.md (published vs ours) from results/")
+    parser.add_argument("--profile", action="append", dest="profiles", metavar="P",
+                        help="profile to report (repeatable); default: every profile with results")
+    parser.add_argument("--results-dir", type=Path, default=None, help="default: <project>/results")
+    parser.set_defaults(func=_report_command)
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from lvit.experiments import PROFILES
+    from lvit.reproduce import project_root
+
+    for profile in args.profiles or []:
+        if profile not in PROFILES:
+            raise SystemExit(f"lvit report: unknown profile {profile!r}; "
+                             f"valid profiles: {', '.join(PROFILES)}")
+    results_dir = args.results_dir or project_root() / "results"
+    print(write_report(results_dir, args.profiles))
+    return 0

@@ -1,0 +1,272 @@
+"""``lvit reproduce``: run every notebook through papermill at one profile, then write the report.
+
+Also the parameter check every notebook calls first (:func:`validate_parameters`), so that a typo or an
+unknown value stops the notebook with a message listing the valid choices instead of running with a
+default. Paths resolve from the project root, never from the working directory: papermill starts the
+kernel in the caller's cwd unless told otherwise, nbval in the notebook's directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lvit.experiments import PROFILES, get_experiment
+
+# The notebook that collates the others; it runs last.
+REPORT_NOTEBOOK = "report"
+KERNEL_NAME = "python3"
+
+
+def project_root() -> Path:
+    """The checkout that holds ``lvit/``, ``notebooks/`` and ``results/`` (lvit is installed editable)."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "notebooks").is_dir():
+        raise RuntimeError(f"lvit is not running from its checkout (no notebooks/ beside {root / 'lvit'}); "
+                           "install it with `pip install -e .` from the repository")
+    return root
+
+
+def _resolve(path: str | Path, default: str) -> Path:
+    """An empty path means the project default; a relative one is relative to the project root."""
+    path = Path(path or default).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def _close(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _valid_devices() -> list[str]:
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return devices
+
+
+@dataclass(frozen=True)
+class NotebookParameters:
+    """Checked and resolved notebook parameters: absolute paths, a concrete device, the seed list."""
+
+    profile: str
+    seeds: list[int]
+    device: str
+    data_root: Path
+    results_dir: Path  # the results root; this profile's files go under results_dir / profile
+    rows: list[str] | None
+
+    @property
+    def profile_dir(self) -> Path:
+        return self.results_dir / self.profile
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.profile_dir / "figures"
+
+
+def validate_parameters(profile: str, seeds: int, device: str = "auto", data_root: str = "",
+                        results_dir: str = "", experiment: str | None = None,
+                        rows: Sequence[str] | None = None) -> NotebookParameters:
+    """Check a notebook's parameters and resolve them; raise ``ValueError`` naming the valid choices.
+
+    ``seeds`` is a count (seeds 0..N-1). ``device="auto"`` picks CUDA when present. Empty paths mean
+    ``<project>/data`` and ``<project>/results``. ``rows`` (optional) restricts ``experiment`` to a
+    subset of its declared row labels.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}{_close(str(profile), PROFILES)}; "
+                         f"valid profiles: {', '.join(PROFILES)}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int (the number of seeds), got {seeds!r}")
+    devices = _valid_devices()
+    if device not in devices:
+        raise ValueError(f"unknown or unavailable device {device!r}{_close(str(device), devices)}; "
+                         f"valid devices here: {', '.join(devices)}")
+    if device == "auto":
+        device = devices[2] if len(devices) > 2 else "cpu"
+    declared = get_experiment(experiment) if experiment is not None else None
+    if declared is not None:
+        declared.recipe(profile)  # raises KeyError listing the profiles the experiment declares
+    chosen = list(rows) if rows else None
+    if chosen is not None:
+        if declared is None:
+            raise ValueError("rows given without an experiment to take them from")
+        labels = [r.label for r in declared.rows]
+        unknown = [r for r in chosen if r not in labels]
+        if unknown:
+            raise ValueError(f"unknown rows {unknown} for {declared.name!r}; valid rows: {labels}")
+    return NotebookParameters(profile=profile, seeds=list(range(seeds)), device=device,
+                              data_root=_resolve(data_root, "data"),
+                              results_dir=_resolve(results_dir, "results"), rows=chosen)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch runs
+# --------------------------------------------------------------------------------------------------
+
+
+def notebooks_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def notebook_names() -> list[str]:
+    """Every notebook, the report last."""
+    names = sorted(p.stem for p in notebooks_dir().glob("*.ipynb"))
+    return [n for n in names if n != REPORT_NOTEBOOK] + [n for n in names if n == REPORT_NOTEBOOK]
+
+
+def check_parameter_names(notebook: Path, parameters: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` if a parameter is not declared in the notebook's ``parameters`` cell.
+
+    papermill itself only logs "Passed unknown parameter" and runs on with the defaults.
+    """
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        hints = "".join(f"\n  {name!r}{_close(name, list(declared))}" for name in unknown)
+        raise ValueError(f"{notebook.name} has no parameter{'s' if len(unknown) > 1 else ''}:{hints}\n"
+                         f"valid parameters: {', '.join(declared)}")
+
+
+def run_notebook(name: str, parameters: Mapping[str, Any], output_dir: Path,
+                 execution_timeout: int | None = None, log_output: bool = False) -> Path:
+    """Execute ``notebooks/<name>.ipynb`` with papermill into ``output_dir``; return the output path.
+
+    Raises ``papermill.PapermillExecutionError`` when a cell fails (the output notebook is still
+    written, with the error shown at the top).
+    """
+    import papermill
+
+    names = notebook_names()
+    if name not in names:
+        raise ValueError(f"unknown notebook {name!r}{_close(name, names)}; "
+                         f"valid notebooks: {', '.join(names)}")
+    source = notebooks_dir() / f"{name}.ipynb"
+    check_parameter_names(source, parameters)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    output = output_dir / f"{name}.ipynb"
+    papermill.execute_notebook(str(source), str(output), parameters=dict(parameters), kernel_name=KERNEL_NAME,
+                               cwd=str(source.parent), progress_bar=False, log_output=log_output,
+                               execution_timeout=execution_timeout)
+    return output
+
+
+@dataclass(frozen=True)
+class Failure:
+    notebook: str
+    error: str
+    output: Path
+
+
+def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None = None,
+              device: str = "auto", overrides: Mapping[str, Any] | None = None,
+              execution_timeout: int | None = None, log_output: bool = False) -> list[Failure]:
+    """Run the chosen notebooks (default: all) at ``profile``, continuing past failures; then the report.
+
+    Every parameter name is checked against every chosen notebook before anything runs.
+    """
+    from lvit.report import write_report
+
+    names = notebook_names()
+    chosen = list(only) if only else names
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise ValueError(f"unknown notebooks {unknown}; valid notebooks: {', '.join(names)}")
+    parameters: dict[str, Any] = {"profile": profile, "device": device, **(overrides or {})}
+    if seeds is not None:
+        parameters["seeds"] = seeds
+    validate_parameters(profile, seeds or 1, device)  # fail fast, before any kernel starts
+    for name in chosen:
+        check_parameter_names(notebooks_dir() / f"{name}.ipynb", parameters)
+    results_root = project_root() / "results"
+    output_dir = results_root / profile / "notebooks"
+    failures = []
+    for name in (bar := tqdm(chosen, desc=f"lvit reproduce ({profile})", unit="notebook")):
+        bar.set_postfix_str(name)
+        started = time.perf_counter()
+        try:
+            run_notebook(name, parameters, output_dir, execution_timeout, log_output)
+        except Exception as error:  # noqa: BLE001 - any failure of one notebook is reported, the rest run
+            failures.append(Failure(name, f"{type(error).__name__}: {_first_line(error)}",
+                                    output_dir / f"{name}.ipynb"))
+        bar.write(f"{'FAILED' if failures and failures[-1].notebook == name else 'ok':>6} {name} "
+                  f"({time.perf_counter() - started:.0f} s)")
+    write_report(results_root)
+    return failures
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    # PapermillExecutionError's message opens with a separator line; the useful line follows.
+    lines = [line for line in text.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
+    return lines[-1] if lines else repr(error)
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def default_profile() -> str:
+    import torch
+
+    return "proxy" if torch.cuda.is_available() else "smoke"
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value  # a bare string
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "reproduce", help="run every notebook through papermill at one profile, then write results/REPORT.md")
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="default: proxy when a GPU is present, smoke otherwise")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="run only these notebooks (names without .ipynb)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the notebook's)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("-p", "--param", action="append", type=_parse_override, default=[],
+                        metavar="NAME=VALUE",
+                        help="extra notebook parameter (VALUE parsed as JSON, else a string); repeatable")
+    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs to the log")
+    parser.set_defaults(func=_reproduce_command)
+
+
+def _reproduce_command(args: argparse.Namespace) -> int:
+    profile = args.profile or default_profile()
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        failures = reproduce(profile, args.only, args.seeds, args.device, dict(args.param), args.timeout,
+                             log_output=args.verbose)
+    except (ValueError, KeyError) as error:
+        raise SystemExit(f"lvit reproduce: {error}") from None
+    print(f"report: {project_root() / 'results' / 'REPORT.md'}")
+    if failures:
+        print(f"{len(failures)} notebook(s) failed:")
+        for failure in failures:
+            print(f"  {failure.notebook}: {failure.error}\n    see {failure.output}")
+        return 1
+    return 0

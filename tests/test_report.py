@@ -1,0 +1,145 @@
+"""lvit.report on hand-made experiments and results; every expectation is worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from lvit.experiments import Claim, Experiment, Metric, Row
+from lvit.report import (
+    AGREEMENT_MATCH,
+    AGREEMENT_OPPOSITE,
+    AGREEMENT_REFERENCE,
+    AGREEMENT_SAME,
+    CLAIM_FAILS,
+    CLAIM_HOLDS,
+    CLAIM_NOT_ENOUGH,
+    MISSING,
+    claim_status,
+    comparison_table,
+    experiment_section,
+    latex_table,
+    plot_comparison,
+    rank_agreement,
+    save_figure,
+)
+
+EXPERIMENT = Experiment(
+    name="toy_table",
+    paper="localvit",
+    title="Toy table",
+    task="classification",
+    rows=(
+        Row("base", "m", published={"top1": 70.0}),
+        Row("better", "m", published={"top1": 72.5}),
+        Row("best", "m", published={"top1": 75.0}),
+        Row("absent", "m", published={"top1": 74.0}),
+    ),
+    metrics=(Metric("top1", higher_is_better=True, label="Top-1 (%)"),),
+    claims=(
+        Claim("best beats base", "top1", lambda m: m["best"] > m["base"]),
+        Claim("better beats best", "top1", lambda m: m["better"] > m["best"]),
+        Claim("absent beats base", "top1", lambda m: m["absent"] > m["base"]),
+    ),
+)
+
+
+def _results(values: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"experiment": "toy_table", "row": row, "profile": "smoke", "seed": seed, "metric": "top1",
+         "value": v}
+        for row, seeds in values.items() for seed, v in enumerate(seeds)
+    ])
+
+
+# base: mean 2, std 1; better: mean 1 (below base, the paper has it above); best: mean 75 (the printed value)
+RESULTS = _results({"base": [1.0, 2.0, 3.0], "better": [1.0, 1.0, 1.0], "best": [75.0, 75.0, 75.0]})
+
+
+def test_comparison_table_statistics_and_missing_row():
+    table = comparison_table(EXPERIMENT, RESULTS).set_index("row")
+    assert list(table.index) == ["base", "better", "best", "absent"]  # paper order, missing row kept
+    assert table.loc["base", "mean"] == pytest.approx(2.0)
+    assert table.loc["base", "std"] == pytest.approx(1.0)  # sample std of 1, 2, 3
+    assert table.loc["base", "n_seeds"] == 3
+    assert table.loc["base", "delta"] == pytest.approx(2.0 - 70.0)
+    assert table.loc["base", "ours"] == "2.00 ± 1.00 (n=3)"
+    absent = table.loc["absent"]
+    assert absent["ours"] == MISSING and absent["agreement"] == MISSING
+    assert absent["n_seeds"] == 0
+    assert math.isnan(absent["mean"]) and math.isnan(absent["delta"])  # never 0
+    assert absent["published"] == 74.0
+
+
+def test_agreement_direction_relative_to_first_row():
+    agreement = comparison_table(EXPERIMENT, RESULTS).set_index("row")["agreement"]
+    assert agreement["base"] == AGREEMENT_REFERENCE
+    assert agreement["better"] == AGREEMENT_OPPOSITE  # paper: 72.5 > 70; ours: 1 < 2
+    assert agreement["best"] == AGREEMENT_MATCH  # 75.0 equals the printed 75.0
+    nudged = _results({"base": [2.0], "best": [75.2]})
+    assert comparison_table(EXPERIMENT, nudged).set_index("row").loc["best", "agreement"] == AGREEMENT_SAME
+
+
+def test_match_tolerance_is_half_a_printed_digit():
+    experiment = Experiment("toy_params", "localvit", "t", "complexity",
+                            rows=(Row("r", "m", published={"p": 5.7}),),
+                            metrics=(Metric("p", higher_is_better=False),))
+
+    def agreement(v):
+        frame = pd.DataFrame([{"experiment": "toy_params", "row": "r", "seed": 0, "metric": "p", "value": v}])
+        return comparison_table(experiment, frame)["agreement"][0]
+    assert agreement(5.74) == AGREEMENT_MATCH
+    assert agreement(5.76) != AGREEMENT_MATCH
+
+
+def test_kendall_tau_hand_made():
+    # published order 70 < 72.5 < 74 < 75; ours 10, 20, 40 (absent), 30 (best):
+    # pairs (base,better) C, (base,absent) C, (base,best) C, (better,absent) C, (better,best) C,
+    # (absent,best) D -> tau = (5 - 1) / 6
+    frame = _results({"base": [10.0], "better": [20.0], "absent": [40.0], "best": [30.0]})
+    agreement = rank_agreement(EXPERIMENT, frame)
+    assert agreement.n_rows == 4
+    assert agreement.tau == pytest.approx(4 / 6)
+
+
+def test_kendall_tau_ignores_missing_rows_and_is_undefined_below_two():
+    agreement = rank_agreement(EXPERIMENT, RESULTS)  # three rows with results: means 2, 1, 75
+    assert agreement.n_rows == 3
+    assert agreement.tau == pytest.approx(1 / 3)  # (base,better) D, (base,best) C, (better,best) C
+    assert math.isnan(rank_agreement(EXPERIMENT, _results({"base": [1.0]})).tau)
+
+
+def test_claim_status():
+    status = claim_status(EXPERIMENT, RESULTS).set_index("claim")
+    assert status.loc["best beats base", "ours"] == CLAIM_HOLDS
+    assert status.loc["better beats best", "ours"] == CLAIM_FAILS
+    assert status.loc["absent beats base", "ours"] == CLAIM_NOT_ENOUGH
+    # the same claims on the printed numbers: 75 > 70 holds, 72.5 > 75 does not, 74 > 70 holds
+    assert list(status["paper"]) == [CLAIM_HOLDS, CLAIM_FAILS, CLAIM_HOLDS]
+
+
+def test_mixed_profiles_are_refused():
+    mixed = pd.concat([RESULTS, RESULTS.assign(profile="proxy")])
+    with pytest.raises(ValueError, match="mix profiles"):
+        comparison_table(EXPERIMENT, mixed)
+
+
+def test_report_section_and_latex_show_missing_not_zero(tmp_path):
+    section = experiment_section(EXPERIMENT, RESULTS, "smoke", None, tmp_path)
+    absent_line = next(line for line in section.splitlines() if line.startswith("| absent"))
+    assert MISSING in absent_line and " 0 " not in absent_line
+    assert "not enough rows" in section
+    latex = latex_table(EXPERIMENT, RESULTS, "smoke")
+    absent_tex = next(line for line in latex.splitlines() if line.startswith("absent"))
+    assert absent_tex == r"absent & 74 & missing \\"
+    assert r"2.00 $\pm$ 1.00" in latex
+
+
+def test_saved_svg_is_byte_identical_across_saves(tmp_path):
+    figure = plot_comparison(EXPERIMENT, RESULTS, profile="smoke")
+    first = save_figure(figure, tmp_path / "a", "toy")
+    second = save_figure(figure, tmp_path / "b", "toy")
+    for a, b in zip(first, second, strict=True):
+        assert a.read_bytes() == b.read_bytes()

@@ -1,0 +1,62 @@
+"""Parameter checks of lvit.reproduce: typos and unknown values stop with the valid choices."""
+
+from __future__ import annotations
+
+import nbformat
+import papermill
+import pytest
+
+from lvit.reproduce import check_parameter_names, project_root, validate_parameters
+
+PARAMETERS_CELL = 'profile: str = "smoke"  # smoke|proxy|paper\nseeds: int = 1  # number of seeds\n'
+
+
+def _notebook(path, validate: bool = False):
+    cells = [nbformat.v4.new_code_cell(PARAMETERS_CELL, metadata={"tags": ["parameters"]})]
+    if validate:
+        cells.append(nbformat.v4.new_code_cell(
+            "from lvit.reproduce import validate_parameters\n"
+            "validate_parameters(profile=profile, seeds=seeds)"))
+    notebook = nbformat.v4.new_notebook(cells=cells)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, path)
+    return path
+
+
+def test_unknown_profile_lists_valid_profiles():
+    with pytest.raises(ValueError, match=r"unknown profile 'smok' \(did you mean 'smoke'\?\); "
+                                         r"valid profiles: smoke, proxy, paper"):
+        validate_parameters(profile="smok", seeds=1)
+
+
+def test_unknown_device_and_bad_seeds():
+    with pytest.raises(ValueError, match="valid devices here: auto, cpu"):
+        validate_parameters(profile="smoke", seeds=1, device="gpu")
+    with pytest.raises(ValueError, match="positive int"):
+        validate_parameters(profile="smoke", seeds=0)
+
+
+def test_paths_resolve_from_project_root_not_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = validate_parameters(profile="smoke", seeds=2, device="cpu", results_dir="results")
+    assert params.results_dir == project_root() / "results"
+    assert params.data_root == project_root() / "data"
+    assert params.figures_dir == project_root() / "results" / "smoke" / "figures"
+    assert params.seeds == [0, 1]
+
+
+def test_misspelled_parameter_name_fails_before_running(tmp_path):
+    notebook = _notebook(tmp_path / "nb.ipynb")
+    expected = r"'profil' \(did you mean 'profile'\?\)\nvalid parameters: profile, seeds"
+    with pytest.raises(ValueError, match=expected):
+        check_parameter_names(notebook, {"profil": "proxy"})
+    check_parameter_names(notebook, {"profile": "proxy", "seeds": 3})  # declared names pass
+
+
+def test_papermill_run_with_unknown_profile_fails_with_valid_choices(tmp_path):
+    notebook = _notebook(tmp_path / "nb.ipynb", validate=True)
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"profile": "nope"},
+                                   kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    assert failure.value.ename == "ValueError"
+    assert "valid profiles: smoke, proxy, paper" in failure.value.evalue
