@@ -199,3 +199,29 @@ def test_history_validation(tmp_path):
         write_history(tmp_path, "smoke", "t", "A", 0, [{"loss": 1.0}])
     with pytest.raises(ValueError, match="empty history"):
         write_history(tmp_path, "smoke", "t", "A", 0, [])
+
+
+def _append_rows(results_dir, prov, worker):
+    for i in range(8):
+        append_results(results_dir, "smoke", "t", [record(prov, row=f"w{worker}-{i}", value=1 / 3)])
+
+
+def test_concurrent_appends_lose_no_rows(tmp_path, prov):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_rows, args=(tmp_path, prov, w)) for w in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    df = load_results(tmp_path, "smoke", "t")
+    assert sorted(df["row"]) == sorted(f"w{w}-{i}" for w in range(2) for i in range(8))
+    assert (df["value"] == 1 / 3).all()  # floats survive the CSV exactly
+
+
+def test_epoch_may_be_empty_for_pretrained_evaluation(tmp_path, prov):
+    append_results(tmp_path, "smoke", "t", [record(prov, epoch=None, checkpoint_sha256="ab" * 32)])
+    df = load_results(tmp_path, "smoke", "t")
+    assert df["epoch"].isna().all() and df["checkpoint_sha256"].iloc[0] == "ab" * 32
