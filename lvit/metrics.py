@@ -243,8 +243,8 @@ class SegmentationMeter:
             shapes = f"{tuple(pred_labels.shape)} vs {tuple(target_labels.shape)}"
             raise ValueError(f"pred_labels and target_labels shapes differ: {shapes}")
         labelled = target_labels != self.ignore_index
-        target = target_labels[labelled].long().cpu()
-        pred = pred_labels[labelled].long().cpu()
+        target = target_labels[labelled].long()  # counted on the input's device; only C² counts move
+        pred = pred_labels[labelled].long()
         for name, labels in (("target", target), ("predicted", pred)):
             if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
                 raise ValueError(
@@ -252,7 +252,7 @@ class SegmentationMeter:
                     f"{self.ignore_index}; got values in [{int(labels.min())}, {int(labels.max())}]"
                 )
         counts = torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2)
-        self.confusion += counts.reshape(self.num_classes, self.num_classes)
+        self.confusion += counts.reshape(self.num_classes, self.num_classes).cpu()
 
     def iou(self) -> torch.Tensor:
         """Per-class IoU in percent; NaN for a class absent from both prediction and target."""
