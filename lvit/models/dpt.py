@@ -262,8 +262,8 @@ class DPT(nn.Module):
         self.task, self.readout = task, readout
         self.block_taps, self.conv_taps = tuple(block_taps), tuple(conv_taps)
         self.backbone = timm.create_model(backbone, pretrained=False, **dict(backbone_kwargs or {}))
-        if self.conv_taps and not hasattr(self.backbone.patch_embed, "backbone"):
-            raise ValueError(f"conv_taps need a hybrid backbone (patch_embed.backbone); {backbone} has none")
+        if self.conv_taps:
+            self._check_conv_tap_channels(backbone, reassemble_channels)
         self.patch_stride = int(self.backbone.patch_embed.feat_ratio())
         dim, prefix = self.backbone.embed_dim, self.backbone.num_prefix_tokens
 
@@ -287,6 +287,19 @@ class DPT(nn.Module):
             self.head = segmentation_head(features, num_classes, head_upsample)
             self.aux_head = segmentation_head(features, num_classes, None)
         self.freeze_unused()
+
+    def _check_conv_tap_channels(self, backbone: str, reassemble_channels: Sequence[int]) -> None:
+        """Conv-tap stages feed ResNet maps straight to the 3x3 convs, so their widths are the ResNet's."""
+        resnet = getattr(self.backbone.patch_embed, "backbone", None)
+        if resnet is None:
+            raise ValueError(f"conv_taps need a hybrid backbone (patch_embed.backbone); {backbone} has none")
+        widths = {info["module"]: info["num_chs"] for info in resnet.feature_info}
+        expected = [widths[f"stages.{i}"] for i in self.conv_taps]
+        if list(reassemble_channels[: len(expected)]) != expected:
+            raise ValueError(
+                f"reassemble_channels {tuple(reassemble_channels)} start with the widths of ResNet stages "
+                f"{self.conv_taps} of {backbone}, {tuple(expected)}"
+            )
 
     # -- parameters the forward never uses --------------------------------------------------------
     def unused_parameter_names(self) -> list[str]:
