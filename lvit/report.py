@@ -24,6 +24,8 @@ from scipy.stats import kendalltau
 from lvit.experiments import Experiment, get_experiment, list_experiments
 
 MISSING = "missing"
+# A published baseline that lvit does not build (``Row.model == ""``): never run, so not "missing".
+NOT_BUILT = "paper baseline, not built"
 
 # Agreement of one row with the paper, strongest first.
 AGREEMENT_MATCH = "matches (within rounding)"
@@ -96,7 +98,9 @@ def _printed_tolerance(value: float) -> float:
     return 0.5 * 10.0 ** -_decimals(value) + 1e-12
 
 
-def _format_ours(mean: float, std: float, n: int, decimals: int) -> str:
+def _format_ours(mean: float, std: float, n: int, decimals: int, built: bool) -> str:
+    if not built:
+        return NOT_BUILT
     if n == 0 or math.isnan(mean):
         return MISSING
     spread = f"{std:.{decimals}f}" if n > 1 else "–"
@@ -104,7 +108,9 @@ def _format_ours(mean: float, std: float, n: int, decimals: int) -> str:
 
 
 def _agreement(published: float, mean: float, ref_published: float, ref_mean: float,
-               is_reference: bool) -> str:
+               is_reference: bool, built: bool) -> str:
+    if not built:
+        return NOT_BUILT
     if math.isnan(mean):
         return MISSING
     if math.isnan(published):
@@ -127,7 +133,8 @@ def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
     Columns: ``metric, row, published, ours`` (text: mean ± std (n=seeds), or "missing"), ``mean, std,
     n_seeds, delta`` (ours − published; NaN when either is missing) and ``agreement``: the row matches
     the printed value within its rounding, or moves in the same / opposite direction as in the paper
-    relative to the table's first row (the reference row). Missing rows keep NaN, never 0.
+    relative to the reference row (the first row with both a published value and ours). Missing rows
+    keep NaN, never 0; published baselines lvit does not build say so.
     """
     experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
     tables = []
@@ -136,20 +143,24 @@ def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
         published = pd.Series({r.label: float(r.published.get(name, math.nan)) for r in experiment.rows})
         printed = [p for p in published if not math.isnan(p)]
         decimals = min(max((_decimals(p) for p in printed), default=1) + 1, 4)
-        reference = experiment.rows[0].label
+        comparable = [label for label in stats.index
+                      if not math.isnan(published[label]) and not math.isnan(stats.loc[label, "mean"])]
+        reference = comparable[0] if comparable else experiment.rows[0].label
+        built = {r.label: bool(r.model) for r in experiment.rows}
         table = pd.DataFrame({
             "metric": name,
             "row": stats.index,
             "published": published.reindex(stats.index).to_numpy(),
-            "ours": [_format_ours(m, s, n, decimals)
-                     for m, s, n in zip(stats["mean"], stats["std"], stats["n"], strict=True)],
+            "ours": [_format_ours(m, s, n, decimals, built[label]) for label, m, s, n
+                     in zip(stats.index, stats["mean"], stats["std"], stats["n"], strict=True)],
             "mean": stats["mean"].to_numpy(dtype=float),
             "std": stats["std"].to_numpy(dtype=float),
             "n_seeds": stats["n"].to_numpy(),
         })
         table["delta"] = table["mean"] - table["published"]
         table["agreement"] = [
-            _agreement(p, m, published[reference], stats.loc[reference, "mean"], label == reference)
+            _agreement(p, m, published[reference], stats.loc[reference, "mean"], label == reference,
+                       built[label])
             for label, p, m in zip(table["row"], table["published"], table["mean"], strict=True)
         ]
         tables.append(table)
@@ -255,9 +266,9 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     ax_ours.errorbar(table["mean"], np.arange(len(rows)), xerr=table["std"].fillna(0), fmt="o",
                      color=sns.color_palette()[0], capsize=4, label="mean ± std")
     for y, text in enumerate(table["ours"]):
-        if text == MISSING:
-            ax_ours.annotate(MISSING, (0.02, y), xycoords=("axes fraction", "data"), va="center",
-                             color="tab:red")
+        if text in (MISSING, NOT_BUILT):
+            ax_ours.annotate(text, (0.02, y), xycoords=("axes fraction", "data"), va="center",
+                             color="tab:red" if text == MISSING else "0.4")
     n_seeds = int(table["n_seeds"].max()) if len(table) else 0
     title = f"ours ({profile}, {n_seeds} seed{'s' if n_seeds != 1 else ''})" if profile else "ours"
     ax_ours.set(title=title, xlabel=label, ylabel="")
@@ -291,6 +302,27 @@ def plot_training_curves(histories: pd.DataFrame, pairs: Sequence[tuple[str, str
             ax.set(title=f"({letter}) {pair[0]} vs {pair[1]}", xlabel="epoch", ylabel=ylabel)
     if profile:
         fig.suptitle(f"Training curves ({profile} profile)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_complexity(counts: pd.DataFrame) -> plt.Figure:
+    """Ours (y) against printed (x) for Params and FLOPs, one point per table row; on the diagonal = agrees.
+
+    ``counts`` has the fields of :class:`lvit.complexity.ComplexityRow` as columns.
+    """
+    _theme()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, (ours, printed, label) in zip(axes, [("params_m", "published_params_m", "Params (M)"),
+                                                 ("flops_g", "published_flops_g", "FLOPs (G)")], strict=True):
+        data = counts.dropna(subset=[printed])
+        sns.scatterplot(data=data, x=printed, y=ours, hue="experiment", style="experiment", s=60, ax=ax)
+        low = min(data[printed].min(), data[ours].min())
+        high = max(data[printed].max(), data[ours].max())
+        ax.plot([low, high], [low, high], color="0.6", lw=1, ls="--", zorder=0, label="ours = paper")
+        ax.set(xlabel=f"paper: {label}", ylabel=f"ours: {label}", title=label)
+        ax.legend(fontsize="small")
+    fig.suptitle("Model complexity of every LocalViT table row (224×224 input)")
     fig.tight_layout()
     return fig
 

@@ -12,6 +12,7 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from lvit.experiments import PROFILES, get_experiment
 # The notebook that collates the others; it runs last.
 REPORT_NOTEBOOK = "report"
 KERNEL_NAME = "python3"
+# Where a notebook's empty ``results_dir`` points, when set: `make test` points nbval at a fresh
+# directory, so that the regression check recomputes every smoke number instead of reusing results/.
+RESULTS_DIR_ENV = "LVIT_RESULTS_DIR"
 
 
 def project_root() -> Path:
@@ -82,8 +86,8 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
     """Check a notebook's parameters and resolve them; raise ``ValueError`` naming the valid choices.
 
     ``seeds`` is a count (seeds 0..N-1). ``device="auto"`` picks CUDA when present. Empty paths mean
-    ``<project>/data`` and ``<project>/results``. ``rows`` (optional) restricts ``experiment`` to a
-    subset of its declared row labels.
+    ``<project>/data`` and ``<project>/results`` (or ``$LVIT_RESULTS_DIR``). ``rows`` (optional)
+    restricts ``experiment`` to a subset of its declared row labels.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}{_close(str(profile), PROFILES)}; "
@@ -109,7 +113,8 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
             raise ValueError(f"unknown rows {unknown} for {declared.name!r}; valid rows: {labels}")
     return NotebookParameters(profile=profile, seeds=list(range(seeds)), device=device,
                               data_root=_resolve(data_root, "data"),
-                              results_dir=_resolve(results_dir, "results"), rows=chosen)
+                              results_dir=_resolve(results_dir, os.environ.get(RESULTS_DIR_ENV, "results")),
+                              rows=chosen)
 
 
 # --------------------------------------------------------------------------------------------------

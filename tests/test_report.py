@@ -17,6 +17,7 @@ from lvit.report import (
     CLAIM_HOLDS,
     CLAIM_NOT_ENOUGH,
     MISSING,
+    NOT_BUILT,
     claim_status,
     comparison_table,
     experiment_section,
@@ -32,6 +33,7 @@ EXPERIMENT = Experiment(
     title="Toy table",
     task="classification",
     rows=(
+        Row("paper only", "", published={"top1": 71.0}),  # a baseline lvit does not build
         Row("base", "m", published={"top1": 70.0}),
         Row("better", "m", published={"top1": 72.5}),
         Row("best", "m", published={"top1": 75.0}),
@@ -60,7 +62,7 @@ RESULTS = _results({"base": [1.0, 2.0, 3.0], "better": [1.0, 1.0, 1.0], "best": 
 
 def test_comparison_table_statistics_and_missing_row():
     table = comparison_table(EXPERIMENT, RESULTS).set_index("row")
-    assert list(table.index) == ["base", "better", "best", "absent"]  # paper order, missing row kept
+    assert list(table.index) == ["paper only", "base", "better", "best", "absent"]  # paper order, all kept
     assert table.loc["base", "mean"] == pytest.approx(2.0)
     assert table.loc["base", "std"] == pytest.approx(1.0)  # sample std of 1, 2, 3
     assert table.loc["base", "n_seeds"] == 3
@@ -71,11 +73,12 @@ def test_comparison_table_statistics_and_missing_row():
     assert absent["n_seeds"] == 0
     assert math.isnan(absent["mean"]) and math.isnan(absent["delta"])  # never 0
     assert absent["published"] == 74.0
+    assert table.loc["paper only", "ours"] == NOT_BUILT and table.loc["paper only", "agreement"] == NOT_BUILT
 
 
 def test_agreement_direction_relative_to_first_row():
     agreement = comparison_table(EXPERIMENT, RESULTS).set_index("row")["agreement"]
-    assert agreement["base"] == AGREEMENT_REFERENCE
+    assert agreement["base"] == AGREEMENT_REFERENCE  # the first row with both numbers
     assert agreement["better"] == AGREEMENT_OPPOSITE  # paper: 72.5 > 70; ours: 1 < 2
     assert agreement["best"] == AGREEMENT_MATCH  # 75.0 equals the printed 75.0
     nudged = _results({"base": [2.0], "best": [75.2]})
