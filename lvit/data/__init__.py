@@ -10,12 +10,16 @@ or a per-split ``{split}_domains`` (e.g. ``train_domains=("indoor", "outdoor")``
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from lvit.data.datasets import ADE20K, KITTIDepth, NYUv2, imagenet
+from lvit.data.seeding import image_hw
 from lvit.data.synthetic import DOMAINS, SCENE_CLASSES, LocalShapes, Scenes
+from lvit.data.transforms import deit_eval_transform, deit_train_transform, segmentation_train_transform
 
 _DEFAULT_SAMPLES = {"train": 10_000, "val": 1_000, "test": 1_000}
 
@@ -35,9 +39,34 @@ def _scenes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
     return Scenes(split=split, num_samples=_num_samples(split, recipe), domains=tuple(domains), **kwargs)
 
 
+def _imagenet(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
+    size = int(recipe.get("image_size", 224))
+    transform = deit_train_transform(size) if split == "train" else deit_eval_transform(size)
+    return imagenet(data_root, "train" if split == "train" else "val", transform)
+
+
+def _nyu(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
+    return NYUv2(data_root, "train" if split == "train" else "test")
+
+
+def _kitti(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
+    return KITTIDepth(data_root, "train" if split == "train" else "test")
+
+
+def _ade20k(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
+    if split != "train":
+        return ADE20K(data_root, "val")
+    crop = int(image_hw(recipe.get("image_size", 480))[0])
+    return ADE20K(data_root, "train", partial(segmentation_train_transform, crop_size=crop))
+
+
 _BUILDERS: dict[str, Callable[[str, Mapping[str, Any], Path], Dataset]] = {
     "local_shapes": _local_shapes,
     "scenes": _scenes,
+    "imagenet": _imagenet,
+    "nyu": _nyu,
+    "kitti": _kitti,
+    "ade20k": _ade20k,
 }
 
 

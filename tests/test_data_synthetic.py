@@ -1,0 +1,104 @@
+"""LocalShapes: determinism, labels, class structure, resolution independence, factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from lvit.data import build_dataset, dataset_names
+from lvit.data.synthetic import NUM_SHAPE_CLASSES, SHAPES, TEXTURES, LocalShapes, _shape_sdf, class_name
+
+
+def test_same_seed_same_tensors_across_calls_batches_and_getitem() -> None:
+    ds = LocalShapes("train", 200, 24)
+    first, labels = ds.generate([5, 17, 123])
+    again, _ = LocalShapes("train", 200, 24).generate([5, 17, 123])
+    assert torch.equal(first, again)
+    alone, alone_label = ds[17]
+    assert torch.equal(alone, first[1]) and alone_label == int(labels[1])
+    other_batch, _ = ds.generate([123, 0, 17])  # batch composition must not matter
+    assert torch.equal(other_batch[2], first[1])
+
+
+def test_dataloader_workers_do_not_change_samples() -> None:
+    ds = LocalShapes("val", 8, 16)
+    serial = torch.cat([x for x, _ in DataLoader(ds, batch_size=4, num_workers=0)])
+    parallel = torch.cat([x for x, _ in DataLoader(ds, batch_size=4, num_workers=2)])
+    assert torch.equal(serial, parallel)
+
+
+def test_splits_and_seeds_differ() -> None:
+    train, _ = LocalShapes("train", 10, 16).generate(range(10))
+    val, _ = LocalShapes("val", 10, 16).generate(range(10))
+    reseeded, _ = LocalShapes("train", 10, 16, seed=1).generate(range(10))
+    for other in (val, reseeded):
+        assert (train - other).abs().flatten(1).amax(1).min() > 0.1  # every sample differs
+
+
+def test_images_are_float_rgb_in_unit_range() -> None:
+    images, _ = LocalShapes("train", 16, (20, 28)).generate(range(16))
+    assert images.dtype == torch.float32 and images.shape == (16, 3, 20, 28)
+    assert images.min() >= 0 and images.max() <= 1
+    assert images.std() > 0.1  # not blank
+
+
+def test_labels_balanced_and_all_classes_reachable() -> None:
+    ds = LocalShapes("train", 64 * 3, 8)
+    labels = ds.labels(torch.arange(len(ds)))
+    assert NUM_SHAPE_CLASSES == len(SHAPES) * len(TEXTURES) >= 50
+    assert torch.equal(torch.bincount(labels, minlength=64), torch.full((64,), 3))
+    assert torch.equal(
+        LocalShapes("train", 50, 8, num_classes=10).labels(torch.arange(50)).unique(), torch.arange(10)
+    )
+    assert len({class_name(c) for c in range(64)}) == 64
+    with pytest.raises(ValueError, match="num_classes"):
+        LocalShapes(num_classes=65)
+
+
+@pytest.mark.parametrize(
+    ("shape", "inside", "outside"),
+    [
+        ("circle", (0.0, 0.0), (0.8, 0.8)),
+        ("square", (0.7, 0.7), (0.9, 0.0)),  # corners reach (0.75, 0.75)
+        ("triangle", (0.9, 0.0), (-0.9, 0.0)),  # vertex at angle 0, opposite edge at apothem 0.5
+        ("cross", (0.8, 0.0), (0.6, 0.6)),
+        ("ring", (0.68, 0.0), (0.0, 0.0)),  # the centre is the hole
+        ("tee", (0.0, 0.6), (0.6, -0.6)),
+        ("ell", (-0.5, 0.5), (0.5, 0.5)),
+    ],
+)
+def test_shape_outlines_contain_hand_picked_points(shape: str, inside: tuple, outside: tuple) -> None:
+    kind = SHAPES.index(shape)
+    pts = torch.tensor([inside, outside])
+    sdf = _shape_sdf(kind, pts[:, 0], pts[:, 1])
+    assert sdf[0] < 0 < sdf[1]
+
+
+def test_label_not_nuisance_sets_the_object() -> None:
+    # Same index (so the same nuisance draw) under two class counts: only the label differs.
+    ds_a, ds_b = LocalShapes("train", 100, 32, num_classes=64), LocalShapes("train", 100, 32, num_classes=63)
+    x_a, y_a = ds_a.generate([70])
+    x_b, y_b = ds_b.generate([70])
+    assert int(y_a) != int(y_b)
+    assert (x_a - x_b).abs().amax() > 0.2
+
+
+def test_rendering_is_resolution_independent() -> None:
+    ds = LocalShapes("train", 20, 32)
+    low, _ = ds.generate(range(4))
+    high, _ = ds.generate(range(4), image_size=64)
+    # 2x2 means of the high-res render land on the low-res pixel centres: same scene, finer sampling.
+    assert (F.avg_pool2d(high, 2) - low).abs().mean() < 0.03
+
+
+def test_build_dataset_reads_recipe_and_rejects_unknown_names() -> None:
+    ds = build_dataset(
+        "local_shapes", "val", {"image_size": 32, "val_samples": 12, "num_classes": 20, "seed": 3}
+    )
+    assert isinstance(ds, LocalShapes) and len(ds) == 12 and ds.num_classes == 20 and ds.seed == 3
+    assert ds[0][0].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="local_shapes"):
+        build_dataset("imagenet-21k", "train", {})
+    assert {"local_shapes", "scenes", "imagenet", "nyu", "kitti", "ade20k"} <= set(dataset_names())
