@@ -1,6 +1,10 @@
 """Every experiment of both papers, declared once. Importing this package registers them all."""
 
-from lvit.experiments import dpt  # noqa: F401  (declares the DPT experiments)
+from lvit.experiments import (
+    dpt,  # noqa: E402, F401  (declares the DPT experiments)
+    localvit,  # noqa: E402, F401  (declares the LocalViT experiments)
+    pretrained,  # noqa: E402, F401  (released checkpoints' expected numbers)
+)
 from lvit.experiments.base import (
     PROFILES,
     Claim,
