@@ -1,0 +1,123 @@
+"""Load foreign checkpoints (official release files, plain state_dicts) into lvit models, strictly.
+
+:func:`load_pretrained` reads a file without trusting it (``torch.load(weights_only=True)`` or
+safetensors), unwraps training-checkpoint containers, converts keys with the model family's
+``checkpoint_filter_fn(state_dict, model)`` and loads **all or nothing**: any missing or unexpected key,
+or any shape mismatch, raises :class:`CheckpointMismatchError` listing them, and the model is unchanged.
+
+A family plugs in its conversion by defining ``checkpoint_filter_fn`` in the module of its model class
+(timm's convention, e.g. :func:`lvit.models.localvit.checkpoint_filter_fn`); the filter is looked up along
+the class hierarchy, so timm's own models (``deit_tiny_patch16_224``) use timm's filters.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CheckpointMismatchError", "checkpoint_filter_for", "load_pretrained", "read_checkpoint"]
+
+StateDict = dict[str, torch.Tensor]
+FilterFn = Callable[[StateDict, nn.Module], StateDict]
+
+# Containers written by training scripts; the non-EMA weights ("model") are what official evaluations report.
+_CONTAINER_KEYS = ("model", "state_dict")
+_LISTED = 20  # keys listed per category in an error message
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not match the model; nothing was loaded."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        parts = [_listing("missing keys", missing), _listing("unexpected keys", unexpected),
+                 _listing("shape mismatches", mismatched)]
+        super().__init__("checkpoint does not match the model, nothing was loaded; "
+                         + "; ".join(p for p in parts if p))
+
+
+def _listing(what: str, keys: list[str]) -> str:
+    if not keys:
+        return ""
+    more = f", ... ({len(keys) - _LISTED} more)" if len(keys) > _LISTED else ""
+    return f"{len(keys)} {what}: {', '.join(keys[:_LISTED])}{more}"
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``.safetensors`` with safetensors, anything else with ``torch.load(weights_only=True)`` on CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any parse failure of an untrusted file: corrupt, truncated, not torch
+        message = f"{str(path)!r} is not a PyTorch checkpoint loadable with weights_only: {error}"
+        raise ValueError(message) from error
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> StateDict:
+    """The tensor mapping of a training checkpoint (``{'model': ...}``) or a plain state_dict."""
+    for key in _CONTAINER_KEYS:
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint = checkpoint[key]
+            break
+    if checkpoint and all(k.startswith("module.") for k in checkpoint):  # saved from DistributedDataParallel
+        checkpoint = {k.removeprefix("module."): v for k, v in checkpoint.items()}
+    not_tensors = [k for k, v in checkpoint.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"not a state_dict: non-tensor entries {', '.join(map(str, not_tensors[:_LISTED]))}")
+    return dict(checkpoint)
+
+
+def checkpoint_filter_for(model: nn.Module) -> FilterFn | None:
+    """The ``checkpoint_filter_fn`` of the module defining the model's class (or a base class), if any."""
+    for cls in type(model).__mro__:
+        module = sys.modules.get(cls.__module__)
+        filter_fn = getattr(module, "checkpoint_filter_fn", None)
+        if callable(filter_fn):
+            return filter_fn
+    return None
+
+
+def load_pretrained(
+    model: nn.Module,
+    path_or_state_dict: str | os.PathLike | Mapping[str, Any],
+    filter_fn: FilterFn | None = None,
+) -> nn.Module:
+    """Load an official release file or a state_dict into ``model`` strictly; returns ``model``.
+
+    Args:
+        model: the lvit/timm model to fill.
+        path_or_state_dict: a ``.pth``/``.pt``/``.safetensors`` path, or a (possibly wrapped) state_dict.
+        filter_fn: key conversion; default: the model family's ``checkpoint_filter_fn``.
+
+    Raises:
+        CheckpointMismatchError: missing/unexpected keys or shape mismatches; the model is unchanged.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        checkpoint = dict(path_or_state_dict)
+    else:
+        checkpoint = read_checkpoint(path_or_state_dict)
+    state_dict = _unwrap(checkpoint)
+    filter_fn = filter_fn or checkpoint_filter_for(model)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, model)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
+                  if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(missing, unexpected, mismatched)
+    model.load_state_dict(state_dict, strict=True)
+    return model
