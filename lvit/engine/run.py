@@ -1,0 +1,582 @@
+"""Run a declared experiment at a profile: every (row, seed) trained, evaluated and stored with provenance.
+
+``run_experiment("localvit_activation", "smoke", seeds=3)`` builds each row's model sized by the profile
+(:func:`lvit.experiments.recipes.model_overrides`), its data (:func:`lvit.data.build_dataset`), trains it with
+the task's recipe through :func:`lvit.engine.loop.fit`, evaluates the experiment's metrics and appends tidy
+rows to ``results/<profile>/<experiment>.csv`` (:mod:`lvit.results`), plus the per-epoch history. A (row,
+seed) already stored with the same config hash is skipped (``reuse=True``), and each run checkpoints under
+``results/<profile>/checkpoints/`` and resumes from there, so a killed run loses nothing.
+
+Dense (DPT) rows at smoke/proxy start from a backbone pretrained on the classification proxy, cached once as
+``results/<profile>/artifacts/<arch>-<hash>.pt`` with a JSON provenance file beside it.
+
+Multi-GPU: at the ``paper`` profile with more than one visible GPU, :func:`run_experiment` relaunches itself
+as ``python -m torch.distributed.run --standalone --nproc-per-node N -m lvit.engine.run EXPERIMENT ...``
+(one process per GPU, NCCL, DDP; rank 0 evaluates and writes results) and reads the results back. The same
+command works by hand, e.g. ``torchrun --nproc-per-node 8 -m lvit.engine.run localvit_main --profile paper``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+import lvit
+from lvit import results as store
+from lvit.engine.loop import (
+    LoopConfig,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
+from lvit.engine.tasks import build_task
+from lvit.experiments import Experiment, Row, get_experiment, list_experiments
+from lvit.experiments.base import PROFILES
+from lvit.experiments.recipes import (
+    CLASSIFICATION_PROFILES,
+    EXPERIMENT_RECIPES,
+    model_overrides,
+    validate_recipe,
+)
+
+TRAINING_TASKS = ("classification", "depth", "segmentation")
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+class CachedDataset(Dataset):
+    """A procedural dataset rendered once onto ``device`` and then served by indexing.
+
+    Every sample is a pure function of its index, so rendering each once per process (rather than once per
+    epoch and run) changes no value and removes the generator from the training loop's cost.
+    """
+
+    def __init__(self, dataset: Dataset, device: torch.device, chunk: int = 512) -> None:
+        parts = [
+            dataset.generate(list(range(i, min(i + chunk, len(dataset)))), device)  # type: ignore[attr-defined]
+            for i in range(0, len(dataset), chunk)
+        ]  # type: ignore[arg-type]
+        first = parts[0]
+        if isinstance(first, Mapping):
+            self.data: Any = {k: torch.cat([p[k] for p in parts]) for k in first}
+        else:
+            self.data = tuple(torch.cat([p[i] for p in parts]) for i in range(len(first)))
+        self.length = len(dataset)  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def generate(self, indices: Sequence[int], device: torch.device | str = "cpu") -> Any:
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        if isinstance(self.data, Mapping):
+            return {k: v[index.to(v.device)].to(device) for k, v in self.data.items()}
+        return tuple(v[index.to(v.device)].to(device) for v in self.data)
+
+
+_DATA_CACHE: dict[str, Dataset] = {}
+
+
+def _dataset(
+    recipe: Mapping[str, Any], split: str, data_root: str | Path, device: torch.device, **changes: Any
+) -> Dataset:
+    """``build_dataset`` for ``split``, cached on ``device`` when procedural (keyed by its full config)."""
+    from lvit.data import build_dataset
+
+    config = {**recipe, **changes}
+    key = store.config_hash({"split": split, "device": str(device), "data_root": str(data_root), **config})
+    if key not in _DATA_CACHE:
+        dataset = build_dataset(config["dataset"], split, config, data_root)
+        _DATA_CACHE[key] = CachedDataset(dataset, device) if hasattr(dataset, "generate") else dataset
+    return _DATA_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------- models
+
+
+def _row_model(row: Row, task: str, recipe: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    name = recipe.get("proxy_models", {}).get(row.model, row.model)
+    return name, {**row.model_kwargs, **model_overrides(name, task, recipe)}
+
+
+def _load_backbone(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load classification weights into a dense model's backbone: no head, position embedding resampled."""
+    from timm.layers import resample_abs_pos_embed
+
+    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if "pos_embed" in state and state["pos_embed"].shape != backbone.pos_embed.shape:
+        prefix = 0 if getattr(backbone, "no_embed_class", False) else backbone.num_prefix_tokens
+        state["pos_embed"] = resample_abs_pos_embed(
+            state["pos_embed"], list(backbone.patch_embed.grid_size), num_prefix_tokens=prefix
+        )
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    wrong = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+    if wrong:
+        raise RuntimeError(f"pretrained backbone does not fit the dense model's backbone: {wrong[:8]}")
+
+
+def pretrained_backbone(
+    arch: str,
+    backbone_kwargs: Mapping[str, Any],
+    profile: str,
+    device: torch.device,
+    results_dir: str | Path,
+    data_root: str | Path,
+) -> dict[str, torch.Tensor]:
+    """Weights of ``arch`` pretrained on the classification proxy of ``profile``, trained once and cached.
+
+    The artifact is ``results/<profile>/artifacts/<arch>-<hash>.pt`` (+ ``.json`` provenance), keyed by the
+    backbone's shape and the classification recipe, so a changed recipe retrains instead of reusing.
+    """
+    recipe = dict(CLASSIFICATION_PROFILES[profile])
+    kwargs = {
+        **model_overrides(arch, "classification", recipe),
+        **{k: v for k, v in backbone_kwargs.items() if k != "img_size"},
+    }
+    config = {"arch": arch, "model_kwargs": kwargs, "recipe": recipe, "seed": 0}
+    digest = store.config_hash(config)
+    path = Path(results_dir) / profile / "artifacts" / f"{arch}-{digest[:12]}.pt"
+    if path.exists():
+        return load_checkpoint(path)
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    torch.manual_seed(0)
+    model = lvit.create_model(arch, **kwargs)
+    history = _train(
+        model, "classification", recipe, 0, device, data_root, path.with_suffix(".ckpt"), f"pretrain {arch}"
+    )
+    save_checkpoint(path, model.state_dict())
+    shutil.rmtree(path.with_suffix(".ckpt"), ignore_errors=True)
+    info = {
+        **store.provenance(profile, 0, str(device), config, started, time.perf_counter() - t0),
+        "arch": arch,
+        "model_kwargs": kwargs,
+        "history": history,
+    }
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
+    return model.state_dict()
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def _train(
+    model: nn.Module,
+    task: str,
+    recipe: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
+    data_root: str | Path,
+    checkpoint_dir: Path,
+    desc: str,
+) -> list[dict[str, Any]]:
+    from lvit.engine.loop import fit
+
+    train = _dataset(recipe, "train", data_root, device)
+    val = _dataset(recipe, "val", data_root, device)
+    config = LoopConfig(
+        epochs=recipe["epochs"],
+        batch_size=recipe["batch_size"],
+        grad_accum=recipe.get("grad_accum", 1),
+        max_steps=recipe.get("max_steps"),
+        num_workers=recipe.get("num_workers", 0),
+        repeated_aug=recipe.get("repeated_aug", 1),
+        compile=bool(recipe.get("compile")) and device.type == "cuda",
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=recipe.get("checkpoint_every", 0),
+        resume=True,
+        deterministic=recipe.get("deterministic", False),
+        seed=seed,
+        device=str(device),
+        progress_desc=desc,
+    )
+    return fit(model, build_task(task, recipe), train, val, config)
+
+
+_COMPLEXITY_CACHE: dict[str, dict[str, float]] = {}
+
+
+def _complexity(model_name: str, kwargs: Mapping[str, Any]) -> dict[str, float]:
+    """Params (M) and GMACs at the paper's 224x224 with the paper's counter, of the row's full-size model
+    (what the tables' columns measure, whatever the profile trains); computed once per process and row."""
+    from lvit.complexity import count_macs, count_params
+
+    key = store.config_hash({"model": model_name, "kwargs": dict(kwargs)})
+    if key not in _COMPLEXITY_CACHE:
+        model = lvit.create_model(model_name, **kwargs)
+        _COMPLEXITY_CACHE[key] = {
+            "params_m": count_params(model) / 1e6,
+            "flops_g": count_macs(model, (3, 224, 224)) / 1e9,
+        }
+    return dict(_COMPLEXITY_CACHE[key])
+
+
+def _eval_depth(
+    experiment: Experiment,
+    row: Row,
+    model: nn.Module,
+    recipe: Mapping[str, Any],
+    device: torch.device,
+    data_root: str | Path,
+) -> dict[str, float]:
+    """Each declared metric on its stand-in domain; ``mean_*`` averages the per-domain metrics when there are
+    some, else is measured on the whole validation mix (at the row's inference side for Figure 4)."""
+    from lvit.data.scenes import DOMAIN_SPECS
+    from lvit.engine.tasks import DepthTask
+
+    domains: Mapping[str, str] = recipe.get("metric_domains", {})
+    values: dict[str, float] = {}
+    names = [m.name for m in experiment.metrics]
+    batch = recipe["batch_size"]
+    for name in names:
+        if name in domains:
+            domain = domains[name]
+            data = _dataset(recipe, "val", data_root, device, val_domains=(domain,))
+            measures = DepthTask({**recipe, "depth_cap": DOMAIN_SPECS[domain].max_depth}).evaluate(
+                model, data, device, batch
+            )
+            values[name] = measures[name.split("_", 1)[1]]
+    for name in names:
+        if not name.startswith("mean_") or name in values:
+            continue
+        measure = name.removeprefix("mean_")
+        parts = [values[n] for n in names if n in domains and n.endswith(measure)]
+        if parts:
+            values[name] = sum(parts) / len(parts)
+            continue
+        changes: dict[str, Any] = {}
+        if experiment.name == "dpt_inference_resolution":
+            from lvit.experiments.dpt import inference_side
+
+            side = _side(recipe["image_size"])
+            changes["image_size"] = inference_side(row.label, side, multiple=recipe.get("patch_size", 16))
+        data = _dataset(recipe, "val", data_root, device, **changes)
+        cap = max(DOMAIN_SPECS[d].max_depth for d in getattr(data, "domains", DOMAIN_SPECS))
+        values[name] = DepthTask({**recipe, "depth_cap": cap}).evaluate(model, data, device, batch)[measure]
+    return values
+
+
+def _side(image_size: Any) -> int:
+    return int(image_size[0]) if isinstance(image_size, tuple | list) else int(image_size)
+
+
+def _evaluate(
+    experiment: Experiment,
+    row: Row,
+    model: nn.Module,
+    history: list[dict[str, Any]],
+    recipe: Mapping[str, Any],
+    device: torch.device,
+    data_root: str | Path,
+) -> dict[str, float]:
+    names = {m.name for m in experiment.metrics}
+    if experiment.task == "depth":
+        return _eval_depth(experiment, row, model, recipe, device, data_root)
+    last = history[-1]
+    values = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_")}
+    values["train_loss"] = last["train_loss"]
+    return {k: float(v) for k, v in values.items() if k in names}
+
+
+def _run_row(
+    experiment: Experiment,
+    row: Row,
+    profile: str,
+    recipe: Mapping[str, Any],
+    seed: int,
+    device: torch.device,
+    data_root: str | Path,
+    results_dir: str | Path,
+    config: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    """Train and evaluate one (row, seed); returns its result records (rank 0) or [] (other ranks)."""
+    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    task = experiment.task
+    metrics: dict[str, float] = {}
+    history: list[dict[str, Any]] = []
+    if task in ("classification", "complexity") and {"params_m", "flops_g"} & {
+        m.name for m in experiment.metrics
+    }:
+        metrics.update(_complexity(row.model, row.model_kwargs))
+    if task in TRAINING_TASKS:
+        name, kwargs = _row_model(row, task, recipe)
+        torch.manual_seed(seed)
+        model = lvit.create_model(name, **kwargs)
+        if task != "classification" and recipe.get("pretrain") == "classification":
+            backbone = model.backbone  # type: ignore[union-attr]
+            arch = backbone.pretrained_cfg["architecture"]
+            _load_backbone(
+                backbone,
+                pretrained_backbone(
+                    arch, kwargs.get("backbone_kwargs", {}), profile, device, results_dir, data_root
+                ),
+            )
+        digest = store.config_hash(config)[:12]
+        ckpt = (
+            Path(results_dir)
+            / profile
+            / "checkpoints"
+            / experiment.name
+            / f"{store.row_slug(row.label)}__seed{seed}-{digest}"
+        )
+        history = _train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
+        if int(os.environ.get("RANK", "0")) != 0:
+            return []
+        metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
+        store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
+        shutil.rmtree(
+            ckpt, ignore_errors=True
+        )  # the results are stored; the resume point is no longer needed
+    prov = store.provenance(profile, seed, str(device), config, started, time.perf_counter() - t0)
+    epoch = history[-1]["epoch"] if history else None
+    return [
+        {
+            **prov,
+            "experiment": experiment.name,
+            "row": row.label,
+            "metric": metric,
+            "value": value,
+            "split": "val",
+            "epoch": epoch,
+        }
+        for metric, value in metrics.items()
+    ]
+
+
+# ----------------------------------------------------------------------------------------- API
+
+
+def resolve(
+    name: str, profile: str, rows: Sequence[str] | None
+) -> tuple[Experiment, dict[str, Any], list[Row]]:
+    """Experiment, merged recipe and selected rows; every bad input is refused here, before any work."""
+    experiment = get_experiment(name)  # KeyError naming the valid experiments
+    if profile not in PROFILES:
+        raise KeyError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    recipe = {**experiment.recipe(profile), **EXPERIMENT_RECIPES.get(name, {}).get(profile, {})}
+    validate_recipe(recipe, f"{name}/{profile}")
+    runnable = [r for r in experiment.rows if r.model]
+    if rows is None:
+        selected = runnable
+    else:
+        selected = [experiment.row(label) for label in rows]  # KeyError naming the valid rows
+        published_only = [r.label for r in selected if not r.model]
+        if published_only:
+            raise ValueError(
+                f"rows {published_only} of {name!r} are published-only (no model); runnable rows: "
+                f"{', '.join(r.label for r in runnable)}"
+            )
+    if experiment.task in TRAINING_TASKS:
+        from lvit.data import dataset_names
+
+        if recipe.get("dataset") not in dataset_names():
+            raise ValueError(
+                f"{name}/{profile}: dataset {recipe.get('dataset')!r} is not available; valid "
+                f"datasets: {', '.join(dataset_names())}"
+            )
+    return experiment, recipe, selected
+
+
+def run_experiment(
+    name: str,
+    profile: str,
+    seeds: int | Sequence[int] = 1,
+    device: str = "auto",
+    data_root: str | Path = "data",
+    results_dir: str | Path = "results",
+    rows: Sequence[str] | None = None,
+    reuse: bool = True,
+) -> pd.DataFrame:
+    """Run ``rows`` (default: every runnable row) of experiment ``name`` at ``profile`` for ``seeds``.
+
+    ``seeds`` is a count (seeds 0..n-1) or explicit seeds. Returns the stored result rows of those
+    (row, seed) pairs, newest per metric, reused ones included.
+    """
+    experiment, recipe, selected = resolve(name, profile, rows)
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("no seeds to run: pass a positive count or a list of seeds")
+    if profile == "paper" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(name, profile, seed_list, data_root, results_dir, [r.label for r in selected], reuse)
+        return _stored(results_dir, profile, name, selected, seed_list)
+    target = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    with _cpu_threads(recipe.get("cpu_threads") if target.type == "cpu" else None):
+        _run_all(experiment, recipe, selected, seed_list, profile, target, data_root, results_dir, reuse)
+    return _stored(results_dir, profile, name, selected, seed_list)
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Tiny smoke tensors run faster on one thread: a 2-thread OpenMP op waits for both cores, which a
+    loaded CI machine rarely gives at once (measured here: BN + depth-wise conv 6 ms vs 22-90 ms)."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_all(
+    experiment: Experiment,
+    recipe: Mapping[str, Any],
+    selected: Sequence[Row],
+    seed_list: Sequence[int],
+    profile: str,
+    target: torch.device,
+    data_root: str | Path,
+    results_dir: str | Path,
+    reuse: bool,
+) -> None:
+    name = experiment.name
+    stored = store.load_results(results_dir, profile, name)
+    for row in selected:
+        for seed in seed_list:
+            config = {
+                "experiment": name,
+                "row": row.label,
+                "model": row.model,
+                "model_kwargs": dict(row.model_kwargs),
+                "recipe": recipe,
+                "profile": profile,
+                "seed": seed,
+                "lvit": lvit.__version__,
+            }
+            if reuse and len(
+                store.reusable_results(stored, name, row.label, profile, seed, store.config_hash(config))
+            ):
+                continue
+            records = _run_row(experiment, row, profile, recipe, seed, target, data_root, results_dir, config)
+            if records:
+                store.append_results(results_dir, profile, name, records)
+
+
+def _stored(
+    results_dir: str | Path, profile: str, name: str, rows: Sequence[Row], seeds: Sequence[int]
+) -> pd.DataFrame:
+    df = store.latest_results(store.load_results(results_dir, profile, name))
+    keep = df["row"].isin([r.label for r in rows]) & df["seed"].isin(list(seeds))
+    return df[keep].reset_index(drop=True)
+
+
+def _launch_torchrun(
+    name: str,
+    profile: str,
+    seeds: Sequence[int],
+    data_root: str | Path,
+    results_dir: str | Path,
+    rows: Sequence[str],
+    reuse: bool,
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={torch.cuda.device_count()}",
+        "-m",
+        "lvit.engine.run",
+        name,
+        "--profile",
+        profile,
+        "--seeds",
+        *map(str, seeds),
+        "--data-root",
+        str(data_root),
+        "--results-dir",
+        str(results_dir),
+        "--rows",
+        *rows,
+    ]
+    if not reuse:
+        command.append("--no-reuse")
+    subprocess.run(command, check=True)
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="an experiment name (see `lvit list`)")
+    parser.add_argument("--profile", default="smoke", choices=PROFILES)
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="one number N runs seeds 0..N-1; several numbers are the seeds themselves",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--rows", nargs="+", default=None, help="row labels (default: every runnable row)")
+    parser.add_argument("--data-root", default="data")
+    parser.add_argument("--results-dir", default="results")
+    parser.add_argument("--no-reuse", action="store_true", help="rerun (row, seed) pairs already stored")
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    seeds: int | list[int] = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    df = run_experiment(
+        args.experiment,
+        args.profile,
+        seeds,
+        args.device,
+        args.data_root,
+        args.results_dir,
+        args.rows,
+        reuse=not args.no_reuse,
+    )
+    if int(os.environ.get("RANK", "0")) == 0 and len(df):
+        print(store.summarize(df).to_string(index=False))
+    return 0
+
+
+def _list_command(args: argparse.Namespace) -> int:
+    for experiment in list_experiments():
+        runnable = [r.label for r in experiment.rows if r.model]
+        print(f"{experiment.name}  [{experiment.paper}, {experiment.task}]  {experiment.title}")
+        print(f"    profiles: {', '.join(experiment.profiles)}")
+        print(f"    rows: {'; '.join(runnable)}")
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    run = subparsers.add_parser("run", help="run an experiment at a profile and store its results")
+    _add_run_arguments(run)
+    run.set_defaults(func=_run_command)
+    listing = subparsers.add_parser("list", help="list experiments with their rows and profiles")
+    listing.set_defaults(func=_list_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m lvit.engine.run``: the torchrun entry point (same arguments as ``lvit run``)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lvit.engine.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_run_arguments(parser)
+    try:
+        return _run_command(parser.parse_args(argv))
+    finally:
+        from lvit.engine.loop import cleanup_distributed
+
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""run_experiment: rows with provenance, reuse of stored (row, seed) pairs, bad input refused up front."""
+
+import pytest
+
+from lvit.engine import run as runner
+from lvit.engine.run import resolve, run_experiment
+from lvit.experiments import recipes
+
+
+def test_smoke_run_writes_rows_with_provenance_and_reuses_them(tmp_path, monkeypatch):
+    kwargs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data", rows=["DeiT-T"])
+    df = run_experiment("localvit_curves", "smoke", seeds=[0], **kwargs)
+    assert set(df["metric"]) == {"top1", "train_loss"}
+    assert (df["row"] == "DeiT-T").all() and (df["seed"] == 0).all() and (df["profile"] == "smoke").all()
+    top1 = df.loc[df["metric"] == "top1", "value"].item()
+    assert 0.0 <= top1 <= 100.0
+    assert df["config_hash"].str.len().eq(64).all() and df["git_sha"].notna().all()
+    assert df["device"].str.startswith("cpu").all() and (df["wall_s"] > 0).all()
+    history = tmp_path / "results" / "smoke" / "histories" / "localvit_curves" / "deit-t__seed0.csv"
+    assert history.exists()
+    assert not (tmp_path / "results" / "smoke" / "checkpoints" / "localvit_curves" / "deit-t__seed0").exists()
+
+    def must_not_train(*args, **kw):
+        raise AssertionError("a stored (row, seed) with the same config was retrained")
+
+    monkeypatch.setattr(runner, "_run_row", must_not_train)
+    again = run_experiment("localvit_curves", "smoke", seeds=[0], **kwargs)
+    assert again.equals(df)
+    with pytest.raises(AssertionError, match="retrained"):  # a new seed is work to do
+        run_experiment("localvit_curves", "smoke", seeds=[1], **kwargs)
+
+
+def test_unknown_experiment_row_profile_are_refused_with_valid_choices():
+    with pytest.raises(KeyError, match="valid experiments: .*localvit_activation"):
+        resolve("localvit_nope", "smoke", None)
+    with pytest.raises(KeyError, match="valid profiles: smoke, proxy, paper"):
+        resolve("localvit_activation", "quick", None)
+    with pytest.raises(KeyError, match="valid rows: DeiT-T, ReLU6"):
+        resolve("localvit_activation", "smoke", ["ReLU7"])
+    with pytest.raises(ValueError, match="published-only"):
+        resolve("dpt_segmentation", "smoke", ["OCNet (ResNet101)"])
+
+
+def test_wrong_recipe_types_and_keys_are_refused(monkeypatch):
+    with pytest.raises(TypeError, match="epochs='2' must be int"):
+        recipes.validate_recipe({"epochs": "2"})
+    with pytest.raises(TypeError, match="deterministic=1 must be bool"):
+        recipes.validate_recipe({"deterministic": 1})
+    with pytest.raises(TypeError, match="lr=True must be int or float, got bool"):
+        recipes.validate_recipe({"lr": True})
+    with pytest.raises(ValueError, match="unknown recipe keys \\['epoch'\\]; valid keys: .*epochs"):
+        recipes.validate_recipe({"epoch": 3})
+    for profiles in recipes.PROFILES_BY_TASK.values():
+        for name, recipe in profiles.items():
+            recipes.validate_recipe(recipe, name)
+
+
+def test_model_overrides_keep_depth_and_scale_small_models():
+    smoke = recipes.CLASSIFICATION_PROFILES["smoke"]
+    tiny = recipes.model_overrides("localvit_tiny", "classification", smoke)
+    small = recipes.model_overrides("deit_small_patch16_224", "classification", smoke)
+    assert tiny["embed_dim"] == smoke["width"] and small["embed_dim"] == 2 * smoke["width"]
+    assert "depth" not in tiny  # placement rows index blocks 1-12
+    assert recipes.model_overrides(
+        "deit_tiny_patch16_224", "classification", recipes.CLASSIFICATION_PROFILES["paper"]
+    ) == {"num_classes": 1000, "drop_path_rate": 0.1, "img_size": 224, "patch_size": 16}
