@@ -27,7 +27,7 @@ import contextlib
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,6 +212,42 @@ def _micro_batch(config: LoopConfig, world: int) -> int:
     return config.batch_size // per_step
 
 
+def iterate_batches(
+    dataset: Dataset,
+    indices: Iterable[int],
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    generator: torch.Generator | None = None,
+    drop_last: bool = True,
+) -> Iterator[Any]:
+    """Batches of ``dataset`` in the order of ``indices``, on ``device``.
+
+    Procedural datasets render a whole batch at once with ``dataset.generate(indices, device)`` (on the GPU
+    when there is one); other datasets go through a ``DataLoader``.
+    """
+    if not hasattr(dataset, "generate"):
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=list(indices),
+            num_workers=num_workers,
+            drop_last=drop_last,
+            pin_memory=device.type == "cuda",
+            generator=generator,
+        )
+        yield from (to_device(batch, device) for batch in loader)
+        return
+    chunk: list[int] = []
+    for index in indices:
+        chunk.append(int(index))
+        if len(chunk) == batch_size:
+            yield dataset.generate(chunk, device)
+            chunk = []
+    if chunk and not drop_last:
+        yield dataset.generate(chunk, device)
+
+
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
     """Move a batch (tensor, tuple, list or dict of them) to ``device``; 4-D float images go channels_last."""
     if isinstance(batch, torch.Tensor):
@@ -318,13 +354,12 @@ def fit(
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)  # type: ignore[attr-defined]
         skip = start_step * micro_batch * config.grad_accum if epoch == start_epoch else 0
-        loader = DataLoader(
+        loader = iterate_batches(
             train_set,
-            batch_size=micro_batch,
-            sampler=_SkipSampler(sampler, skip) if skip else sampler,
+            _SkipSampler(sampler, skip) if skip else sampler,
+            micro_batch,
+            device,
             num_workers=config.num_workers,
-            drop_last=True,
-            pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
         )
         step_in_epoch = start_step if epoch == start_epoch else 0

@@ -5,8 +5,8 @@ targets)`` (batch-level augmentation lives here, so it runs on the GPU), compute
 output, and evaluates a model on a dataset. Every recipe value comes from the profile dicts in
 ``lvit/experiments/recipes.py``; a profile changes sizes, never logic.
 
-Batches are tuples ``(image, label)`` (classification) or ``(image, depth, mask[, labels])`` (scenes), or
-dicts with keys ``image``, ``label``, ``depth``, ``mask``, ``segmentation``.
+Batches are tuples ``(image, label)`` (classification) or ``(image, depth, valid, labels)`` (scenes), or
+dicts with those keys (``lvit.data.Scenes`` gives ``image``, ``depth``, ``valid``, ``labels``, ``domain``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 from timm.scheduler.scheduler import Scheduler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lvit import metrics
 from lvit.engine.losses import segmentation_loss, ssi_depth_loss
@@ -73,12 +73,11 @@ class Task:
         raise NotImplementedError
 
     def _eval_batches(self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int):
-        from lvit.engine.loop import _autocast, to_device
+        from lvit.engine.loop import _autocast, iterate_batches, to_device
 
         model.eval()
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            batch = to_device(batch, device)
-            inputs, targets = self.prepare_batch(batch, training=False)
+        for batch in iterate_batches(dataset, range(len(dataset)), batch_size, device, drop_last=False):
+            inputs, targets = self.prepare_batch(to_device(batch, device), training=False)
             with _autocast(device):
                 output = model(inputs)
             yield output, targets
@@ -206,7 +205,7 @@ class DepthTask(Task):
 
     def prepare_batch(self, batch, training):
         depth = _field(batch, "depth", 1)
-        mask = _field(batch, "mask", 2).bool() & (depth > 0)
+        mask = _field(batch, "valid", 2).bool() & (depth > 0)
         return _field(batch, "image", 0), (depth, mask)
 
     @staticmethod
@@ -270,7 +269,7 @@ class SegmentationTask(Task):
         return optimizer, scheduler
 
     def prepare_batch(self, batch, training):
-        return _field(batch, "image", 0), _field(batch, "segmentation", 3).long()
+        return _field(batch, "image", 0), _field(batch, "labels", 3).long()
 
     def loss(self, output, targets):
         logits, aux = _output(output)
