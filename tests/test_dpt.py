@@ -1,0 +1,256 @@
+"""DPT models: official parameter counts, official key layout, any-size forward, Read semantics.
+
+Expected counts are the reference's (``shared/reference/dpt.md`` §3.3, measured on the official code);
+key lists with shapes are the official ones (``shared/reference/dpt_keys``). Big models are built on the
+meta device (no memory, no compute); forwards use small models at the real input sizes.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import lvit
+from lvit.models.dpt import DPT, ReadAdd, ReadIgnore, ReadProject, checkpoint_filter_fn
+
+KEYS_DIR = Path(__file__).parents[2] / "shared" / "reference" / "dpt_keys"
+
+try:
+    from lvit.complexity import count_params
+except ImportError:  # engineer A's module; same convention: trainable parameters
+
+    def count_params(model: nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on the shared 2-core CI machine two threads spin against each other (5x CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _meta_model(name: str, **kwargs) -> DPT:
+    with torch.device("meta"):
+        return lvit.create_model(name, **kwargs)
+
+
+def _micro(**kwargs) -> DPT:
+    """A DPT with the official decoder arithmetic on a 4-block, 32-wide ViT: fast at 384-640 px."""
+    config = dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
+                  backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2))
+    return lvit.create_model("dpt_tiny", **{**config, **kwargs})
+
+
+# (total = sum of all parameters, trainable = total minus ImageNet head, final norm, refinenet4.resConfUnit1)
+OFFICIAL_COUNTS = {
+    ("dpt_base", "project"): (111_647_081, 109_696_385),
+    ("dpt_base", "ignore"): (106_925_417, 104_974_721),
+    ("dpt_base", "add"): (106_925_417, 104_974_721),  # add has no parameters either: checked once
+    ("dpt_hybrid", "project"): (123_146_985, 121_196_289),
+    ("dpt_hybrid", "ignore"): (120_786_153, 118_835_457),
+    ("dpt_large", "project"): (344_055_465, 341_848_257),
+    ("dpt_large", "ignore"): (335_662_761, 333_455_553),
+}
+
+
+@pytest.mark.parametrize(("name", "readout"), list(OFFICIAL_COUNTS))
+def test_depth_param_counts_match_official(name: str, readout: str) -> None:
+    model = _meta_model(name, readout=readout)
+    total, trainable = OFFICIAL_COUNTS[name, readout]
+    assert sum(p.numel() for p in model.parameters()) == total
+    assert count_params(model) == trainable
+
+
+@pytest.mark.parametrize(("name", "total"), [("dpt_hybrid", 124_076_884), ("dpt_large", 344_985_364)])
+def test_segmentation_param_counts_match_official(name: str, total: int) -> None:
+    model = _meta_model(name, task="segmentation", num_classes=150)
+    assert sum(p.numel() for p in model.parameters()) == total
+
+
+def _official_state_dict(file: str, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of the official shapes; ``torch.empty`` on CPU allocates lazily, so this costs nothing."""
+    state_dict = {}
+    for line in (KEYS_DIR / f"{file}.txt").read_text().splitlines():
+        key, shape = line.split("\t")
+        state_dict[key] = torch.empty(ast.literal_eval(shape), device=device)
+    return state_dict
+
+
+@pytest.mark.parametrize(("file", "name", "task"), [
+    ("depth_base", "dpt_base", "depth"),
+    ("depth_hybrid", "dpt_hybrid", "depth"),
+    ("depth_large", "dpt_large", "depth"),
+    ("seg_hybrid", "dpt_hybrid", "segmentation"),
+    ("seg_large", "dpt_large", "segmentation"),
+])
+def test_official_key_layout_loads_strictly(file: str, name: str, task: str) -> None:
+    official = _official_state_dict(file)
+    model = _meta_model(name, task=task)
+    model.load_state_dict(checkpoint_filter_fn(official), strict=True, assign=True)
+    # assign=True makes the model share the file's storage: check the renames land on the right modules.
+    landed = {
+        "scratch.refinenet4.resConfUnit1.conv1.weight": model.fusion[3].residual_unit1.conv1.weight,
+        "scratch.refinenet1.out_conv.weight": model.fusion[0].out_conv.weight,
+        "scratch.layer1_rn.weight": model.feature_convs[0].weight,
+        "pretrained.act_postprocess4.4.weight": model.reassemble[3].resample.weight,
+        "pretrained.act_postprocess4.0.project.0.weight": model.reassemble[3].read.project[0].weight,
+        "pretrained.model.pos_embed": model.backbone.pos_embed,
+        "scratch.output_conv.0.weight": model.head[0].weight,
+    }
+    for key, param in landed.items():
+        assert param.data_ptr() == official[key].data_ptr(), key
+
+
+def test_official_layout_with_a_missing_key_fails() -> None:
+    official = _official_state_dict("depth_base", device="meta")
+    del official["scratch.refinenet2.out_conv.bias"]
+    official["pretrained.act_postprocess9.3.weight"] = torch.empty(1, device="meta")
+    with pytest.raises(RuntimeError, match=r"fusion\.1\.out_conv\.bias"):
+        _meta_model("dpt_base").load_state_dict(checkpoint_filter_fn(official), strict=True, assign=True)
+
+
+@pytest.mark.parametrize("size", [(384, 384), (384, 672), (480, 640)])
+def test_forward_shapes_at_official_sizes(size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, *size)
+    depth = _micro().eval()
+    seg = _micro(task="segmentation", num_classes=5).train()
+    with torch.no_grad():
+        inverse_depth = depth(x)
+        logits, aux = seg(x)
+    assert inverse_depth.shape == (1, *size)
+    assert (inverse_depth >= 0).all()
+    assert logits.shape == aux.shape == (1, 5, *size)
+
+
+def test_hybrid_forward_non_square() -> None:
+    """The real DPT-Hybrid (ResNet taps + ViT taps) at a small non-square size."""
+    model = _meta_model("dpt_hybrid").to_empty(device="cpu").eval()
+    torch.manual_seed(0)
+    with torch.no_grad():  # a cheap random init instead of timm's (this only checks the wiring and shapes)
+        for param in model.parameters():
+            param.normal_(0, 0.02)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 96))
+    assert out.shape == (1, 64, 96)
+
+
+def test_backbone_taps_match_timm_at_native_size() -> None:
+    """Our backbone forward (official forward_flex) equals timm's own intermediates at the native size."""
+    model = lvit.create_model("dpt_tiny", backbone_kwargs=dict(img_size=64)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        taps, grid = model.forward_taps(x)
+        ours = model.backbone.forward_intermediates(
+            x, indices=[2, 5, 8, 11], norm=False, return_prefix_tokens=True, intermediates_only=True
+        )
+    assert grid == (4, 4)
+    for tokens, (spatial, prefix) in zip(taps, ours, strict=True):
+        torch.testing.assert_close(tokens[:, :1], prefix)
+        torch.testing.assert_close(tokens[:, 1:], spatial.flatten(2).transpose(1, 2))
+
+
+def test_bad_input_size_names_nearest_valid_sizes() -> None:
+    model = _micro()
+    with pytest.raises(ValueError, match=r"multiples of 32; got 384x400.*384x384, 384x416"):
+        model(torch.randn(1, 3, 384, 400))
+
+
+def test_unknown_readout_and_task_name_the_choices() -> None:
+    with pytest.raises(ValueError, match="ignore, add, project"):
+        _micro(readout="mean")
+    with pytest.raises(ValueError, match="depth, segmentation"):
+        _micro(task="normals")
+
+
+def test_read_operations() -> None:
+    torch.manual_seed(0)
+    tokens = torch.randn(2, 1 + 6, 4)
+    patches, cls = tokens[:, 1:], tokens[:, :1]
+    torch.testing.assert_close(ReadIgnore()(tokens), patches)
+    torch.testing.assert_close(ReadAdd()(tokens), patches + cls)
+    project = ReadProject(4)
+    with torch.no_grad():  # zero the weights acting on the second half: the output must ignore the cls token
+        project.project[0].weight[:, 4:] = 0
+    changed_cls = torch.cat([cls + 1, patches], dim=1)
+    torch.testing.assert_close(project(tokens), project(changed_cls))
+    torch.testing.assert_close(project(tokens), torch.nn.functional.gelu(project.project[0](
+        torch.cat([patches, torch.zeros_like(patches)], -1))))
+
+
+@pytest.mark.parametrize(("readout", "depends_on_cls"), [("ignore", False), ("add", True), ("project", True)])
+def test_output_depends_on_readout_token_only_when_read_uses_it(readout: str, depends_on_cls: bool) -> None:
+    """Perturb the class token of the last tapped block's output (nothing downstream in the ViT sees it)."""
+    torch.manual_seed(0)
+    model = _micro(readout=readout).eval()
+    x = torch.randn(1, 3, 64, 64)
+
+    def bump_cls(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out[:, :1] + 1.0, out[:, 1:]], dim=1)
+
+    with torch.no_grad():  # compare the decoder output: the random head's final ReLU may zero everything
+        reference = model.forward_features(x)[-1]
+        handle = model.backbone.blocks[3].register_forward_hook(bump_cls)
+        bumped = model.forward_features(x)[-1]
+        handle.remove()
+    assert torch.equal(reference, bumped) is not depends_on_cls
+
+
+def test_every_trainable_parameter_gets_a_gradient() -> None:
+    """What DDP without find_unused_parameters needs; the unused official parameters are frozen."""
+    for task in ("depth", "segmentation"):
+        model = _micro(task=task, num_classes=3).train()
+        out = model(torch.randn(2, 3, 64, 64))
+        sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == []
+        frozen = {".".join(n.split(".")[:2]) for n, p in model.named_parameters() if not p.requires_grad}
+        assert frozen == {"backbone.norm", "backbone.head", "fusion.3"}
+        assert all(n.startswith("fusion.3.residual_unit1.") for n in model.unused_parameter_names()
+                   if n.startswith("fusion"))
+
+
+def test_refinenet4_first_unit_is_unused_and_refinenet1_first_unit_is_used() -> None:
+    torch.manual_seed(0)
+    model = _micro().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        reference = model.forward_features(x)[-1]
+        model.fusion[3].residual_unit1.conv1.weight.add_(1.0)
+        assert torch.equal(model.forward_features(x)[-1], reference)
+        model.fusion[0].residual_unit1.conv1.weight.add_(1.0)
+        assert not torch.equal(model.forward_features(x)[-1], reference)
+
+
+def test_two_models_in_one_process_are_independent() -> None:
+    torch.manual_seed(0)
+    a, b = _micro().eval(), _micro().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        alone = a.forward_features(x)[-1]
+        b(torch.randn(1, 3, 64, 96))
+        assert torch.equal(a.forward_features(x)[-1], alone)
+
+
+def test_load_backbone_from_classification_checkpoint() -> None:
+    classifier = timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, num_classes=7)
+    model = lvit.create_model("dpt_tiny", backbone_kwargs=dict(img_size=64, patch_size=8))
+    model.load_backbone(classifier.state_dict())
+    torch.testing.assert_close(model.backbone.blocks[3].attn.qkv.weight, classifier.blocks[3].attn.qkv.weight)
+    assert not model.backbone.head.weight.requires_grad
+    with torch.no_grad():  # patch 8: inputs are multiples of 16 and the output is at input resolution
+        assert model.eval()(torch.randn(1, 3, 48, 80)).shape == (1, 48, 80)
+
+
+def test_localvit_backbone_non_square() -> None:
+    model = lvit.create_model("dpt_localvit_tiny").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 96)).shape == (1, 64, 96)
