@@ -263,7 +263,8 @@ def _eval_depth(
             from lvit.experiments.dpt import inference_side
 
             side = _side(recipe["image_size"])
-            changes["image_size"] = inference_side(row.label, side, multiple=recipe.get("patch_size", 16))
+            # DPT needs sides divisible by twice the patch (its last reassemble stage halves the grid)
+            changes["image_size"] = inference_side(row.label, side, multiple=2 * recipe.get("patch_size", 16))
         data = _dataset(recipe, "val", data_root, device, **changes)
         cap = max(DOMAIN_SPECS[d].max_depth for d in getattr(data, "domains", DOMAIN_SPECS))
         values[name] = DepthTask({**recipe, "depth_cap": cap}).evaluate(model, data, device, batch)[measure]
@@ -292,6 +293,29 @@ def _evaluate(
     return {k: float(v) for k, v in values.items() if k in names}
 
 
+def _build_model(
+    name: str,
+    kwargs: Mapping[str, Any],
+    task: str,
+    recipe: Mapping[str, Any],
+    seed: int,
+    profile: str,
+    device: torch.device,
+    results_dir: str | Path,
+    data_root: str | Path,
+) -> nn.Module:
+    torch.manual_seed(seed)
+    model = lvit.create_model(name, **kwargs)
+    if task != "classification" and recipe.get("pretrain") == "classification":
+        backbone = model.backbone  # type: ignore[union-attr]
+        arch = backbone.pretrained_cfg["architecture"]
+        weights = pretrained_backbone(
+            arch, kwargs.get("backbone_kwargs", {}), profile, device, results_dir, data_root
+        )
+        _load_backbone(backbone, weights)
+    return model
+
+
 def _run_row(
     experiment: Experiment,
     row: Row,
@@ -302,6 +326,7 @@ def _run_row(
     data_root: str | Path,
     results_dir: str | Path,
     config: Mapping[str, Any],
+    trained: dict[str, tuple[nn.Module, list[dict[str, Any]], Path]],
 ) -> list[dict[str, Any]]:
     """Train and evaluate one (row, seed); returns its result records (rank 0) or [] (other ranks)."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
@@ -314,33 +339,21 @@ def _run_row(
         metrics.update(_complexity(row.model, row.model_kwargs))
     if task in TRAINING_TASKS:
         name, kwargs = _row_model(row, task, recipe)
-        torch.manual_seed(seed)
-        model = lvit.create_model(name, **kwargs)
-        if task != "classification" and recipe.get("pretrain") == "classification":
-            backbone = model.backbone  # type: ignore[union-attr]
-            arch = backbone.pretrained_cfg["architecture"]
-            _load_backbone(
-                backbone,
-                pretrained_backbone(
-                    arch, kwargs.get("backbone_kwargs", {}), profile, device, results_dir, data_root
-                ),
-            )
-        digest = store.config_hash(config)[:12]
-        ckpt = (
-            Path(results_dir)
-            / profile
-            / "checkpoints"
-            / experiment.name
-            / f"{store.row_slug(row.label)}__seed{seed}-{digest}"
-        )
-        history = _train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
+        # Rows that differ only in how they are evaluated (Figure 4's inference sides) share one training.
+        train_key = store.config_hash({"model": name, "kwargs": kwargs, "recipe": dict(recipe), "seed": seed})
+        if train_key not in trained:
+            trained.clear()  # keep one model in memory
+            ckpt = Path(results_dir) / profile / "checkpoints" / experiment.name / f"{train_key[:16]}"
+            model = _build_model(name, kwargs, task, recipe, seed, profile, device, results_dir, data_root)
+            history = _train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
+            trained[train_key] = (model, history, ckpt)
+        model, history, ckpt = trained[train_key]
         if int(os.environ.get("RANK", "0")) != 0:
             return []
         metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
         store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
-        shutil.rmtree(
-            ckpt, ignore_errors=True
-        )  # the results are stored; the resume point is no longer needed
+        # The results are stored; the resume point is no longer needed.
+        shutil.rmtree(ckpt, ignore_errors=True)
     prov = store.provenance(profile, seed, str(device), config, started, time.perf_counter() - t0)
     epoch = history[-1]["epoch"] if history else None
     return [
@@ -445,8 +458,9 @@ def _run_all(
 ) -> None:
     name = experiment.name
     stored = store.load_results(results_dir, profile, name)
-    for row in selected:
-        for seed in seed_list:
+    trained: dict[str, tuple[nn.Module, list[dict[str, Any]], Path]] = {}
+    for seed in seed_list:  # seeds outer: consecutive rows can share one trained model
+        for row in selected:
             config = {
                 "experiment": name,
                 "row": row.label,
@@ -461,7 +475,9 @@ def _run_all(
                 store.reusable_results(stored, name, row.label, profile, seed, store.config_hash(config))
             ):
                 continue
-            records = _run_row(experiment, row, profile, recipe, seed, target, data_root, results_dir, config)
+            records = _run_row(
+                experiment, row, profile, recipe, seed, target, data_root, results_dir, config, trained
+            )
             if records:
                 store.append_results(results_dir, profile, name, records)
 
