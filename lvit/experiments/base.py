@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PROFILES: tuple[str, ...] = ("smoke", "proxy", "paper")
+# "pretrained": released checkpoints re-measured by `lvit evaluate` (no training); see experiments.pretrained.
+PROFILES: tuple[str, ...] = ("smoke", "proxy", "paper", "pretrained")
 
 
 @dataclass(frozen=True)
