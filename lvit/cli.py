@@ -9,7 +9,7 @@ import sys
 # Modules that define ``register_cli(subparsers)``; each adds its subcommand with ``set_defaults(func=...)``.
 _COMMAND_MODULES: tuple[str, ...] = (
     "lvit.report", "lvit.reproduce", "lvit.complexity", "lvit.engine.run", "lvit.data.cli",
-    "lvit.evaluate",
+    "lvit.evaluate", "lvit.depth",
 )
 
 
