@@ -407,14 +407,15 @@ def fit(
         if stopped:
             checkpoint(epoch, step_in_epoch, loss_sum)
             return history
-        elapsed = time.perf_counter() - started
         if dist_info.world > 1:
             dist.all_reduce(loss_sum)
             loss_sum = loss_sum / dist_info.world
+        train_loss = float(loss_sum) / steps_per_epoch  # the epoch's host sync, before the clock stops
+        elapsed = time.perf_counter() - started
         entry: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": global_step,
-            "train_loss": float(loss_sum) / steps_per_epoch,
+            "train_loss": train_loss,
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": images / max(elapsed, 1e-9),
             "wall_s": elapsed,
