@@ -8,6 +8,7 @@ meta device (no memory, no compute); forwards use small models at the real input
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -254,3 +255,67 @@ def test_localvit_backbone_non_square() -> None:
     model = lvit.create_model("dpt_localvit_tiny").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 96)).shape == (1, 64, 96)
+
+
+def _to_hf_layout(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The HF ``DPTFor*`` key layout of an official ViT state_dict, written from dpt.md §7's table."""
+    steps = [
+        (r"^pretrained\.model\.head\..*", None),  # HF drops the ImageNet head
+        (r"^pretrained\.model\.cls_token", "dpt.embeddings.cls_token"),
+        (r"^pretrained\.model\.pos_embed", "dpt.embeddings.position_embeddings"),
+        (r"^pretrained\.model\.patch_embed\.proj", "dpt.embeddings.patch_embeddings.projection"),
+        (r"^pretrained\.model\.norm", "dpt.layernorm"),
+        (r"^pretrained\.model\.blocks\.", "dpt.encoder.layer."),
+        (r"\.norm1\.", ".layernorm_before."), (r"\.norm2\.", ".layernorm_after."),
+        (r"\.attn\.proj\.", ".attention.output.dense."), (r"\.mlp\.fc1\.", ".intermediate.dense."),
+        (r"\.mlp\.fc2\.", ".output.dense."),
+        (r"^pretrained\.act_postprocess(\d)\.0\.project\.0",
+         lambda m: f"neck.reassemble_stage.readout_projects.{int(m[1]) - 1}.0"),
+        (r"^pretrained\.act_postprocess(\d)\.3",
+         lambda m: f"neck.reassemble_stage.layers.{int(m[1]) - 1}.projection"),
+        (r"^pretrained\.act_postprocess(\d)\.4",
+         lambda m: f"neck.reassemble_stage.layers.{int(m[1]) - 1}.resize"),
+        (r"^scratch\.layer(\d)_rn", lambda m: f"neck.convs.{int(m[1]) - 1}"),
+        (r"^scratch\.refinenet(\d)", lambda m: f"neck.fusion_stage.layers.{4 - int(m[1])}"),
+        (r"\.out_conv\.", ".projection."), (r"\.resConfUnit", ".residual_layer"),
+        (r"\.conv(\d)\.", r".convolution\1."), (r"\.bn(\d)\.", r".batch_norm\1."),
+        (r"^scratch\.output_conv\.", "head.head."), (r"^auxlayer\.", "auxiliary_head.head."),
+    ]
+    hf = {}
+    for key, value in official.items():
+        for pattern, replacement in steps:
+            if key is not None and re.search(pattern, key):
+                key = None if replacement is None else re.sub(pattern, replacement, key)
+        if key is None:
+            continue
+        if key.endswith(("attn.qkv.weight", "attn.qkv.bias")):
+            for name, part in zip(("query", "key", "value"), value.chunk(3), strict=True):
+                hf[key.replace("attn.qkv", f"attention.attention.{name}")] = part
+        else:
+            hf[key] = value
+    return hf
+
+
+@pytest.mark.parametrize(("file", "name", "task"), [
+    ("depth_base", "dpt_base", "depth"), ("seg_large", "dpt_large", "segmentation"),
+])
+def test_huggingface_layout_loads_strictly(file: str, name: str, task: str) -> None:
+    hf = _to_hf_layout(_official_state_dict(file, device="meta"))
+    assert "dpt.encoder.layer.0.attention.attention.query.weight" in hf and "neck.convs.3.weight" in hf
+    model = _meta_model(name, task=task)
+    model.load_state_dict(checkpoint_filter_fn(hf, model), strict=True, assign=True)
+
+
+def test_huggingface_qkv_order_and_fusion_index() -> None:
+    dim = 4
+    hf = {f"dpt.encoder.layer.0.attention.attention.{p}.weight": torch.full((dim, dim), float(i))
+          for i, p in enumerate(("query", "key", "value"))}
+    hf |= {f"dpt.encoder.layer.0.attention.attention.{p}.bias": torch.full((dim,), float(i))
+           for i, p in enumerate(("query", "key", "value"))}
+    hf["neck.fusion_stage.layers.0.projection.weight"] = torch.zeros(1)  # HF layer 0 is refinenet4
+    converted = checkpoint_filter_fn(hf)
+    qkv = converted["backbone.blocks.0.attn.qkv.weight"]
+    assert qkv.shape == (3 * dim, dim)
+    assert qkv[:dim].eq(0).all() and qkv[dim : 2 * dim].eq(1).all() and qkv[2 * dim :].eq(2).all()
+    assert converted["backbone.blocks.0.attn.qkv.bias"].tolist() == [0.0] * dim + [1.0] * dim + [2.0] * dim
+    assert "fusion.3.out_conv.weight" in converted

@@ -24,7 +24,7 @@ outputs differ by about 2e-4 relative (``../shared/reference/dpt.md`` §2.6).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import timm
@@ -399,36 +399,107 @@ class DPT(nn.Module):
 
 # ----------------------------------------------------------------------------- checkpoint conversion
 
-_OFFICIAL_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^pretrained\.model\.", "backbone."),
-    (r"^pretrained\.act_postprocess(\d)\.0\.project\.", r"reassemble.{\1}.read.project."),
-    (r"^pretrained\.act_postprocess(\d)\.3\.", r"reassemble.{\1}.project."),
-    (r"^pretrained\.act_postprocess(\d)\.4\.", r"reassemble.{\1}.resample."),
-    (r"^scratch\.layer(\d)_rn\.", r"feature_convs.{\1}."),
-    (r"^scratch\.refinenet(\d)\.resConfUnit(\d)\.", r"fusion.{\1}.residual_unit\2."),
-    (r"^scratch\.refinenet(\d)\.out_conv\.", r"fusion.{\1}.out_conv."),
-    (r"^scratch\.output_conv\.", "head."),
-    (r"^auxlayer\.", "aux_head."),
+Rule = tuple[str, Callable[[re.Match[str]], str]]
+
+
+def _rule(pattern: str, template: str, index_offset: int = 0, reverse_index: bool = False) -> Rule:
+    """A rename rule: ``template`` gets the regex groups; group 1 (a stage index) is shifted by
+    ``index_offset`` (official 1-based → 0-based) or reversed (HF fusion layer j is refinenet 4 - j)."""
+
+    def replace(match: re.Match[str]) -> str:
+        groups = list(match.groups())
+        if groups and (index_offset or reverse_index):
+            index = int(groups[0])
+            groups[0] = str(3 - index if reverse_index else index + index_offset)
+        return template.format(*groups)
+
+    return pattern, replace
+
+
+_OFFICIAL_RULES: tuple[Rule, ...] = (
+    _rule(r"^pretrained\.model\.", "backbone."),
+    _rule(r"^pretrained\.act_postprocess(\d)\.0\.project\.", "reassemble.{0}.read.project.", -1),
+    _rule(r"^pretrained\.act_postprocess(\d)\.3\.", "reassemble.{0}.project.", -1),
+    _rule(r"^pretrained\.act_postprocess(\d)\.4\.", "reassemble.{0}.resample.", -1),
+    _rule(r"^scratch\.layer(\d)_rn\.", "feature_convs.{0}.", -1),
+    _rule(r"^scratch\.refinenet(\d)\.resConfUnit(\d)\.", "fusion.{0}.residual_unit{1}.", -1),
+    _rule(r"^scratch\.refinenet(\d)\.out_conv\.", "fusion.{0}.out_conv.", -1),
+    _rule(r"^scratch\.output_conv\.", "head."),
+    _rule(r"^auxlayer\.", "aux_head."),
+)
+
+# HuggingFace ``DPTForDepthEstimation`` / ``DPTForSemanticSegmentation`` (ViT backbones; dpt.md §7).
+_HF_RULES: tuple[Rule, ...] = (
+    _rule(r"^dpt\.embeddings\.cls_token", "backbone.cls_token"),
+    _rule(r"^dpt\.embeddings\.position_embeddings", "backbone.pos_embed"),
+    _rule(r"^dpt\.embeddings\.patch_embeddings\.projection\.", "backbone.patch_embed.proj."),
+    _rule(r"^dpt\.encoder\.layer\.(\d+)\.layernorm_before\.", "backbone.blocks.{0}.norm1."),
+    _rule(r"^dpt\.encoder\.layer\.(\d+)\.layernorm_after\.", "backbone.blocks.{0}.norm2."),
+    _rule(r"^dpt\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.",
+          "backbone.blocks.{0}.attn.qkv.{1}."),
+    _rule(r"^dpt\.encoder\.layer\.(\d+)\.attention\.output\.dense\.", "backbone.blocks.{0}.attn.proj."),
+    _rule(r"^dpt\.encoder\.layer\.(\d+)\.intermediate\.dense\.", "backbone.blocks.{0}.mlp.fc1."),
+    _rule(r"^dpt\.encoder\.layer\.(\d+)\.output\.dense\.", "backbone.blocks.{0}.mlp.fc2."),
+    _rule(r"^dpt\.layernorm\.", "backbone.norm."),
+    _rule(r"^neck\.reassemble_stage\.readout_projects\.(\d)\.", "reassemble.{0}.read.project."),
+    _rule(r"^neck\.reassemble_stage\.layers\.(\d)\.projection\.", "reassemble.{0}.project."),
+    _rule(r"^neck\.reassemble_stage\.layers\.(\d)\.resize\.", "reassemble.{0}.resample."),
+    _rule(r"^neck\.convs\.(\d)\.", "feature_convs.{0}."),
+    _rule(r"^neck\.fusion_stage\.layers\.(\d)\.projection\.", "fusion.{0}.out_conv.", reverse_index=True),
+    _rule(r"^neck\.fusion_stage\.layers\.(\d)\.residual_layer(\d)\.convolution(\d)\.",
+          "fusion.{0}.residual_unit{1}.conv{2}.", reverse_index=True),
+    _rule(r"^neck\.fusion_stage\.layers\.(\d)\.residual_layer(\d)\.batch_norm(\d)\.",
+          "fusion.{0}.residual_unit{1}.bn{2}.", reverse_index=True),
+    _rule(r"^head\.head\.", "head."),
+    _rule(r"^auxiliary_head\.head\.", "aux_head."),
 )
 
 
-def _rename(key: str, rules: Sequence[tuple[str, str]]) -> str:
-    for pattern, replacement in rules:
+def _rename(key: str, rules: Sequence[Rule]) -> str:
+    for pattern, replace in rules:
         match = re.match(pattern, key)
         if match:
-            renamed = match.expand(replacement) + key[match.end() :]
-            # "{n}" marks a 1-based official index that becomes 0-based here.
-            return re.sub(r"\{(\d+)\}", lambda m: str(int(m.group(1)) - 1), renamed)
+            return replace(match) + key[match.end() :]
     return key
 
 
+def _merge_hf_qkv(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """HF splits timm's fused qkv into query/key/value (rows [0:D], [D:2D], [2D:3D]): fuse them back."""
+    merged = {k: v for k, v in state_dict.items() if ".attn.qkv." not in k}
+    parts = {k for k in state_dict if ".attn.qkv." in k}
+    for prefix in sorted({k.split(".attn.qkv.")[0] for k in parts}):
+        for kind in ("weight", "bias"):
+            names = [f"{prefix}.attn.qkv.{p}.{kind}" for p in ("query", "key", "value")]
+            missing = [n for n in names if n not in state_dict]
+            if missing:
+                raise ValueError(f"HF checkpoint has an incomplete query/key/value set: missing {missing}")
+            merged[f"{prefix}.attn.qkv.{kind}"] = torch.cat([state_dict[n] for n in names])
+    return merged
+
+
 def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: DPT | None = None) -> dict[str, Any]:
-    """Official DPT ``.pt`` keys (``pretrained.model.*``, ``pretrained.act_postprocess*``, ``scratch.*``,
-    ``auxlayer.*``) → this module's names. Keys already in lvit layout pass unchanged; unknown keys pass
-    unchanged too, so a strict load reports them."""
+    """Foreign DPT state_dicts → this module's names.
+
+    - Official ``.pt`` files (``pretrained.model.*``, ``pretrained.act_postprocess*``, ``scratch.*``,
+      ``auxlayer.*``): renamed one to one.
+    - HuggingFace ``DPTForDepthEstimation`` / ``DPTForSemanticSegmentation`` (ViT backbones): renamed,
+      query/key/value fused. HF drops the backbone's unused ImageNet head, so it is taken from ``model``
+      (it never enters the forward). HF's DPT-Hybrid (BiT backbone) layout is refused.
+    - Keys already in lvit layout, and unknown keys, pass unchanged, so a strict load reports strays.
+    """
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):  # {"model": sd} wrappers
         state_dict = state_dict["model"]
-    return {_rename(k, _OFFICIAL_RENAMES): v for k, v in state_dict.items()}
+    if not any(k.startswith(("dpt.", "neck.")) for k in state_dict):
+        return {_rename(k, _OFFICIAL_RULES): v for k, v in state_dict.items()}
+    if any(k.startswith("dpt.embeddings.backbone.") for k in state_dict):
+        raise ValueError("HuggingFace DPT-Hybrid (BiT backbone) state_dicts are not supported; "
+                         "load the official dpt_hybrid .pt release file instead")
+    converted = _merge_hf_qkv({_rename(k, _HF_RULES): v for k, v in state_dict.items()})
+    if model is not None:
+        for key, value in model.state_dict().items():
+            if key.startswith("backbone.head."):
+                converted.setdefault(key, value)
+    return converted
 
 
 # ----------------------------------------------------------------------------------------- variants
