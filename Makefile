@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lvit-installed
 
-.PHONY: reproduce test lint clean-venv
+.PHONY: reproduce test lint notebooks clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,22 @@ reproduce: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# nbval re-executes every notebook at its default (smoke) profile into a fresh results dir, so every
+# checked number is recomputed, and compares the `# NBVAL_CHECK_OUTPUT` cells with the committed outputs.
+NBVAL := -p no:randomly --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	--nbval-cell-timeout=600
+
 test: lint
 	$(BIN)/python -m pytest
+	tmp=$$(mktemp -d) && LVIT_RESULTS_DIR=$$tmp $(BIN)/python -m pytest $(NBVAL) notebooks/; \
+		status=$$?; rm -rf $$tmp; exit $$status
+
+# Re-execute the notebooks at smoke and store their outputs (what nbval compares); then commit both files.
+notebooks: $(STAMP)
+	$(BIN)/jupytext --sync notebooks/*.py
+	tmp=$$(mktemp -d) && cd notebooks && LVIT_RESULTS_DIR=$$tmp ../$(BIN)/jupyter nbconvert --to notebook \
+		--execute --inplace --ExecutePreprocessor.record_timing=False *.ipynb; status=$$?; rm -rf $$tmp; \
+		exit $$status
 
 clean-venv:
 	rm -rf $(VENV)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +215,47 @@ def claim_status(experiment: Experiment | str, results_df: pd.DataFrame) -> pd.D
     return pd.DataFrame(records, columns=["claim", "metric", "ours", "paper"])
 
 
+def overview(results_df: pd.DataFrame, experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """One line per (experiment, metric): rows with results of rows declared, seeds, Kendall τ."""
+    chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments()
+    records = []
+    for experiment in chosen:
+        for metric in experiment.metrics:
+            table = comparison_table(experiment, results_df, metric.name)
+            agreement = rank_agreement(experiment, results_df, metric.name)
+            records.append({"experiment": experiment.name, "metric": metric.name,
+                            "rows with results": f"{int((table['n_seeds'] > 0).sum())}/{len(table)}",
+                            "seeds": int(table["n_seeds"].max()), "kendall_tau": round(agreement.tau, 2),
+                            "comparable rows": agreement.n_rows})
+    return pd.DataFrame(records)
+
+
+def claims_overview(results_df: pd.DataFrame, experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every declared claim of every experiment with its status on ours and on the paper's numbers."""
+    chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments()
+    frames = [claim_status(e, results_df).assign(experiment=e.name) for e in chosen if e.claims]
+    claims = pd.concat(frames, ignore_index=True)
+    return claims[["experiment", "claim", "metric", "ours", "paper"]]
+
+
+def inference_resolution_curve(results_df: pd.DataFrame, metric: str = "mean_abs_rel") -> pd.DataFrame:
+    """Figure 4's points per seed: ``side`` (the paper-scale side of the row), ``seed``, ``relative_loss``
+    (percent change of ``metric`` against the training side; lower is better)."""
+    from lvit.experiments.dpt import TRAIN_SIDE, relative_loss
+
+    runs_of = results_df["experiment"] == "dpt_inference_resolution"
+    rows = results_df[runs_of & (results_df["metric"] == metric)]
+    records = []
+    for seed, runs in rows.groupby("seed"):
+        values = dict(zip(runs["row"], runs["value"], strict=True))
+        if str(TRAIN_SIDE) not in values:
+            continue  # no reference point for this seed
+        records += [{"side": int(label), "seed": seed, "relative_loss": loss}
+                    for label, loss in relative_loss(values).items()]
+    curve = pd.DataFrame(records, columns=["side", "seed", "relative_loss"])
+    return curve.sort_values(["side", "seed"], ignore_index=True)
+
+
 def _evaluate_claim(holds, means: Mapping[str, float]) -> str:
     try:
         return CLAIM_HOLDS if holds(dict(means)) else CLAIM_FAILS
@@ -255,50 +297,72 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     table = comparison_table(experiment, results_df, name)
     rows = list(table["row"])
     _theme()
-    fig, (ax_paper, ax_ours) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.45 * len(rows) + 1.6))
-    sns.barplot(x=table["published"], y=rows, order=rows, color="0.7", ax=ax_paper)
-    ax_paper.set(title="paper (published)", xlabel=label, ylabel="")
+    y = np.arange(len(rows))
+    fig, (ax_paper, ax_ours) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.5 * len(rows) + 1.8))
+    ax_paper.scatter(table["published"], y, color="0.35", s=40, zorder=3)
+    _label_points(ax_paper, table["published"], y)
+    ax_paper.set(title="paper (published)", xlabel=label)
     seeds = _experiment_results(experiment, results_df)
     seeds = seeds[seeds["metric"] == name] if not seeds.empty else pd.DataFrame(columns=["row", "value"])
     if not seeds.empty:
-        sns.stripplot(data=seeds, x="value", y="row", order=rows, color="0.45", size=4, jitter=0.15,
-                      ax=ax_ours)
-    ax_ours.errorbar(table["mean"], np.arange(len(rows)), xerr=table["std"].fillna(0), fmt="o",
-                     color=sns.color_palette()[0], capsize=4, label="mean ± std")
-    for y, text in enumerate(table["ours"]):
+        position = {row: i for i, row in enumerate(rows)}
+        ax_ours.scatter(seeds["value"], seeds["row"].map(position), color="0.6", s=14, zorder=2,
+                        label="one seed")
+    ax_ours.errorbar(table["mean"], y, xerr=table["std"].fillna(0), fmt="o", color=sns.color_palette()[0],
+                     capsize=4, zorder=3, label="mean ± std")
+    _label_points(ax_ours, table["mean"], y)
+    for row_y, text in zip(y, table["ours"], strict=True):
         if text in (MISSING, NOT_BUILT):
-            ax_ours.annotate(text, (0.02, y), xycoords=("axes fraction", "data"), va="center",
+            ax_ours.annotate(text, (0.02, row_y), xycoords=("axes fraction", "data"), va="center",
                              color="tab:red" if text == MISSING else "0.4")
     n_seeds = int(table["n_seeds"].max()) if len(table) else 0
     title = f"ours ({profile}, {n_seeds} seed{'s' if n_seeds != 1 else ''})" if profile else "ours"
-    ax_ours.set(title=title, xlabel=label, ylabel="")
+    ax_ours.set(title=title, xlabel=label)
+    if n_seeds:
+        ax_ours.legend(fontsize="small", loc="best")
+    ax_paper.set_yticks(y, rows)
+    ax_paper.invert_yaxis()
+    for ax in (ax_paper, ax_ours):
+        ax.margins(x=0.25, y=0.08)
     arrow = "higher is better" if declared.higher_is_better else "lower is better"
-    fig.suptitle(f"{experiment.title} — {label} ({arrow})")
+    heading = textwrap.fill(f"{experiment.title} — {label} ({arrow})", width=90)
+    fig.suptitle(heading)
     fig.tight_layout()
     return fig
 
 
+def _label_points(ax: plt.Axes, values: pd.Series, y: np.ndarray) -> None:
+    """Print each value beside its point, as the paper prints it in the table."""
+    for value, row_y in zip(values, y, strict=True):
+        if not math.isnan(value):
+            ax.annotate(f"{value:.4g}", (value, row_y), xytext=(0, 5), textcoords="offset points",
+                        ha="center", va="bottom", fontsize="x-small")
+
+
 def plot_training_curves(histories: pd.DataFrame, pairs: Sequence[tuple[str, str]],
-                         accuracy: str, loss: str, profile: str = "") -> plt.Figure:
+                         accuracy: str = "val_top1", loss: str = "train_loss",
+                         profile: str = "") -> plt.Figure:
     """Figures (a)–(f): per baseline/LocalViT pair, accuracy (top row) and training loss (bottom) per epoch.
 
-    ``histories`` is long-form: ``row, seed, epoch, metric, value``; lines show the mean over seeds with
-    a ±std band. ``pairs`` lists (baseline row, LocalViT row) per column.
+    ``histories`` is :func:`lvit.results.load_histories`: one line per (row, seed, epoch) with the
+    columns ``accuracy`` and ``loss``. Lines are the mean over seeds with a ±std band. ``pairs`` lists
+    (baseline row, LocalViT row) per column, in the paper's order.
     """
     _theme()
-    fig, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 7), squeeze=False)
-    letters = "abcdefghijklmnopqrstuvwxyz"
+    fig, axes = plt.subplots(2, len(pairs), figsize=(4.4 * len(pairs), 7.5), squeeze=False)
+    panels = [(accuracy, "validation accuracy (%)"), (loss, "training loss")]
     for column, pair in enumerate(pairs):
-        for line, (metric, ylabel) in enumerate([(accuracy, "accuracy (%)"), (loss, "training loss")]):
+        for line, (metric, ylabel) in enumerate(panels):
             ax = axes[line, column]
-            data = histories[(histories["metric"] == metric) & histories["row"].isin(pair)]
-            if data.empty:
+            data = histories[histories["row"].isin(pair)] if not histories.empty else histories
+            if data.empty or metric not in data:
                 ax.text(0.5, 0.5, MISSING, transform=ax.transAxes, ha="center", color="tab:red")
             else:
-                sns.lineplot(data=data, x="epoch", y="value", hue="row", hue_order=list(pair),
-                             errorbar="sd", marker="o", ax=ax)
+                sns.lineplot(data=data, x="epoch", y=metric, hue="row", hue_order=list(pair), errorbar="sd",
+                             marker="o", ax=ax)
                 ax.legend(title=None, fontsize="small")
-            letter = letters[line * len(pairs) + column]
+                ax.xaxis.get_major_locator().set_params(integer=True)
+            letter = chr(ord("a") + line * len(pairs) + column)  # the paper's (a)-(f) for three pairs
             ax.set(title=f"({letter}) {pair[0]} vs {pair[1]}", xlabel="epoch", ylabel=ylabel)
     if profile:
         fig.suptitle(f"Training curves ({profile} profile)")
@@ -306,24 +370,63 @@ def plot_training_curves(histories: pd.DataFrame, pairs: Sequence[tuple[str, str
     return fig
 
 
-def plot_complexity(counts: pd.DataFrame) -> plt.Figure:
-    """Ours (y) against printed (x) for Params and FLOPs, one point per table row; on the diagonal = agrees.
+def plot_inference_resolution(relative: pd.DataFrame, metric_label: str, profile: str = "",
+                              trained_at: int | None = None) -> plt.Figure:
+    """Figure 4: relative loss in performance (%) against the inference side; 0 at the training side.
 
-    ``counts`` has the fields of :class:`lvit.complexity.ComplexityRow` as columns.
+    ``relative`` is :func:`inference_resolution_curve`: ``side`` at paper scale (trained at 384 px),
+    ``seed``, ``relative_loss``. ``trained_at`` names the profile's real training side in the title.
+    """
+    from lvit.experiments.dpt import TRAIN_SIDE
+
+    _theme()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if relative.empty:
+        ax.text(0.5, 0.5, MISSING, transform=ax.transAxes, ha="center", color="tab:red")
+    else:
+        sns.lineplot(data=relative, x="side", y="relative_loss", errorbar="sd", marker="o", ax=ax,
+                     label="ours (mean ± std over seeds)")
+    ax.axhline(0, color="0.6", lw=1, ls="--")
+    ax.axvline(TRAIN_SIDE, color="0.6", lw=1, ls=":", label=f"training side ({TRAIN_SIDE} px)")
+    scaled = trained_at is not None and trained_at != TRAIN_SIDE
+    scale = f"; trained at {trained_at} px, sides scaled to {TRAIN_SIDE}" if scaled else ""
+    ax.set(xlabel="inference side (px, paper scale)", ylabel=f"relative loss in {metric_label} (%)",
+           title=f"Inference resolution ({profile} profile{scale})" if profile else "Inference resolution")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_complexity(counts: pd.DataFrame) -> plt.Figure:
+    """Ours − printed for Params and FLOPs, one line per table row, against the printed value's rounding.
+
+    The grey bar around 0 is the interval the printed value stands for (5.7 covers 5.65–5.75); a point
+    inside it agrees with the paper. ``counts`` has the fields of :class:`lvit.complexity.ComplexityRow`.
     """
     _theme()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
+    labels = [f"{e.removeprefix('localvit_')}: {r}" for e, r in zip(counts["experiment"], counts["row"],
+                                                                      strict=True)]
+    y = np.arange(len(labels))
+    fig, axes = plt.subplots(1, 2, sharey=True, figsize=(11, 0.28 * len(labels) + 1.6))
     for ax, (ours, printed, label) in zip(axes, [("params_m", "published_params_m", "Params (M)"),
                                                  ("flops_g", "published_flops_g", "FLOPs (G)")], strict=True):
-        data = counts.dropna(subset=[printed])
-        sns.scatterplot(data=data, x=printed, y=ours, hue="experiment", style="experiment", s=60, ax=ax)
-        low = min(data[printed].min(), data[ours].min())
-        high = max(data[printed].max(), data[ours].max())
-        ax.plot([low, high], [low, high], color="0.6", lw=1, ls="--", zorder=0, label="ours = paper")
-        ax.set(xlabel=f"paper: {label}", ylabel=f"ours: {label}", title=label)
-        ax.legend(fontsize="small")
-    fig.suptitle("Model complexity of every LocalViT table row (224×224 input)")
-    fig.tight_layout()
+        tolerance = [_printed_tolerance(p) if not math.isnan(p) else math.nan for p in counts[printed]]
+        ax.barh(y, [2 * t for t in tolerance], left=[-t for t in tolerance], height=0.6, color="0.85",
+                label="printed value's rounding")
+        delta = counts[ours] - counts[printed]
+        inside = delta.abs() <= pd.Series(tolerance, index=delta.index)
+        ax.scatter(delta[inside], y[inside.to_numpy()], color=sns.color_palette()[2], zorder=3,
+                   label="agrees")
+        ax.scatter(delta[~inside], y[~inside.to_numpy()], color=sns.color_palette()[3], marker="x", zorder=3,
+                   label="disagrees")
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.margins(x=0.08)
+        ax.set(xlabel=f"ours − paper, {label}", title=label)
+    axes[0].set_yticks(y, labels, fontsize="small")
+    axes[0].invert_yaxis()
+    fig.suptitle("Model complexity of every LocalViT table row: ours − printed (224×224 input)")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, frameon=False)
     return fig
 
 
@@ -396,13 +499,11 @@ def provenance_summary(results_df: pd.DataFrame) -> dict[str, str]:
     return summary
 
 
-def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile: str,
-                       figures_dir: Path | None, report_dir: Path) -> str:
-    """The Markdown section of REPORT.md for one experiment at one profile."""
-    rows = _experiment_results(experiment, results_df)
-    parts = [f"### {experiment.title}", "",
-             f"`{experiment.name}` · {experiment.paper} · {experiment.task} · "
-             f"{rows[['row', 'seed']].drop_duplicates().shape[0] if not rows.empty else 0} runs", ""]
+def summary_markdown(experiment: Experiment | str, results_df: pd.DataFrame) -> str:
+    """Per metric the comparison table and Kendall τ, then the claims: everything but provenance, so
+    that it depends on the result values only (notebooks print it in their regression-checked cell)."""
+    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    parts = []
     for metric in experiment.metrics:
         table = comparison_table(experiment, results_df, metric.name)
         agreement = rank_agreement(experiment, results_df, metric.name)
@@ -414,6 +515,17 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
         parts += ["Claims:", ""]
         parts += [f"- {c.claim} — ours: **{c.ours}**; paper: {c.paper}" for c in claims.itertuples()]
         parts.append("")
+    return "\n".join(parts)
+
+
+def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile: str,
+                       figures_dir: Path | None, report_dir: Path) -> str:
+    """The Markdown section of REPORT.md for one experiment at one profile."""
+    rows = _experiment_results(experiment, results_df)
+    parts = [f"### {experiment.title}", "",
+             f"`{experiment.name}` · {experiment.paper} · {experiment.task} · "
+             f"{rows[['row', 'seed']].drop_duplicates().shape[0] if not rows.empty else 0} runs", "",
+             summary_markdown(experiment, results_df)]
     if figures_dir is not None:
         for png in sorted(Path(figures_dir).glob(f"{experiment.name}*.png")):
             parts += [f"![{png.stem}]({png.relative_to(report_dir).as_posix()})", ""]

@@ -1,0 +1,72 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # DPT — zero-shot cross-dataset monocular depth (Table 1)
+#
+# Trained on the MIX 6 datasets and evaluated zero-shot on six others, DPT-Large and DPT-Hybrid improve
+# on MiDaS in every column (e.g. ETH3D AbsRel 0.089 / 0.093 vs 0.116, TUM δ>1.25 9.97 / 10.89 vs 12.51;
+# lower is better). Claims tested: each DPT model beats MiDaS per column. This notebook trains the two
+# DPT stand-ins on some procedural domains and evaluates on a held-out one.
+
+# %% tags=["parameters"]
+profile: str = "smoke"  # smoke | proxy | paper
+seeds: int = 1  # number of seeds (0..N-1); the table shows mean ± std over them
+device: str = "auto"  # auto | cpu | cuda | cuda:N
+data_root: str = ""  # dataset root (paper profile); empty: <project>/data
+results_dir: str = ""  # results root; empty: <project>/results
+rows: list = []  # row labels to run; empty: every row
+reuse: bool = True  # reuse stored results of the same configuration instead of retraining
+
+# %%
+from lvit.reproduce import validate_parameters
+
+EXPERIMENT = "dpt_zero_shot_depth"
+params = validate_parameters(profile=profile, seeds=seeds, device=device, data_root=data_root,
+                             results_dir=results_dir, experiment=EXPERIMENT, rows=rows)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from lvit.engine.run import run_experiment
+
+results = run_experiment(EXPERIMENT, params.profile, params.seeds, params.device, params.data_root,
+                         params.results_dir, rows=params.rows, reuse=reuse)
+
+# %% [markdown]
+# ## Paper vs ours
+#
+# *ours* is mean ± std over seeds (n = seeds); *delta* is ours − paper. At the smoke and proxy profiles
+# the data are procedural, so absolute numbers are not comparable with the paper's; what should agree is
+# the ordering: *agreement* says whether each row moves in the paper's direction relative to the first
+# row with both numbers, Kendall τ compares the whole ordering, and each claim is tested on our means.
+# At smoke and proxy, small DPT stand-ins (a ViT-Ti/ViT-S/LocalViT-Ti backbone pretrained on the
+# classification proxy) replace DPT-Base/Large/Hybrid, and procedural scene domains replace the
+# datasets (the recipe says which domain stands in for which column). Columns without a stand-in
+# stay missing; the paper's other baselines are listed but not built.
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from IPython.display import Markdown
+
+from lvit.report import summary_markdown
+
+summary = summary_markdown(EXPERIMENT, results)
+Markdown(summary)
+
+# %%
+from lvit.report import plot_comparison, save_figure
+
+for metric in ["eth3d_abs_rel", "tum_delta_error"]:
+    figure = plot_comparison(EXPERIMENT, results, metric, profile=params.profile)
+    save_figure(figure, params.figures_dir, f"{EXPERIMENT}-{metric}")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from lvit.report import provenance_summary
+
+provenance_summary(results)
