@@ -44,13 +44,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from lvit import metrics
 from lvit.experiments.pretrained import (
@@ -59,6 +62,7 @@ from lvit.experiments.pretrained import (
     ZERO_SHOT_DEPTH_CAP,
     ZERO_SHOT_METRIC,
     MetricDepthOutput,
+    ReleasedCheckpoint,
     released_checkpoint,
 )
 
@@ -560,3 +564,53 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=64, help="procedural sets: samples (default: 64)")
     parser.add_argument("--image-size", type=int, help="procedural sets: image side (default: the model's)")
     parser.set_defaults(func=_command)
+
+
+# ------------------------------------------------------------------------- released checkpoints table
+
+
+def released_command(released: ReleasedCheckpoint, dataset: str, checkpoint_dir: str, data_root: str) -> str:
+    """The command re-measuring ``released`` on ``dataset`` (its protocol spelled out where the dataset has
+    several, so that a renamed file still gets it); the reason instead when lvit lacks the model."""
+    if not released.model:
+        return released.note
+    protocol = released.protocol if len(DATASET_PROTOCOLS[dataset]) > 1 else None
+    return evaluate_command(released.model, f"{checkpoint_dir}/{released.file}", dataset, data_root, protocol)
+
+
+def released_commands(checkpoint_dir: str = "checkpoints", data_root: str = "data") -> list[str]:
+    """For every released file lvit builds, the commands that re-measure each of its published numbers."""
+    from lvit.experiments.pretrained import RELEASED_CHECKPOINTS
+
+    return [released_command(c, dataset, checkpoint_dir, data_root)
+            for c in RELEASED_CHECKPOINTS if c.model for dataset in c.datasets]
+
+
+def released_table(
+    results_dir: str | Path, checkpoint_dir: str = "checkpoints", data_root: str = "data"
+) -> pd.DataFrame:
+    """Expected (published) | measured | delta for every published number of every released checkpoint.
+
+    ``measured`` is the newest ``pretrained`` result of that file (row = file name) and metric, NaN when
+    missing; ``command`` is what fills a missing one (or why it cannot be filled).
+    """
+    import pandas as pd
+
+    from lvit.experiments import get_experiment
+    from lvit.experiments.pretrained import RELEASED_CHECKPOINTS
+    from lvit.results import latest_results, load_results
+
+    latest = latest_results(load_results(results_dir, profile=RESULT_PROFILE))
+    measured = latest.set_index(["experiment", "row", "metric"])["value"]
+    metric_dataset = {metric: dataset for dataset, metric in ZERO_SHOT_METRIC.items()}
+    records = []
+    for released in RELEASED_CHECKPOINTS:
+        experiment = get_experiment(released.experiment)
+        for metric, expected in experiment.row(released.file).published.items():
+            value = measured.get((released.experiment, released.file, metric), float("nan"))
+            dataset = metric_dataset.get(metric, released.datasets[0])
+            command = released_command(released, dataset, checkpoint_dir, data_root)
+            records.append({"checkpoint": released.file, "dataset": dataset, "metric": metric,
+                            "expected": expected, "measured": value, "delta": value - expected,
+                            "command": "" if value == value else command})
+    return pd.DataFrame(records)

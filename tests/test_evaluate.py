@@ -374,3 +374,25 @@ def test_diw_whdr_counts_disagreeing_pairs() -> None:
 
     measured = evaluate_zero_shot(RedInverseDepth(), dataset, CPU, "diw", 32, normalized=False, depth_cap=1.0)
     assert measured == {"diw_whdr": pytest.approx(100 / 3)}
+
+
+def test_released_table_lines_up_measured_rows_and_gives_commands_for_missing(tmp_path: Path) -> None:
+    from lvit.evaluate import released_table
+    from lvit.results import append_results, provenance
+
+    prov = provenance("pretrained", 0, "cpu", {}, "2026-01-01T00:00:00", 1.0, checkpoint_sha256="ab" * 32)
+    append_results(tmp_path, "pretrained", "pretrained_localvit_imagenet",
+                   [{**prov, "row": "localvit_t.pth", "metric": "top1", "value": 74.5, "split": "val",
+                     "epoch": None}])
+    table = released_table(tmp_path).set_index(["checkpoint", "metric"])
+    measured = table.loc[("localvit_t.pth", "top1")]
+    assert measured["expected"] == 74.838 and measured["delta"] == pytest.approx(74.5 - 74.838)
+    assert measured["command"] == ""
+    missing = table.loc[("dpt_hybrid_kitti-cb926ef4.pt", "rmse")]
+    assert np.isnan(missing["measured"]) and missing["expected"] == 2.575
+    assert missing["command"] == ("lvit evaluate --model dpt_hybrid --checkpoint "
+                                  "checkpoints/dpt_hybrid_kitti-cb926ef4.pt --dataset kitti --data-root data "
+                                  "--protocol metric")
+    tum = table.loc[("dpt_large-midas-2f21e586.pt", "tum_delta_error"), "command"]
+    assert tum.endswith("--dataset tum --data-root data")  # one protocol only: none spelled out
+    assert "not build" in table.loc[("localvit_swin.pth", "top1"), "command"]
