@@ -192,6 +192,8 @@ def _table(rows: list[ComplexityRow]) -> list[list[str]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Batch-1 forwards are too small to gain from threads; on a busy machine extra threads only spin.
+    torch.set_num_threads(1)
     rows = complexity_rows(args.experiment or None, progress=True)
     table = _table(rows)
     if args.format == "csv":

@@ -12,6 +12,7 @@ the class hierarchy, so timm's own models (``deit_tiny_patch16_224``) use timm's
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -59,7 +60,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
         return load_file(str(path), device="cpu")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Official DeiT-style checkpoints also store the training ``args`` (an argparse.Namespace), a
+        # plain attribute bag that is safe to allow; everything else stays refused by weights_only.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any parse failure of an untrusted file: corrupt, truncated, not torch
         message = f"{str(path)!r} is not a PyTorch checkpoint loadable with weights_only: {error}"
         raise ValueError(message) from error
