@@ -1,0 +1,143 @@
+"""Strict loading of official LocalViT checkpoints (key layout from reference localvit.md §1.6)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lvit
+from lvit.models.convert import CheckpointMismatchError, checkpoint_filter_for, load_pretrained
+from lvit.models.localvit import checkpoint_filter_fn
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    names = ("weight", "bias", "running_mean", "running_var")
+    return {f"{prefix}.{name}": (channels,) for name in names} | {f"{prefix}.num_batches_tracked": ()}
+
+
+def official_localvit_tiny_shapes(attention: str = "se") -> dict[str, tuple[int, ...]]:
+    """The official LocalViT-T state_dict, transcribed from reference §1.6 (not from lvit's model)."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "cls_token": (1, 1, 192), "pos_embed": (1, 197, 192),
+        "patch_embed.proj.weight": (192, 3, 16, 16), "patch_embed.proj.bias": (192,),
+        "norm.weight": (192,), "norm.bias": (192,), "head.weight": (1000, 192), "head.bias": (1000,),
+    }
+    for i in range(12):
+        b = f"blocks.{i}"
+        shapes |= {f"{b}.norm1.weight": (192,), f"{b}.norm1.bias": (192,),
+                   f"{b}.attn.qkv.weight": (576, 192), f"{b}.attn.qkv.bias": (576,),
+                   f"{b}.attn.proj.weight": (192, 192), f"{b}.attn.proj.bias": (192,),
+                   f"{b}.conv.conv.0.weight": (768, 192, 1, 1), f"{b}.conv.conv.3.weight": (768, 1, 3, 3),
+                   f"{b}.conv.conv.7.weight": (192, 768, 1, 1)}
+        shapes |= _bn(f"{b}.conv.conv.1", 768) | _bn(f"{b}.conv.conv.4", 768) | _bn(f"{b}.conv.conv.8", 192)
+        if attention == "se":
+            shapes |= {f"{b}.conv.conv.6.fc.0.weight": (4, 768), f"{b}.conv.conv.6.fc.0.bias": (4,),
+                       f"{b}.conv.conv.6.fc.2.weight": (768, 4), f"{b}.conv.conv.6.fc.2.bias": (768,)}
+        else:
+            shapes |= {f"{b}.conv.conv.6.conv.weight": (1, 1, 5)}
+    return shapes
+
+
+def random_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {k: torch.randint(0, 100, s) if k.endswith("num_batches_tracked")
+            else torch.randn(s, generator=generator) for k, s in shapes.items()}
+
+
+@pytest.fixture(scope="module")
+def official() -> dict[str, torch.Tensor]:
+    return random_state_dict(official_localvit_tiny_shapes())
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_official_layout_has_344_entries(official: dict) -> None:
+    assert len(official) == 344  # reference §1.6
+
+
+def test_official_release_file_loads_strictly(tmp_path: Path, official: dict) -> None:
+    # A DeiT-style training checkpoint: the weights under "model", plus EMA and the training args.
+    ema = {k: torch.zeros_like(v) for k, v in official.items()}
+    path = tmp_path / "localvit_t.pth"
+    torch.save({"model": official, "model_ema": ema, "epoch": 299, "args": argparse.Namespace(lr=1e-3)}, path)
+    model = lvit.load_pretrained(lvit.create_model("localvit_tiny"), path)
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in official.items())  # the non-EMA weights
+
+
+def test_eca_variant_layout_loads() -> None:
+    state_dict = random_state_dict(official_localvit_tiny_shapes("eca"))
+    model = load_pretrained(lvit.create_model("localvit_tiny", attn="eca"), state_dict)
+    eca_weight = state_dict["blocks.3.conv.conv.6.conv.weight"]
+    assert torch.equal(model.blocks[3].conv.conv[6].conv.weight, eca_weight)
+
+
+def test_plain_state_dict_safetensors_and_ddp_prefix(tmp_path: Path, official: dict) -> None:
+    path = tmp_path / "weights.safetensors"
+    save_file({f"module.{k}": v for k, v in official.items()}, str(path))
+    model = load_pretrained(lvit.create_model("localvit_tiny"), path)
+    assert torch.equal(model.head.weight, official["head.weight"])
+
+
+def test_position_embedding_resampled_for_another_resolution(official: dict) -> None:
+    model = load_pretrained(lvit.create_model("localvit_tiny", img_size=(160, 224)), official)
+    assert model.pos_embed.shape == (1, 1 + 10 * 14, 192)
+    assert torch.equal(model.pos_embed[:, 0], official["pos_embed"][:, 0])  # class token entry kept
+
+
+def test_wrong_checkpoint_lists_keys_and_loads_nothing(official: dict) -> None:
+    model = lvit.create_model("localvit_tiny")
+    before = _snapshot(model)
+    wrong = dict(official, extra_weight=torch.zeros(3))
+    del wrong["head.bias"]
+    wrong["blocks.0.conv.conv.6.fc.0.weight"] = torch.zeros(192, 768)  # an SE-4 layer
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_pretrained(model, wrong)
+    message = str(info.value)
+    assert "missing keys: head.bias" in message and "unexpected keys: extra_weight" in message
+    assert "blocks.0.conv.conv.6.fc.0.weight (192, 768) vs model (4, 768)" in message
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_other_variant_file_is_refused(official: dict) -> None:
+    model = lvit.create_model("localvit_tiny_mlp6")
+    before = _snapshot(model)
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
+        load_pretrained(model, official)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_corrupt_and_missing_files(tmp_path: Path) -> None:
+    model = lvit.create_model("localvit_tiny", embed_dim=48, depth=1, num_heads=2)
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+        load_pretrained(model, corrupt)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_pretrained(model, tmp_path / "missing.pth")
+
+
+def test_untrusted_pickles_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Path("x")}, path)  # an arbitrary class
+    with pytest.raises(ValueError, match="weights_only"):
+        load_pretrained(lvit.create_model("localvit_tiny", embed_dim=48, depth=1, num_heads=2), path)
+
+
+def test_family_filter_lookup() -> None:
+    assert checkpoint_filter_for(lvit.create_model("localvit_tiny", embed_dim=48, depth=1, num_heads=2)) \
+        is checkpoint_filter_fn
