@@ -342,13 +342,16 @@ def input_side(model: nn.Module) -> int:
 
 
 def build_eval_dataset(
-    dataset: str, protocol: str, data_root: str | Path, options: EvalOptions, model: nn.Module
+    dataset: str, protocol: str, data_root: str | Path, options: EvalOptions, model: nn.Module | None = None
 ) -> tuple[Dataset, str]:
-    """The evaluation set of ``dataset`` for ``protocol`` and the name of its split."""
+    """The evaluation set of ``dataset`` for ``protocol`` and the name of its split. Procedural sets need
+    the ``model``: they are rendered at its input size with its class count."""
     from lvit.data import build_dataset
     from lvit.data.datasets import ADE20K, KITTIDepth, NYUv2
 
     if dataset in PROCEDURAL:
+        if model is None:
+            raise ValueError(f"the procedural {dataset!r} set is sized by the model: pass it")
         side = options.image_size or input_side(model)
         split = "test" if protocol == "zero_shot" else "val"
         recipe: dict[str, Any] = {"image_size": side, f"{split}_samples": options.samples}
@@ -488,12 +491,16 @@ def evaluate_checkpoint(
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
+    procedural = dataset in PROCEDURAL
+    if not procedural:  # a missing or malformed dataset fails before a large model is built
+        data, split = build_eval_dataset(dataset, protocol, data_root, options)
     sha256 = sha256_file(checkpoint)
     net = build_model(model, protocol, dataset, model_kwargs)
     load_checkpoint(net, checkpoint)
     torch_device = resolve_device(device)
     net.to(torch_device).eval()
-    data, split = build_eval_dataset(dataset, protocol, data_root, options, net)
+    if procedural:  # rendered at the model's size and class count
+        data, split = build_eval_dataset(dataset, protocol, data_root, options, net)
     started_at, start = datetime.now(timezone.utc), time.perf_counter()
     measured = run_protocol(net, dataset, protocol, data, torch_device, options)
     if results_dir is not None:

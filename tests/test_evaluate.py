@@ -227,7 +227,7 @@ def _write_nyu(root: Path) -> None:
 
 def test_nyu_zero_shot_caps_at_10m_without_crop_and_metric_uses_eigen_crop(tmp_path: Path) -> None:
     _write_nyu(tmp_path / "nyu")
-    data, split = build_eval_dataset("nyu", "zero_shot", tmp_path, EvalOptions(), nn.Identity())
+    data, split = build_eval_dataset("nyu", "zero_shot", tmp_path, EvalOptions())
     model = ConstantDepth(1.0)
     measured = run_protocol(model, "nyu", "zero_shot", data, CPU, EvalOptions(net_size=64))
     assert split == "test" and len(data) == 2
@@ -242,7 +242,7 @@ def test_nyu_zero_shot_caps_at_10m_without_crop_and_metric_uses_eigen_crop(tmp_p
     spec = METRIC_DEPTH["nyu"]
     output = 500.0  # depth = 1 / (0.000305 * 500 + 0.1378) = 3.4423... m, through a x1000 uint16 PNG
     expected_pred = math.floor(1000 / (spec.scale * output + spec.shift)) / 1000
-    data, _ = build_eval_dataset("nyu", "metric", tmp_path, EvalOptions(), nn.Identity())
+    data, _ = build_eval_dataset("nyu", "metric", tmp_path, EvalOptions())
     measured = run_protocol(ConstantDepth(output), "nyu", "metric", data, CPU, EvalOptions())
     # Eigen crop: only the 2 m pixels count (the 4 m rows lie outside it, the 12 m block beyond 10 m).
     assert measured["abs_rel"] == pytest.approx(abs(expected_pred - 2.0) / 2.0)
@@ -268,7 +268,7 @@ def _write_kitti(root: Path) -> None:
 
 def test_kitti_zero_shot_on_kb_crop_and_metric_with_garg_crop_on_full_frame(tmp_path: Path) -> None:
     _write_kitti(tmp_path / "kitti")
-    data, _ = build_eval_dataset("kitti", "zero_shot", tmp_path, EvalOptions(), nn.Identity())
+    data, _ = build_eval_dataset("kitti", "zero_shot", tmp_path, EvalOptions())
     model = ConstantDepth(1.0)
     measured = run_protocol(model, "kitti", "zero_shot", data, CPU, EvalOptions(net_size=64))
     assert model.inputs[0] == (1, 3, 64, 224)  # KB crop 352x1216 resized towards 64
@@ -278,7 +278,7 @@ def test_kitti_zero_shot_on_kb_crop_and_metric_with_garg_crop_on_full_frame(tmp_
     spec = METRIC_DEPTH["kitti"]
     output = 700.0  # depth = 1 / (0.00006016 * 700 + 0.00579) ~ 20.92 m through a x256 uint16 PNG
     pred = math.floor(256 / (spec.scale * output + spec.shift)) / 256
-    data, _ = build_eval_dataset("kitti", "metric", tmp_path, EvalOptions(), nn.Identity())
+    data, _ = build_eval_dataset("kitti", "metric", tmp_path, EvalOptions())
     model = ConstantDepth(output)
     measured = run_protocol(model, "kitti", "metric", data, CPU, EvalOptions())
     assert model.inputs[0] == (1, 3, 352, 1216)  # the network sees the KB crop at its own size
@@ -311,7 +311,7 @@ def _write_ade(root: Path) -> None:
 @pytest.mark.parametrize("protocol", ["single_scale", "ms_flip"])
 def test_ade20k_ignores_label_zero_and_pools_iou(tmp_path: Path, protocol: str) -> None:
     _write_ade(tmp_path / "ADEChallengeData2016")
-    data, split = build_eval_dataset("ade20k", protocol, tmp_path, EvalOptions(), nn.Identity())
+    data, split = build_eval_dataset("ade20k", protocol, tmp_path, EvalOptions())
     measured = run_protocol(ChannelLogits(), "ade20k", protocol, data, CPU, EvalOptions(net_size=32))
     suffix = "_single_scale" if protocol == "single_scale" else ""
     # 240 correct of 480 labelled; IoU(class 1) = 240 / 480, IoU(class 2) = 0 / 240.
@@ -347,7 +347,7 @@ class MeanColour(nn.Module):
 
 def test_imagenet_deit_eval_transform_top1_top5_loss(tmp_path: Path) -> None:
     _write_imagenet(tmp_path)
-    data, split = build_eval_dataset("imagenet", "classification", tmp_path, EvalOptions(), nn.Identity())
+    data, split = build_eval_dataset("imagenet", "classification", tmp_path, EvalOptions())
     measured = run_protocol(MeanColour(), "imagenet", "classification", data, CPU, EvalOptions(batch_size=2))
     assert split == "val"
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
