@@ -188,8 +188,7 @@ def shape_parameters(uniforms: torch.Tensor, labels: torch.Tensor) -> dict[str, 
 
 def _over(canvas: torch.Tensor, color: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Composite ``color`` (B,3,H,W or B,3,1,1) with coverage ``alpha`` (B,H,W) over ``canvas`` (B,3,H,W)."""
-    alpha = alpha[:, None]
-    return canvas * (1 - alpha) + color * alpha
+    return canvas.lerp_(color.expand_as(canvas), alpha[:, None].expand_as(canvas))
 
 
 def _clutter_sdf(kind: int, x: torch.Tensor, y: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -243,8 +242,7 @@ def render_shapes(p: dict[str, torch.Tensor], height: int, width: int) -> torch.
     tv = torch.where(_bcast((p["texture"] == 4) | (p["texture"] == 7)), ly, tv)
     weight = _per_kind(p["texture"], len(TEXTURES), _texture, tu, tv, period)[:, None]
     fill = _bcast(p["color_a"]) * (1 - weight) + _bcast(p["color_b"]) * weight
-    alpha = alpha[:, None]
-    canvas = canvas * (1 - alpha) + fill * alpha
+    canvas = _over(canvas, fill, alpha)
 
     canvas = clutter(CLUTTER_BEHIND, CLUTTER_BEHIND + CLUTTER_FRONT, canvas)
     return canvas.clamp(0, 1)
