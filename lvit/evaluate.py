@@ -533,10 +533,13 @@ def _command(args: argparse.Namespace) -> int:
     options = EvalOptions(net_size=args.net_size, depth_cap=args.depth_cap, batch_size=args.batch_size,
                           num_workers=args.workers, limit=args.limit, samples=args.samples,
                           image_size=args.image_size)
+    from lvit.reproduce import project_root
+
+    results_dir = args.results_dir or project_root() / "results"  # where the notebooks read results
     try:
         model_kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
         measured = evaluate_checkpoint(args.model, args.checkpoint, args.dataset, args.data_root,
-                                       args.protocol, args.device, options, model_kwargs, args.results_dir,
+                                       args.protocol, args.device, options, model_kwargs, results_dir,
                                        args.row)
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"lvit evaluate: error: {err}", file=sys.stderr)
@@ -561,8 +564,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--batch-size", type=int, default=64, help="classification batch size")
     parser.add_argument("--workers", type=int, default=0, help="data loader workers")
-    parser.add_argument("--results-dir", default="results", metavar="DIR",
-                        help="result store root (default: results); rows go to <DIR>/pretrained/")
+    parser.add_argument("--results-dir", metavar="DIR",
+                        help="result store root (default: <project>/results); rows go to <DIR>/pretrained/")
     parser.add_argument("--row", help="result row label (default: the checkpoint's file name)")
     parser.add_argument("--model-kwargs", metavar="JSON", help="extra model constructor kwargs, as JSON")
     parser.add_argument("--net-size", type=int, help="DPT resize target side (default: 384 depth, 480 seg.)")
