@@ -481,8 +481,9 @@ def evaluate_checkpoint(
     """Load ``checkpoint`` into ``model``, evaluate it on ``dataset`` by ``protocol``; return the metrics.
 
     With ``results_dir``, also write one result row per metric to
-    ``<results_dir>/pretrained/<experiment>.csv`` (row: ``row`` or the checkpoint's file name), with the
-    checkpoint's sha256 in the provenance. Nothing is written unless loading and evaluation succeed.
+    ``<results_dir>/pretrained/<experiment>.csv`` (row: ``row`` or the checkpoint's file name, marked
+    ``[first N]`` under ``options.limit``), with the checkpoint's sha256 in the provenance. Nothing is
+    written unless loading and evaluation succeed.
     """
     from lvit.engine.loop import resolve_device
     from lvit.results import append_results, provenance
@@ -508,7 +509,9 @@ def evaluate_checkpoint(
                   "protocol": protocol, "options": asdict(options)}
         prov = provenance(RESULT_PROFILE, 0, str(torch_device), config, started_at,
                           time.perf_counter() - start, checkpoint_sha256=sha256)
-        label = row or checkpoint.name
+        # A partial run is not the published protocol: its row must not stand in for the file's.
+        partial = "" if options.limit is None else f" [first {options.limit}]"
+        label = row or checkpoint.name + partial
         records = [{**prov, "row": label, "metric": k, "value": v, "split": split, "epoch": None}
                    for k, v in measured.items()]
         append_results(results_dir, RESULT_PROFILE, result_experiment(dataset, protocol), records)

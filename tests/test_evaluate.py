@@ -396,3 +396,17 @@ def test_released_table_lines_up_measured_rows_and_gives_commands_for_missing(tm
     tum = table.loc[("dpt_large-midas-2f21e586.pt", "tum_delta_error"), "command"]
     assert tum.endswith("--dataset tum --data-root data")  # one protocol only: none spelled out
     assert "not build" in table.loc[("localvit_swin.pth", "top1"), "command"]
+
+
+def test_cli_on_a_real_layout_marks_a_partial_run_in_the_row(tmp_path: Path) -> None:
+    _write_nyu(tmp_path / "nyu")
+    checkpoint = tmp_path / "dpt_tiny_depth.pt"
+    torch.save(create_model("dpt_tiny", task="depth", **DPT_KWARGS).state_dict(), checkpoint)
+    code = _evaluate_cli(tmp_path, "--model", "dpt_tiny", "--checkpoint", str(checkpoint), "--dataset", "nyu",
+                         "--data-root", str(tmp_path), "--net-size", "64", "--limit", "1",
+                         "--model-kwargs", json.dumps(DPT_KWARGS))
+    assert code == 0
+    df = load_results(tmp_path / "results", profile="pretrained")
+    assert set(df["experiment"]) == {"pretrained_dpt_zero_shot"}
+    assert set(df["row"]) == {"dpt_tiny_depth.pt [first 1]"}  # not the file's full-set row
+    assert set(df["metric"]) == {"nyu_abs_rel", "nyu_delta_error", "nyu_rmse"}
