@@ -122,14 +122,16 @@ class ComplexityRow:
     flops_g: float
     published_params_m: float | None
     published_flops_g: float | None
+    params_digits: int | None = None  # digits the paper printed, where the transcription lost a trailing 0
+    flops_digits: int | None = None
 
     @property
     def params_match(self) -> bool | None:
-        return matches_printed(self.params_m, self.published_params_m)
+        return matches_printed(self.params_m, self.published_params_m, self.params_digits)
 
     @property
     def flops_match(self) -> bool | None:
-        return matches_printed(self.flops_g, self.published_flops_g)
+        return matches_printed(self.flops_g, self.published_flops_g, self.flops_digits)
 
 
 def printed_decimals(value: float) -> int:
@@ -138,14 +140,14 @@ def printed_decimals(value: float) -> int:
     return 0 if text.endswith(".0") and "e" not in text else len(text.split(".")[1])
 
 
-def matches_printed(ours: float, published: float | None) -> bool | None:
+def matches_printed(ours: float, published: float | None, digits: int | None = None) -> bool | None:
     """Our value rounded to the digits the paper printed equals the printed value (None if unpublished).
 
-    A transcribed "1.3" is a float; a trailing zero the paper printed ("1.40") is lost in transcription,
-    so the comparison rounds to at least the transcribed digits, which never loosens a check."""
+    ``digits`` defaults to the transcribed float's; pass it where the paper printed a trailing zero
+    ("1.40") that the float lost (:data:`lvit.experiments.localvit.PRINTED_DIGITS`)."""
     if published is None:
         return None
-    digits = printed_decimals(published)
+    digits = max(printed_decimals(published), digits or 0)
     return round(ours, digits) == round(published, digits)
 
 
@@ -156,6 +158,7 @@ def complexity_rows(experiments: list[str] | None = None, progress: bool = False
 
     import lvit
     from lvit.experiments import get_experiment, list_experiments
+    from lvit.experiments.localvit import PRINTED_DIGITS
 
     chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments("localvit")
     todo = [(e, r) for e in chosen for r in e.rows if {"params_m", "flops_g"} & set(r.published)]
@@ -167,8 +170,10 @@ def complexity_rows(experiments: list[str] | None = None, progress: bool = False
             model = lvit.create_model(row.model, **row.model_kwargs)
             cache[key] = (count_params(model), count_macs(model))
         params, macs = cache[key]
+        digits = {m: PRINTED_DIGITS.get((experiment.name, row.label, m)) for m in ("params_m", "flops_g")}
         rows.append(ComplexityRow(experiment.name, row.label, row.model, params / 1e6, macs / 1e9,
-                                  row.published.get("params_m"), row.published.get("flops_g")))
+                                  row.published.get("params_m"), row.published.get("flops_g"),
+                                  digits["params_m"], digits["flops_g"]))
     return rows
 
 
@@ -179,14 +184,20 @@ def _fmt(value: float | None, digits: int | None = None) -> str:
     return str(value) if digits is None else f"{value:.{digits}f}"
 
 
+def _fmt_published(value: float | None, printed_digits: int | None) -> str:
+    return _fmt(value, printed_digits if value is not None and printed_digits else None)
+
+
 def _mark(match: bool | None) -> str:
     return {True: "yes", False: "NO", None: "-"}[match]
 
 
 def _table(rows: list[ComplexityRow]) -> list[list[str]]:
     header = ["experiment", "row", "model", "params_m", "published", "match", "flops_g", "published", "match"]
-    body = [[r.experiment, r.row, r.model, _fmt(r.params_m, 3), _fmt(r.published_params_m),
-             _mark(r.params_match), _fmt(r.flops_g, 4), _fmt(r.published_flops_g), _mark(r.flops_match)]
+    body = [[r.experiment, r.row, r.model,
+             _fmt(r.params_m, 3), _fmt_published(r.published_params_m, r.params_digits),
+             _mark(r.params_match),
+             _fmt(r.flops_g, 4), _fmt_published(r.published_flops_g, r.flops_digits), _mark(r.flops_match)]
             for r in rows]
     return [header, *body]
 

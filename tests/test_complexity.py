@@ -101,6 +101,11 @@ def test_matches_printed_digits(ours: float, printed: float | None, expected: bo
     assert matches_printed(ours, printed) is expected
 
 
+def test_printed_trailing_zero_is_checked_to_its_digits() -> None:
+    assert matches_printed(1.4038, 1.4) and matches_printed(1.4038, 1.4, digits=2)
+    assert not matches_printed(1.4501, 1.4, digits=1) and not matches_printed(1.4149, 1.4, digits=2)
+
+
 @pytest.fixture(scope="module")
 def rows() -> dict[tuple[str, str], object]:
     return {(r.experiment, r.row): r for r in complexity_rows()}

@@ -157,6 +157,12 @@ MAIN_SOURCES: dict[str, str] = {
     "LocalViT-TNT": "top-1 Fig. 1 (checkpoint 75.90); Params/FLOPs DB",
 }
 
+# Printed figures whose trailing zero a float transcription loses; matches are checked to these digits.
+PRINTED_DIGITS: dict[tuple[str, str, str], int] = {
+    ("localvit_main", "DeiT-S", "flops_g"): 2,  # 4.60
+    ("localvit_main", "TNT-T", "flops_g"): 2,  # 1.40
+}
+
 localvit_main = register_experiment(Experiment(
     name="localvit_main",
     paper="localvit",
