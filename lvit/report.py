@@ -17,6 +17,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -94,6 +95,11 @@ def _decimals(value: float) -> int:
     return max(1, len(text.split(".")[1].rstrip("0")))
 
 
+def _as_printed(value: float) -> str:
+    """A published value with the digits the paper printed (6.0, not 6)."""
+    return "–" if math.isnan(value) else f"{value:.{_decimals(value)}f}"
+
+
 def _printed_tolerance(value: float) -> float:
     """Half a unit of the last printed digit: ``5.7`` covers ``[5.65, 5.75]``."""
     return 0.5 * 10.0 ** -_decimals(value) + 1e-12
@@ -143,7 +149,8 @@ def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
         stats = seed_statistics(experiment, results_df, name)
         published = pd.Series({r.label: float(r.published.get(name, math.nan)) for r in experiment.rows})
         printed = [p for p in published if not math.isnan(p)]
-        decimals = min(max((_decimals(p) for p in printed), default=1) + 1, 4)
+        # One digit more than the paper printed; three when it printed nothing to compare with.
+        decimals = min(max(_decimals(p) for p in printed) + 1, 4) if printed else 3
         comparable = [label for label in stats.index
                       if not math.isnan(published[label]) and not math.isnan(stats.loc[label, "mean"])]
         reference = comparable[0] if comparable else experiment.rows[0].label
@@ -215,9 +222,10 @@ def claim_status(experiment: Experiment | str, results_df: pd.DataFrame) -> pd.D
     return pd.DataFrame(records, columns=["claim", "metric", "ours", "paper"])
 
 
-def overview(results_df: pd.DataFrame, experiments: Sequence[str] | None = None) -> pd.DataFrame:
-    """One line per (experiment, metric): rows with results of rows declared, seeds, Kendall τ."""
-    chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments()
+def overview(results_df: pd.DataFrame, profile: str,
+             experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """One line per (experiment, metric) at ``profile``: rows with results of rows declared, seeds, τ."""
+    chosen = experiments_at(profile, results_df, experiments)
     records = []
     for experiment in chosen:
         for metric in experiment.metrics:
@@ -230,12 +238,13 @@ def overview(results_df: pd.DataFrame, experiments: Sequence[str] | None = None)
     return pd.DataFrame(records)
 
 
-def claims_overview(results_df: pd.DataFrame, experiments: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every declared claim of every experiment with its status on ours and on the paper's numbers."""
-    chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments()
+def claims_overview(results_df: pd.DataFrame, profile: str,
+                    experiments: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every claim of the experiments at ``profile`` with its status on ours and on the paper's numbers."""
+    chosen = experiments_at(profile, results_df, experiments)
     frames = [claim_status(e, results_df).assign(experiment=e.name) for e in chosen if e.claims]
-    claims = pd.concat(frames, ignore_index=True)
-    return claims[["experiment", "claim", "metric", "ours", "paper"]]
+    columns = ["experiment", "claim", "metric", "ours", "paper"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
 def inference_resolution_curve(results_df: pd.DataFrame, metric: str = "mean_abs_rel") -> pd.DataFrame:
@@ -298,7 +307,7 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     rows = list(table["row"])
     _theme()
     y = np.arange(len(rows))
-    fig, (ax_paper, ax_ours) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.5 * len(rows) + 1.8))
+    fig, (ax_paper, ax_ours) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.5 * len(rows) + 2.2))
     ax_paper.scatter(table["published"], y, color="0.35", s=40, zorder=3)
     _label_points(ax_paper, table["published"], y)
     ax_paper.set(title="paper (published)", xlabel=label)
@@ -323,7 +332,8 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     ax_paper.set_yticks(y, rows)
     ax_paper.invert_yaxis()
     for ax in (ax_paper, ax_ours):
-        ax.margins(x=0.25, y=0.08)
+        ax.margins(x=0.25, y=0.2)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
     arrow = "higher is better" if declared.higher_is_better else "lower is better"
     heading = textwrap.fill(f"{experiment.title} — {label} ({arrow})", width=90)
     fig.suptitle(heading)
@@ -392,7 +402,7 @@ def plot_inference_resolution(relative: pd.DataFrame, metric_label: str, profile
     scale = f"; trained at {trained_at} px, sides scaled to {TRAIN_SIDE}" if scaled else ""
     ax.set(xlabel="inference side (px, paper scale)", ylabel=f"relative loss in {metric_label} (%)",
            title=f"Inference resolution ({profile} profile{scale})" if profile else "Inference resolution")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -437,7 +447,7 @@ def plot_complexity(counts: pd.DataFrame) -> plt.Figure:
 
 def _markdown_table(table: pd.DataFrame) -> str:
     shown = table[["row", "published", "ours", "delta", "agreement"]].copy()
-    shown["published"] = [("–" if math.isnan(p) else f"{p:g}") for p in shown["published"]]
+    shown["published"] = [_as_printed(p) for p in shown["published"]]
     shown["delta"] = [("–" if math.isnan(d) else f"{d:+.3g}") for d in shown["delta"]]
     return shown.to_markdown(index=False)
 
@@ -454,8 +464,9 @@ def latex_table(experiment: Experiment, results_df: pd.DataFrame, profile: str) 
         cells = [_latex_escape(row.label)]
         for m in metrics:
             entry = tables[m.name].loc[row.label]
-            cells.append("--" if math.isnan(entry["published"]) else f"{entry['published']:g}")
-            cells.append(_latex_escape(entry["ours"].split(" (n=")[0]).replace("±", "$\\pm$"))
+            cells.append("--" if math.isnan(entry["published"]) else _as_printed(entry["published"]))
+            ours = entry["ours"].split(" (n=")[0].replace(" ± –", "")  # one seed: no spread to show
+            cells.append(_latex_escape(ours).replace("±", "$\\pm$"))
         lines.append(" & ".join(cells) + r" \\")
     columns = "l" + "rr" * len(metrics)
     return "\n".join([
@@ -522,7 +533,7 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
                        figures_dir: Path | None, report_dir: Path) -> str:
     """The Markdown section of REPORT.md for one experiment at one profile."""
     rows = _experiment_results(experiment, results_df)
-    parts = [f"### {experiment.title}", "",
+    parts = [f"### {_heading(experiment, profile)}", "",
              f"`{experiment.name}` · {experiment.paper} · {experiment.task} · "
              f"{rows[['row', 'seed']].drop_duplicates().shape[0] if not rows.empty else 0} runs", "",
              summary_markdown(experiment, results_df)]
@@ -544,38 +555,89 @@ def _load(results_dir: Path, profile: str) -> pd.DataFrame:
     return load_results(results_dir, profile=profile)
 
 
+def experiments_at(profile: str, results_df: pd.DataFrame,
+                   experiments: Sequence[str] | None = None) -> list[Experiment]:
+    """The experiments a profile's report covers: those that declare the profile, or have results at it."""
+    chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments()
+    ran = set(results_df["experiment"]) if not results_df.empty else set()
+    return [e for e in chosen if profile in e.profiles or e.name in ran]
+
+
+def _profile_summary(experiments: Sequence[Experiment], results_df: pd.DataFrame, profile: str) -> str:
+    """One line per experiment: rows with results, τ on its first metric, claims that hold on ours."""
+    lines = []
+    for experiment in experiments:
+        primary = experiment.metrics[0]
+        table = comparison_table(experiment, results_df, primary.name)
+        claims = claim_status(experiment, results_df)
+        lines.append({
+            "experiment": f"[{experiment.name}](#{_anchor(_heading(experiment, profile))})",
+            "rows with results": f"{int((table['n_seeds'] > 0).sum())} of {len(table)}",
+            "seeds": int(table["n_seeds"].max()),
+            "τ (first metric)": rank_agreement(experiment, results_df, primary.name).describe(),
+            "claims on ours": _claim_counts(claims["ours"]) if len(claims) else "–",
+        })
+    return pd.DataFrame(lines).to_markdown(index=False)
+
+
+def _claim_counts(statuses: pd.Series) -> str:
+    counts = statuses.value_counts()
+    return ", ".join(f"{counts[s]} {s}" for s in (CLAIM_HOLDS, CLAIM_FAILS, CLAIM_NOT_ENOUGH) if s in counts)
+
+
+def _heading(experiment: Experiment, profile: str) -> str:
+    return f"{experiment.title} ({profile})"
+
+
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    kept = "".join(c for c in title.lower() if c.isalnum() or c in " -_")
+    return kept.replace(" ", "-")
+
+
 def write_report(results_dir: Path | str, profiles: Iterable[str] | None = None,
                  experiments: Sequence[str] | None = None) -> Path:
     """Write ``<results_dir>/REPORT.md`` and ``<results_dir>/<profile>/tables/<experiment>.tex``.
 
-    ``profiles`` defaults to every profile directory under ``results_dir``. Declared rows without
-    results appear as missing.
+    ``profiles`` defaults to every profile directory under ``results_dir``, most faithful first
+    (paper, proxy, smoke). Declared rows without results appear as missing.
     """
     from lvit.experiments import PROFILES
 
     results_dir = Path(results_dir)
     if profiles is None:
-        profiles = [p for p in PROFILES if (results_dir / p).is_dir()]
+        faithful_first = ("pretrained", "paper", "proxy", "smoke")
+        ordered = sorted(PROFILES, key=lambda p: faithful_first.index(p) if p in faithful_first else -1)
+        profiles = [p for p in ordered if (results_dir / p).is_dir()]
     profiles = list(profiles)
-    chosen = [get_experiment(n) for n in experiments] if experiments else list_experiments()
     parts = ["# lvit report: published vs reproduced", "",
              "Every table and figure of LocalViT (Li et al.) and DPT (Ranftl et al.), the paper's number "
-             "beside ours. *ours* is mean ± sample std over seeds (n = seeds). *delta* is ours − paper; "
-             "at the smoke and proxy profiles the data are procedural, so only the *ordering* of rows is "
-             "comparable: *agreement* says whether each row moves in the paper's direction relative to the "
-             "table's first row, and Kendall τ compares the whole ordering. Missing rows are shown as "
-             "missing, never as zero.", ""]
+             "beside ours. *ours* is mean ± sample std over seeds (n = seeds). *delta* is ours − paper. "
+             "At the smoke and proxy profiles the data are procedural and the models small, so absolute "
+             "numbers are not comparable with the paper's: what should agree is the *ordering* of the rows. "
+             "*agreement* says whether a row matches the printed value within its rounding, or moves in "
+             "the paper's direction relative to the reference row (the first with both numbers); Kendall τ "
+             "compares the whole ordering; each claim is tested on our means (and, as a check of its "
+             "declaration, on the paper's). Missing rows are shown as missing, never as zero.", "",
+             "Profiles: " + (", ".join(f"[`{p}`](#profile-{p})" for p in profiles) or "none"), ""]
     if not profiles:
         parts += ["No results yet: run `lvit reproduce`.", ""]
     for profile in profiles:
         results = _load(results_dir, profile)
-        parts += [f"## Profile `{profile}`", ""]
+        covered = experiments_at(profile, results, experiments)
         figures_dir = results_dir / profile / "figures"
-        for experiment in chosen:
+        parts += [f"## Profile {profile}", "", _profile_summary(covered, results, profile), ""]
+        for experiment in covered:
             parts.append(experiment_section(experiment, results, profile, figures_dir, results_dir))
             tex = results_dir / profile / "tables" / f"{experiment.name}.tex"
             tex.parent.mkdir(parents=True, exist_ok=True)
             tex.write_text(latex_table(experiment, results, profile))
+        linked = {e.name for e in covered}
+        others = [png for png in sorted(figures_dir.glob("*.png"))
+                  if not any(png.stem.startswith(name) for name in linked)]
+        if others:
+            parts += ["### Other figures", ""]
+            parts += [f"![{png.stem}]({png.relative_to(results_dir).as_posix()})\n" for png in others]
     report = results_dir / "REPORT.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("\n".join(parts))

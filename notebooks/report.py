@@ -1,5 +1,12 @@
 # ---
 # jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     notebook_metadata_filter: kernelspec,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -48,7 +55,7 @@ results = load_results(params.results_dir, profile=params.profile)
 # %%
 # NBVAL_CHECK_OUTPUT
 with pd.option_context("display.max_rows", 100, "display.width", 200, "display.max_colwidth", 60):
-    print(overview(results).to_string(index=False))
+    print(overview(results, params.profile).to_string(index=False))
 
 # %% [markdown]
 # ## The claims
@@ -56,7 +63,7 @@ with pd.option_context("display.max_rows", 100, "display.width", 200, "display.m
 # %%
 # NBVAL_CHECK_OUTPUT
 with pd.option_context("display.max_rows", 100, "display.width", 250, "display.max_colwidth", 90):
-    print(claims_overview(results).to_string(index=False))
+    print(claims_overview(results, params.profile).to_string(index=False))
 
 # %%
 # NBVAL_IGNORE_OUTPUT

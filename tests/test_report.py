@@ -136,7 +136,7 @@ def test_report_section_and_latex_show_missing_not_zero(tmp_path):
     assert "not enough rows" in section
     latex = latex_table(EXPERIMENT, RESULTS, "smoke")
     absent_tex = next(line for line in latex.splitlines() if line.startswith("absent"))
-    assert absent_tex == r"absent & 74 & missing \\"
+    assert absent_tex == r"absent & 74.0 & missing \\"
     assert r"2.00 $\pm$ 1.00" in latex
 
 

@@ -6,6 +6,7 @@ import nbformat
 import papermill
 import pytest
 
+from lvit.experiments import PROFILES
 from lvit.reproduce import check_parameter_names, project_root, validate_parameters
 
 PARAMETERS_CELL = 'profile: str = "smoke"  # smoke|proxy|paper\nseeds: int = 1  # number of seeds\n'
@@ -24,8 +25,8 @@ def _notebook(path, validate: bool = False):
 
 
 def test_unknown_profile_lists_valid_profiles():
-    with pytest.raises(ValueError, match=r"unknown profile 'smok' \(did you mean 'smoke'\?\); "
-                                         r"valid profiles: smoke, proxy, paper"):
+    expected = r"unknown profile 'smok' \(did you mean 'smoke'\?\); valid profiles: " + ", ".join(PROFILES)
+    with pytest.raises(ValueError, match=expected):
         validate_parameters(profile="smok", seeds=1)
 
 
@@ -59,4 +60,4 @@ def test_papermill_run_with_unknown_profile_fails_with_valid_choices(tmp_path):
         papermill.execute_notebook(str(notebook), str(tmp_path / "out.ipynb"), parameters={"profile": "nope"},
                                    kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     assert failure.value.ename == "ValueError"
-    assert "valid profiles: smoke, proxy, paper" in failure.value.evalue
+    assert f"valid profiles: {', '.join(PROFILES)}" in failure.value.evalue
