@@ -319,3 +319,13 @@ def test_huggingface_qkv_order_and_fusion_index() -> None:
     assert qkv[:dim].eq(0).all() and qkv[dim : 2 * dim].eq(1).all() and qkv[2 * dim :].eq(2).all()
     assert converted["backbone.blocks.0.attn.qkv.bias"].tolist() == [0.0] * dim + [1.0] * dim + [2.0] * dim
     assert "fusion.3.out_conv.weight" in converted
+
+
+def test_load_pretrained_uses_the_dpt_filter_and_is_strict() -> None:
+    from lvit.models.convert import CheckpointMismatchError
+
+    official = _official_state_dict("depth_base", device="meta")
+    lvit.load_pretrained(_meta_model("dpt_base"), official)
+    del official["scratch.refinenet4.resConfUnit1.conv2.bias"]  # an unused parameter is still required
+    with pytest.raises(CheckpointMismatchError, match=r"fusion\.3\.residual_unit1\.conv2\.bias"):
+        lvit.load_pretrained(_meta_model("dpt_base"), official)
