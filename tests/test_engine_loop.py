@@ -1,6 +1,7 @@
 """Training loop: resume equals an uninterrupted run, atomic checkpoints, NaN guard, DDP == one process."""
 
 import os
+import signal
 import socket
 
 import pytest
@@ -14,6 +15,15 @@ from lvit.engine.loop import LoopConfig, NonFiniteLossError, fit, load_checkpoin
 from lvit.engine.tasks import ClassificationTask
 
 NUM_CLASSES = 4
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP waits on the shared 2-core CI machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _dataset(n=64, seed=0):
@@ -69,6 +79,64 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         for key in ("epoch", "step", "train_loss", "lr", "val_top1", "val_loss"):
             assert a[key] == b[key], key
     assert len(history_full) == 2 and history_full[1]["train_loss"] < history_full[0]["train_loss"] * 1.5
+
+
+class _SigkillAfter(torch.utils.data.Dataset):
+    """Serves ``dataset`` and SIGKILLs its own process at the ``after``-th sample: a crash mid-epoch."""
+
+    def __init__(self, dataset, after):
+        self.dataset, self.after, self.served = dataset, after, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        self.served += 1
+        if self.served == self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.dataset[index]
+
+
+def _train_until_killed(tmp):
+    fit(
+        _model(),
+        ClassificationTask(RECIPE),
+        _SigkillAfter(_dataset(), after=8 * 5 + 3),
+        _dataset(16, 1),
+        _config(tmp, checkpoint_every=2),
+    )
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
+    full = _model()
+    fit(
+        full,
+        ClassificationTask(RECIPE),
+        _dataset(),
+        _dataset(16, 1),
+        _config(tmp_path / "a", checkpoint_every=2),
+    )
+
+    # fork: the child shares the imported modules; it dies by SIGKILL inside step 6 of epoch 1
+    child = mp.get_context("fork").Process(target=_train_until_killed, args=(tmp_path / "b",))
+    child.start()
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    assert (
+        load_checkpoint(tmp_path / "b" / "last.pt")["global_step"] == 4
+    )  # the last checkpoint before the kill
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["last.pt"]  # no temp file survives
+
+    resumed = _model()
+    fit(
+        resumed,
+        ClassificationTask(RECIPE),
+        _dataset(),
+        _dataset(16, 1),
+        _config(tmp_path / "b", checkpoint_every=2, resume=True),
+    )
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
