@@ -103,7 +103,8 @@ class LocalVisionTransformer(VisionTransformer):
         mlp_ratio: expansion ratio γ of every feed-forward (locality and plain).
         dw: with the depth-wise conv; False gives the 1x1-conv feed-forward.
         act: ``"relu6"`` | ``"hswish"``.
-        attn: ``None`` | ``"se"`` | ``"eca"``.
+        attn: ``"none"`` | ``"se"`` | ``"eca"``. Through ``create_model`` write ``"none"``: timm drops
+            None-valued kwargs, so ``attn=None`` would silently keep the variant's default.
         se_reduction: SE reduction ratio r (the paper's "SE-r").
         locality_layers: 0-based indices of the blocks with locality; None means every block.
         **kwargs: timm ``VisionTransformer`` arguments (img_size, patch_size, embed_dim, depth, num_heads,
@@ -187,7 +188,8 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 
 
 # Official release v1.0.0 files (not downloadable here): localvit_t.pth, localvit_t_se4.pth, localvit_s.pth.
-# Load them with ``lvit.load_pretrained`` or ``pretrained_cfg_overlay=dict(file=...)``.
+# Load them with ``lvit.load_pretrained``, not timm's ``pretrained_cfg_overlay=dict(file=...)``: timm prefers
+# the ``model_ema`` entry of such training checkpoints silently, while the official results are ``model``'s.
 default_cfgs = generate_default_cfgs({
     "localvit_tiny.paper_in1k": _cfg(),
     "localvit_tiny_se4.paper_in1k": _cfg(),
@@ -226,7 +228,7 @@ def localvit_tiny_se4(pretrained: bool = False, **kwargs: Any) -> LocalVisionTra
 @register_model
 def localvit_tiny_mlp6(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
     """LocalViT-T γ=6 with DW and ReLU6 (official ``localvit_tiny_mlp6_act1``)."""
-    args = dict(_TINY, mlp_ratio=6.0, act="relu6", attn=None)
+    args = dict(_TINY, mlp_ratio=6.0, act="relu6", attn="none")
     return _create_localvit("localvit_tiny_mlp6", pretrained, **dict(args, **kwargs))
 
 
