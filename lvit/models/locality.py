@@ -22,9 +22,10 @@ import torch.nn as nn
 from einops import rearrange
 
 Activation = Literal["relu6", "hswish"]
-ChannelAttention = Literal["se", "eca"] | None
+# "none" spells "no channel attention" where None cannot: timm.create_model drops None-valued kwargs.
+ChannelAttention = Literal["none", "se", "eca"] | None
 ACTIVATIONS: tuple[str, ...] = ("relu6", "hswish")
-CHANNEL_ATTENTIONS: tuple[str | None, ...] = (None, "se", "eca")
+CHANNEL_ATTENTIONS: tuple[str | None, ...] = ("none", None, "se", "eca")
 
 
 class HSigmoid(nn.Module):
@@ -98,7 +99,7 @@ def make_activation(act: str) -> nn.Module:
 
 
 def make_channel_attention(attn: str | None, channels: int, se_reduction: int) -> list[nn.Module]:
-    if attn is None:
+    if attn is None or attn == "none":
         return []
     if attn == "se":
         return [SELayer(channels, se_reduction)]
@@ -115,7 +116,7 @@ class LocalityFeedForward(nn.Module):
         mlp_ratio: the expansion ratio γ; hidden channels ``int(in_dim * mlp_ratio)``.
         dw: with the 3x3 depth-wise conv (False gives the 1x1-conv feed-forward, ``wo_dp_conv``).
         act: ``"relu6"`` or ``"hswish"``, used after the expand conv and after the depth-wise conv.
-        attn: ``None``, ``"se"`` or ``"eca"`` channel attention after the depth-wise block.
+        attn: ``"none"`` (or None), ``"se"`` or ``"eca"`` channel attention after the depth-wise block.
         se_reduction: SE reduction ratio r (hidden = hidden channels // r).
         stride: stride of the depth-wise conv.
     """
