@@ -23,12 +23,14 @@ Classification augmentation per profile (what the engine does with these keys):
 
 Proxy calibration (``benchmarks/train_calibrate.py``; 2026-11-26, 2-core CPU shared with other jobs, one
 thread, batch 8, 2 timed steps): DeiT-T at 224 trains at 0.7 img/s here against 9844 img/s on an H100
-(``ecosystem.md`` §4.6), a ratio of ~14,000. Measured CPU costs per training image at proxy size: DeiT-T
-0.18-0.48 s (the spread is the machine's load), LocalViT-T 0.71 s, PVT-T 0.40 s, TNT-T 0.36 s, DPT-tiny
-at 128 px 2.5 s. With a safety factor of 2 for what small models waste on a GPU (launch-bound steps,
-memory-bound depth-wise conv/BN, evaluation), 20k images x 10 epochs per classification run gave 26 min
-for the suite (3 seeds x 19 table rows + 3 seeds x 6 curve models + 3 backbone pretrainings + 9 dense
-runs), so the proxy trains 10k x 10 epochs: ~14 min estimated, leaving room for the estimate's error.
+(``ecosystem.md`` §4.6), a ratio of ~13,000-14,000. Measured CPU costs per training image at proxy size
+(two runs; the spread is the machine's load): DeiT-T 0.18-0.57 s, LocalViT-T 0.71-0.94 s, PVT-T 0.33-0.40 s,
+TNT-T 0.36-0.47 s, DPT-tiny at 128 px 2.5-3.1 s. With a safety factor of 2 for what small models waste on
+a GPU (launch-bound steps, memory-bound depth-wise conv/BN, evaluation), 20k images x 10 epochs per
+classification run gave 26 min for the suite (3 seeds x 19 table rows + 3 seeds x 6 curve models + 3
+backbone pretrainings + 9 dense runs); the proxy therefore trains 10k x 10 epochs: 17.6 min estimated,
+leaving room for the estimate's error. ``localvit_main`` (8 rows, not a seed table) would add ~5.5 min
+at 3 seeds.
 ``torch.compile`` is off in proxy: compiling each of ~90 short runs costs more than it saves.
 """
 
