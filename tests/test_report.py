@@ -146,3 +146,31 @@ def test_saved_svg_is_byte_identical_across_saves(tmp_path):
     second = save_figure(figure, tmp_path / "b", "toy")
     for a, b in zip(first, second, strict=True):
         assert a.read_bytes() == b.read_bytes()
+
+
+def _stored_record(row: str, metric: str, value: float) -> dict:
+    return {"experiment": "localvit_placement", "row": row, "profile": "smoke", "seed": 0, "metric": metric,
+            "value": value, "split": "val", "epoch": 1, "git_sha": "abc", "dirty": False, "device": "cpu",
+            "torch": "t", "timm": "t", "lvit": "0", "started_at": "2026-01-01T00:00:00", "wall_s": 2.0,
+            "config_hash": "h"}
+
+
+def test_write_report_from_the_result_store(tmp_path):
+    from lvit.report import write_report
+    from lvit.results import append_results
+
+    append_results(tmp_path, "smoke", "localvit_placement",
+                   [_stored_record("Low 1~4", "top1", 30.0), _stored_record("Mid 5~8", "top1", 20.0),
+                    _stored_record("High 9~12", "top1", 10.0)])
+    report = write_report(tmp_path).read_text()
+    assert report.count("## Profile smoke") == 1 and "## Profile proxy" not in report  # only profiles run
+    section = report.split("### Table: placement of locality")[1].split("###")[0]
+    top1 = section.split("**Top-1 Acc. (%)**")[1].split("**Params")[0]
+    rows = {line.split("|")[1].strip(): line for line in top1.splitlines() if line.startswith("| ")}
+    assert "missing" in rows["All 1~12"] and "30.00 ± – (n=1)" in rows["Low 1~4"]
+    # 10 < 20 < 30 for High < Mid < Low, as the paper's 69.1 < 72.1 < 73.1: the claim holds
+    assert "Locality is more important for lower layers. — ours: **holds**" in section
+    # 3 of the 5 rows ran and their order matches the paper's: tau = 1
+    assert "τ = +1.00 over 3 rows" in top1
+    assert (tmp_path / "smoke" / "tables" / "localvit_placement.tex").is_file()
+    assert "pretrained_" not in report  # experiments without the profile and without results are left out
