@@ -11,7 +11,8 @@ What the loop does, and why:
 * **Determinism mode** (``deterministic=True``): seeds python, numpy and torch with ``seed + rank``, sets
   ``torch.use_deterministic_algorithms(True)``, ``cudnn.benchmark = False`` and
   ``CUBLAS_WORKSPACE_CONFIG=:4096:8``. With the checkpointed RNG states and sampler position this makes
-  a resumed run bit-identical to an uninterrupted one on CPU. Without it only the seeds are set.
+  a resumed run bit-identical to an uninterrupted one on CPU. Without it the seeds are set and cuDNN may
+  pick its fastest (non-deterministic) kernels (``cudnn.benchmark = True``).
 * **Checkpoints** hold tensors and plain types only (loaded with ``weights_only=True``), are written to a
   temporary file, fsynced and renamed over ``last.pt`` (atomic on POSIX), every ``checkpoint_every`` optimizer
   steps and at each epoch end. ``resume=True`` continues from ``last.pt`` mid-epoch, skipping used samples.
@@ -112,9 +113,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+    # Set both ways: a notebook kernel that ran a deterministic smoke run must not stay slow for a proxy run.
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def _rng_state() -> dict[str, Any]:
