@@ -192,3 +192,18 @@ def test_build_dataset_scenes_per_split_domains() -> None:
     assert build_dataset("scenes", "train", recipe).domains == ("indoor", "outdoor")
     with pytest.raises(ValueError, match="indoor"):
         Scenes(domains=("underwater",))
+
+
+def test_preview_colour_maps_invalid_black_and_near_to_far_ends() -> None:
+    import matplotlib
+
+    from lvit.data.cli import colorize_depth, colorize_labels
+
+    depth = torch.tensor([[[1.0, 2.0, 4.0, 0.0]]])
+    rgb = colorize_depth(depth, depth > 0)
+    turbo = matplotlib.colormaps["turbo"]
+    torch.testing.assert_close(rgb[0, :, 0, 0], torch.tensor(turbo(1.0)[:3], dtype=torch.float32))  # nearest
+    torch.testing.assert_close(rgb[0, :, 0, 2], torch.tensor(turbo(0.0)[:3], dtype=torch.float32))  # farthest
+    assert (rgb[0, :, 0, 3] == 0).all()  # invalid (sky) is black
+    labels = colorize_labels(torch.arange(len(SCENE_CLASSES)).reshape(1, 1, -1))
+    assert len({tuple(c) for c in labels[0].reshape(3, -1).t().tolist()}) == len(SCENE_CLASSES)
