@@ -1,5 +1,7 @@
 """run_experiment: rows with provenance, reuse of stored (row, seed) pairs, bad input refused up front."""
 
+import json
+
 import pytest
 
 from lvit.engine import run as runner
@@ -64,3 +66,17 @@ def test_model_overrides_keep_depth_and_scale_small_models():
     assert recipes.model_overrides(
         "deit_tiny_patch16_224", "classification", recipes.CLASSIFICATION_PROFILES["paper"]
     ) == {"num_classes": 1000, "drop_path_rate": 0.1, "img_size": 224, "patch_size": 16}
+
+
+def test_dense_smoke_run_pretrains_backbone_once_as_artifact_with_provenance(tmp_path):
+    kwargs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data", rows=["DPT-Hybrid"])
+    df = run_experiment("dpt_segmentation", "smoke", seeds=[0], **kwargs)
+    assert set(df["metric"]) == {"pixel_accuracy", "mean_iou"}
+    assert df["value"].between(0, 100).all()
+    artifacts = sorted((tmp_path / "results" / "smoke" / "artifacts").iterdir())
+    assert [p.suffix for p in artifacts] == [".json", ".pt"]  # the proxy's stand-in backbone: LocalViT-T
+    info = json.loads(artifacts[0].read_text())
+    assert info["arch"] == "localvit_tiny" and len(info["config_hash"]) == 64 and info["history"]
+    stamp = artifacts[1].stat().st_mtime_ns
+    run_experiment("dpt_segmentation", "smoke", seeds=[1], **kwargs)  # a new seed reuses the backbone
+    assert artifacts[1].stat().st_mtime_ns == stamp
