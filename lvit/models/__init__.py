@@ -21,12 +21,16 @@ def lvit_model_names() -> list[str]:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build any lvit model, or any timm model (lvit registers its models with timm).
 
-    An unknown name raises ``ValueError`` naming the closest valid ones.
+    An unknown name raises ``ValueError`` naming the closest valid ones. lvit models are built by their
+    entry point directly, because ``timm.create_model`` silently drops None-valued keywords, and None is a
+    meaningful value of some (e.g. ``attn=None``: no channel attention).
     """
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.5)
         hint = f"closest matches: {', '.join(close)}; " if close else ""
         raise ValueError(f"unknown model {name!r}; {hint}lvit models: {', '.join(lvit_model_names())}")
+    if name in lvit_model_names():
+        return model_entrypoint(name)(**kwargs)
     return timm.create_model(name, **kwargs)
 
 

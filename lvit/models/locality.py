@@ -22,7 +22,8 @@ import torch.nn as nn
 from einops import rearrange
 
 Activation = Literal["relu6", "hswish"]
-# "none" spells "no channel attention" where None cannot: timm.create_model drops None-valued kwargs.
+# "none" spells "no channel attention" where None cannot: timm.create_model drops None-valued kwargs
+# (lvit.create_model passes them through).
 ChannelAttention = Literal["none", "se", "eca"] | None
 ACTIVATIONS: tuple[str, ...] = ("relu6", "hswish")
 CHANNEL_ATTENTIONS: tuple[str | None, ...] = ("none", None, "se", "eca")
