@@ -233,8 +233,9 @@ class DepthTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device, batch_size):
+        # Per-image metrics averaged over the images that have valid pixels (an empty mask gives NaN).
         totals: dict[str, float] = {}
-        images = 0
+        counts: dict[str, int] = {}
         for output, (depth, mask) in self._eval_batches(model, dataset, device, batch_size):
             pred = self._prediction(output, depth.shape[-2:])
             per_image = metrics.evaluate_zero_shot(
@@ -243,8 +244,8 @@ class DepthTask(Task):
             per_image["loss"] = self.loss(output, (depth, mask)).expand(len(depth)).double()
             for key, values in per_image.items():
                 totals[key] = totals.get(key, 0.0) + float(values.nansum())
-            images += len(depth)
-        return {key: value / images for key, value in totals.items()}
+                counts[key] = counts.get(key, 0) + int((~values.isnan()).sum())
+        return {key: totals[key] / counts[key] if counts[key] else float("nan") for key in totals}
 
 
 class SegmentationTask(Task):
