@@ -188,9 +188,9 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
 
     names = notebook_names()
     chosen = list(only) if only else names
-    unknown = [n for n in chosen if n not in names]
+    unknown = [f"{n!r}{_close(n, names)}" for n in chosen if n not in names]
     if unknown:
-        raise ValueError(f"unknown notebooks {unknown}; valid notebooks: {', '.join(names)}")
+        raise ValueError(f"unknown notebooks {', '.join(unknown)}; valid notebooks: {', '.join(names)}")
     parameters: dict[str, Any] = {"profile": profile, "device": device, **(overrides or {})}
     if seeds is not None:
         parameters["seeds"] = seeds

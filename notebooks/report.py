@@ -40,6 +40,7 @@ params = validate_parameters(profile=profile, seeds=seeds, device=device, data_r
 
 # %%
 import pandas as pd
+from IPython.display import display
 
 from lvit.report import claims_overview, overview, write_report
 from lvit.results import load_results
@@ -54,16 +55,16 @@ results = load_results(params.results_dir, profile=params.profile)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-with pd.option_context("display.max_rows", 100, "display.width", 200, "display.max_colwidth", 60):
-    print(overview(results, params.profile).to_string(index=False))
+with pd.option_context("display.max_rows", 100):
+    display(overview(results, params.profile))
 
 # %% [markdown]
 # ## The claims
 
 # %%
 # NBVAL_CHECK_OUTPUT
-with pd.option_context("display.max_rows", 100, "display.width", 250, "display.max_colwidth", 90):
-    print(claims_overview(results, params.profile).to_string(index=False))
+with pd.option_context("display.max_rows", 100, "display.max_colwidth", 200):
+    display(claims_overview(results, params.profile))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
