@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import textwrap
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,7 +309,7 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     y = np.arange(len(rows))
     fig, (ax_paper, ax_ours) = plt.subplots(1, 2, sharey=True, figsize=(10, 0.5 * len(rows) + 2.2))
     ax_paper.scatter(table["published"], y, color="0.35", s=40, zorder=3)
-    _label_points(ax_paper, table["published"], y)
+    _label_points(ax_paper, table["published"], y, _as_printed)
     ax_paper.set(title="paper (published)", xlabel=label)
     seeds = _experiment_results(experiment, results_df)
     seeds = seeds[seeds["metric"] == name] if not seeds.empty else pd.DataFrame(columns=["row", "value"])
@@ -319,7 +319,7 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
                         label="one seed")
     ax_ours.errorbar(table["mean"], y, xerr=table["std"].fillna(0), fmt="o", color=sns.color_palette()[0],
                      capsize=4, zorder=3, label="mean ± std")
-    _label_points(ax_ours, table["mean"], y)
+    _label_points(ax_ours, table["mean"], y, lambda value: f"{value:.4g}")
     for row_y, text in zip(y, table["ours"], strict=True):
         if text in (MISSING, NOT_BUILT):
             ax_ours.annotate(text, (0.02, row_y), xycoords=("axes fraction", "data"), va="center",
@@ -341,11 +341,11 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     return fig
 
 
-def _label_points(ax: plt.Axes, values: pd.Series, y: np.ndarray) -> None:
-    """Print each value beside its point, as the paper prints it in the table."""
+def _label_points(ax: plt.Axes, values: pd.Series, y: np.ndarray, formatter: Callable[[float], str]) -> None:
+    """Print each value above its point."""
     for value, row_y in zip(values, y, strict=True):
         if not math.isnan(value):
-            ax.annotate(f"{value:.4g}", (value, row_y), xytext=(0, 5), textcoords="offset points",
+            ax.annotate(formatter(value), (value, row_y), xytext=(0, 5), textcoords="offset points",
                         ha="center", va="bottom", fontsize="x-small")
 
 
@@ -370,8 +370,9 @@ def plot_training_curves(histories: pd.DataFrame, pairs: Sequence[tuple[str, str
             else:
                 sns.lineplot(data=data, x="epoch", y=metric, hue="row", hue_order=list(pair), errorbar="sd",
                              marker="o", ax=ax)
-                ax.legend(title=None, fontsize="small")
-                ax.xaxis.get_major_locator().set_params(integer=True)
+                ax.legend(title=None, fontsize="small", loc="best")
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+                ax.ticklabel_format(axis="y", useOffset=False)
             letter = chr(ord("a") + line * len(pairs) + column)  # the paper's (a)-(f) for three pairs
             ax.set(title=f"({letter}) {pair[0]} vs {pair[1]}", xlabel="epoch", ylabel=ylabel)
     if profile:
