@@ -565,17 +565,20 @@ def experiments_at(profile: str, results_df: pd.DataFrame,
 
 
 def _profile_summary(experiments: Sequence[Experiment], results_df: pd.DataFrame, profile: str) -> str:
-    """One line per experiment: rows with results, τ on its first metric, claims that hold on ours."""
+    """One line per experiment: rows with any result, τ on its first metric with results, claim status."""
     lines = []
     for experiment in experiments:
-        primary = experiment.metrics[0]
-        table = comparison_table(experiment, results_df, primary.name)
+        tables = {m.name: comparison_table(experiment, results_df, m.name) for m in experiment.metrics}
+        measured = [m for m in experiment.metrics if (tables[m.name]["n_seeds"] > 0).any()]
+        primary = (measured or list(experiment.metrics))[0]
+        ran = pd.concat(tables.values()).query("n_seeds > 0")["row"].unique()
         claims = claim_status(experiment, results_df)
+        agreement = rank_agreement(experiment, results_df, primary.name)
         lines.append({
             "experiment": f"[{experiment.name}](#{_anchor(_heading(experiment, profile))})",
-            "rows with results": f"{int((table['n_seeds'] > 0).sum())} of {len(table)}",
-            "seeds": int(table["n_seeds"].max()),
-            "τ (first metric)": rank_agreement(experiment, results_df, primary.name).describe(),
+            "rows with results": f"{len(ran)} of {len(experiment.rows)}",
+            "seeds": int(max(t["n_seeds"].max() for t in tables.values())),
+            "rank agreement": f"{agreement.describe()}, {primary.label or primary.name}",
             "claims on ours": _claim_counts(claims["ours"]) if len(claims) else "–",
         })
     return pd.DataFrame(lines).to_markdown(index=False)
