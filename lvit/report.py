@@ -328,11 +328,11 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     title = f"ours ({profile}, {n_seeds} seed{'s' if n_seeds != 1 else ''})" if profile else "ours"
     ax_ours.set(title=title, xlabel=label)
     if n_seeds:
-        ax_ours.legend(fontsize="small", loc="best")
+        ax_ours.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on rows
     ax_paper.set_yticks(y, rows)
-    ax_paper.invert_yaxis()
+    ax_paper.set_ylim(len(rows) - 0.4, -0.7)  # every row, even one without any value; first row on top
     for ax in (ax_paper, ax_ours):
-        ax.margins(x=0.25, y=0.2)
+        ax.margins(x=0.25)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5))
     arrow = "higher is better" if declared.higher_is_better else "lower is better"
     heading = textwrap.fill(f"{experiment.title} — {label} ({arrow})", width=90)
