@@ -185,7 +185,7 @@ class RankAgreement:
     def describe(self) -> str:
         if math.isnan(self.tau):
             return f"τ undefined ({self.n_rows} comparable rows)"
-        return f"τ = {self.tau:+.2f} over {self.n_rows} rows (p = {self.pvalue:.2f})"
+        return f"τ = {self.tau:+.2f} over {self.n_rows} rows (p = {self.pvalue:.2g})"
 
 
 def rank_agreement(experiment: Experiment | str, results_df: pd.DataFrame,
@@ -449,8 +449,12 @@ def plot_complexity(counts: pd.DataFrame) -> plt.Figure:
 def _markdown_table(table: pd.DataFrame) -> str:
     shown = table[["row", "published", "ours", "delta", "agreement"]].copy()
     shown["published"] = [_as_printed(p) for p in shown["published"]]
-    shown["delta"] = [("–" if math.isnan(d) else f"{d:+.3g}") for d in shown["delta"]]
-    return shown.to_markdown(index=False)
+    # The difference to one digit more than the paper printed, like ours.
+    shown["delta"] = [("–" if math.isnan(d) else f"{d:+.{_decimals(p) + 1}f}")
+                      for d, p in zip(shown["delta"], table["published"], strict=True)]
+    # The cells are already formatted as printed: tabulate must not re-parse them (75.0 -> 75, +0.2 -> 0.2).
+    return shown.to_markdown(index=False, disable_numparse=True,
+                             colalign=("left", "right", "left", "right", "left"))
 
 
 def latex_table(experiment: Experiment, results_df: pd.DataFrame, profile: str) -> str:

@@ -16,8 +16,8 @@ NAMES = notebook_names()
 
 def test_every_seed_table_and_figure_has_a_notebook():
     expected = {"complexity", "localvit_expansion_dw", "localvit_activation", "localvit_placement",
-                "localvit_curves", "dpt_read_ablation", "dpt_inference_resolution", "dpt_zero_shot_depth",
-                "dpt_segmentation", REPORT_NOTEBOOK}
+                "localvit_curves", "localvit_main", "dpt_read_ablation", "dpt_inference_resolution",
+                "dpt_zero_shot_depth", "dpt_segmentation", REPORT_NOTEBOOK}
     assert expected <= set(NAMES)
     assert NAMES[-1] == REPORT_NOTEBOOK  # the report collates the others, so it runs last
 
