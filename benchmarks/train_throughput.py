@@ -40,7 +40,8 @@ def table_models() -> Iterator[tuple[str, dict[str, Any]]]:
     candidates = [("localvit_tiny", {})]
     for experiment in list_experiments("localvit"):
         if experiment.task == "classification":
-            candidates += [(row.model, dict(row.model_kwargs)) for row in experiment.rows]
+            # rows with no model are published-only baselines that lvit does not build
+            candidates += [(row.model, dict(row.model_kwargs)) for row in experiment.rows if row.model]
     for name, kwargs in candidates:
         key = f"{name}{sorted(kwargs.items())}"
         if key not in seen:
