@@ -15,14 +15,7 @@ from lvit.cli import main
 from lvit.complexity import complexity_rows, count_macs, count_params, matches_printed
 from lvit.experiments import list_experiments
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batch-1 CPU forwards run fastest on one thread (threads only spin on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class _Tiny(nn.Module):

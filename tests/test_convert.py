@@ -13,13 +13,7 @@ import lvit
 from lvit.models.convert import CheckpointMismatchError, checkpoint_filter_for, load_pretrained
 from lvit.models.localvit import checkpoint_filter_fn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _bn(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:

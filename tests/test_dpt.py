@@ -29,13 +29,7 @@ except ImportError:  # engineer A's module; same convention: trainable parameter
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on the shared 2-core CI machine two threads spin against each other (5x CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _meta_model(name: str, **kwargs) -> DPT:

@@ -28,13 +28,7 @@ OFFICIAL_PARAMS = {
 # A small DeiT-based LocalViT for the behavioural tests (shape logic is independent of width/depth).
 SMALL = dict(embed_dim=48, depth=2, num_heads=2, num_classes=5)
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Batch-1 CPU forwards run fastest on one thread (threads only spin on a shared 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 
