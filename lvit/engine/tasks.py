@@ -18,7 +18,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import Mixup
-from timm.data.random_erasing import RandomErasing
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler
@@ -26,6 +25,7 @@ from timm.scheduler.scheduler import Scheduler
 from torch.utils.data import Dataset
 
 from lvit import metrics
+from lvit.engine.augment import BatchRandomErasing
 from lvit.engine.losses import segmentation_loss, ssi_depth_loss
 
 TASKS: tuple[str, ...] = ("classification", "depth", "segmentation")
@@ -116,9 +116,7 @@ class ClassificationTask(Task):
         )
         self.smoothing = smoothing
         self.erasing = (
-            RandomErasing(probability=r["random_erasing"], mode="pixel", max_count=1, device="cpu")
-            if r.get("random_erasing", 0.0) > 0
-            else None
+            BatchRandomErasing(probability=r["random_erasing"]) if r.get("random_erasing", 0.0) > 0 else None
         )
         self.soft_ce = SoftTargetCrossEntropy()
 
@@ -146,7 +144,6 @@ class ClassificationTask(Task):
         if not training:
             return images, labels
         if self.erasing is not None:
-            self.erasing.device = images.device
             images = self.erasing(images)
         if self.mixup is not None:
             images, labels = self.mixup(images, labels)
