@@ -85,15 +85,17 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
                         rows: Sequence[str] | None = None) -> NotebookParameters:
     """Check a notebook's parameters and resolve them; raise ``ValueError`` naming the valid choices.
 
-    ``seeds`` is a count (seeds 0..N-1). ``device="auto"`` picks CUDA when present. Empty paths mean
+    ``seeds`` is a count (seeds 0..N-1); 0 means the experiment's declared count at ``profile`` (1 without an
+    experiment). ``device="auto"`` picks CUDA when present. Empty paths mean
     ``<project>/data`` and ``<project>/results`` (or ``$LVIT_RESULTS_DIR``). ``rows`` (optional)
     restricts ``experiment`` to a subset of its declared row labels.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}{_close(str(profile), PROFILES)}; "
                          f"valid profiles: {', '.join(PROFILES)}")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds must be a positive int (the number of seeds), got {seeds!r}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
+        raise ValueError(f"seeds must be an int >= 0 (the number of seeds; 0: the experiment's default), "
+                         f"got {seeds!r}")
     devices = _valid_devices()
     if device not in devices:
         raise ValueError(f"unknown or unavailable device {device!r}{_close(str(device), devices)}; "
@@ -103,6 +105,8 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
     declared = get_experiment(experiment) if experiment is not None else None
     if declared is not None:
         declared.recipe(profile)  # raises KeyError listing the profiles the experiment declares
+    if seeds == 0:
+        seeds = declared.default_seeds(profile) if declared is not None else 1
     chosen = list(rows) if rows else None
     if chosen is not None:
         if declared is None:

@@ -27,12 +27,12 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 
@@ -41,10 +41,14 @@ from lvit.experiments.base import PROFILES
 COLUMNS: tuple[str, ...] = (
     "experiment", "row", "profile", "seed", "metric", "value", "split", "epoch",
     "git_sha", "dirty", "device", "torch", "timm", "lvit", "started_at", "wall_s", "config_hash",
-    "checkpoint_sha256",
+    "checkpoint_sha256", "shared_run",
 )  # fmt: skip
 # Columns a record may leave out, with the value they then take.
-OPTIONAL_COLUMNS: Mapping[str, Any] = {"checkpoint_sha256": "", "experiment": None, "profile": None}
+# ``shared_run`` names the training a classification row's numbers come from (see :func:`shared_run_path`):
+# rows of different tables with the same key are one training, not independent replicates.
+OPTIONAL_COLUMNS: Mapping[str, Any] = {
+    "checkpoint_sha256": "", "shared_run": "", "experiment": None, "profile": None,
+}  # fmt: skip
 # The identity of a result: a newer row with the same key supersedes an older one.
 KEY: tuple[str, ...] = ("experiment", "row", "profile", "seed", "metric", "split")
 _DTYPES: Mapping[str, str] = {
@@ -195,8 +199,9 @@ def _validate_record(record: Mapping[str, Any], profile: str, experiment: str, i
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``<path>.lock`` for a read-modify-write of ``path``."""
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``<path>.lock``: a read-modify-write of ``path``, or the one process that
+    creates ``path`` while concurrent ones wait for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -208,11 +213,20 @@ def _locked(path: Path) -> Iterator[None]:
 
 def atomic_write_csv(df: pd.DataFrame, path: Path) -> Path:
     """Write ``df`` to ``path`` via a fsynced temporary file in the same directory and ``os.replace``."""
+    return _atomic_write(path, lambda handle: df.to_csv(handle, index=False))
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically, like :func:`atomic_write_csv`."""
+    return _atomic_write(path, lambda handle: handle.write(text))
+
+
+def _atomic_write(path: Path, write: Callable[[TextIO], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as tmp:
-            df.to_csv(tmp, index=False)
+            write(tmp)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
@@ -268,7 +282,7 @@ def append_results(
     if new.duplicated(list(KEY)).any():
         dupes = new[new.duplicated(list(KEY), keep=False)][list(KEY)].to_dict("records")
         raise ValueError(f"records repeat a result key {KEY}: {dupes}")
-    with _locked(path):
+    with locked(path):
         old = _read_csv(path) if path.exists() else _empty_results()
         superseded = old.set_index(list(KEY)).index.isin(new.set_index(list(KEY)).index)
         merged = pd.concat([old[~superseded], new], ignore_index=True) if len(old) else new
@@ -339,6 +353,16 @@ def row_slug(row: str) -> str:
     if not slug:
         raise ValueError(f"row label {row!r} has no letters or digits to name a file by")
     return slug
+
+
+def shared_run_path(results_dir: str | Path, profile: str, train_key: str) -> Path:
+    """Where one classification training (model, kwargs, recipe, seed) keeps its history and provenance.
+
+    Tables share rows (DeiT-T is in four of them); each such training runs once per profile and seed and every
+    table that declares it reads the same run, so its numbers agree across tables.
+    """
+    _check_profile(profile)
+    return Path(results_dir) / profile / "runs" / f"{train_key[:16]}.json"
 
 
 def history_path(results_dir: str | Path, profile: str, experiment: str, row: str, seed: int) -> Path:

@@ -23,7 +23,7 @@
 
 # %% tags=["parameters"]
 profile: str = "smoke"  # smoke | proxy | paper
-seeds: int = 1  # number of seeds (0..N-1); the table shows mean ± std over them
+seeds: int = 0  # number of seeds (0..N-1); 0: the experiment's default at this profile
 device: str = "auto"  # auto | cpu | cuda | cuda:N
 data_root: str = ""  # dataset root (paper profile); empty: <project>/data
 results_dir: str = ""  # results root; empty: <project>/results

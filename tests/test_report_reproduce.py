@@ -33,8 +33,21 @@ def test_unknown_profile_lists_valid_profiles():
 def test_unknown_device_and_bad_seeds():
     with pytest.raises(ValueError, match="valid devices here: auto, cpu"):
         validate_parameters(profile="smoke", seeds=1, device="gpu")
-    with pytest.raises(ValueError, match="positive int"):
-        validate_parameters(profile="smoke", seeds=0)
+    with pytest.raises(ValueError, match="int >= 0"):
+        validate_parameters(profile="smoke", seeds=-1)
+    with pytest.raises(ValueError, match="int >= 0"):
+        validate_parameters(profile="smoke", seeds=True)
+
+
+def test_seeds_zero_takes_the_experiments_declared_count_at_the_profile():
+    def chosen(profile, experiment):
+        return validate_parameters(profile=profile, seeds=0, device="cpu", experiment=experiment).seeds
+
+    assert chosen("proxy", "localvit_placement") == [0, 1, 2]  # LocalViT tables: mean ± std over 3
+    assert chosen("smoke", "localvit_placement") == [0]
+    assert chosen("proxy", "dpt_read_ablation") == [0]
+    explicit = validate_parameters(profile="proxy", seeds=2, device="cpu", experiment="localvit_placement")
+    assert explicit.seeds == [0, 1]
 
 
 def test_paths_resolve_from_project_root_not_cwd(tmp_path, monkeypatch):

@@ -40,7 +40,8 @@ def test_provenance_fields(prov):
 
     import lvit
 
-    assert set(prov) == set(COLUMNS) - {"experiment", "row", "metric", "value", "split", "epoch"}
+    per_row = {"experiment", "row", "metric", "value", "split", "epoch", "shared_run"}
+    assert set(prov) == set(COLUMNS) - per_row
     assert prov["torch"] == torch.__version__ and prov["timm"] == timm.__version__
     assert prov["lvit"] == lvit.__version__
     assert prov["started_at"] == "2026-01-02T03:04:05+00:00"

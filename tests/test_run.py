@@ -32,6 +32,22 @@ def test_smoke_run_writes_rows_with_provenance_and_reuses_them(tmp_path, monkeyp
         run_experiment("localvit_curves", "smoke", seeds=[1], **kwargs)
 
 
+def test_a_row_declared_by_two_tables_trains_once_and_reads_the_same_numbers(tmp_path, monkeypatch):
+    kwargs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data", seeds=[0])
+    first = run_experiment("localvit_curves", "smoke", rows=["DeiT-T"], **kwargs)
+    trainings = []
+    fake_history = [{"epoch": 1, "train_loss": 9.0, "val_top1": 42.0, "val_loss": 9.0}]
+    monkeypatch.setattr(runner, "_train", lambda *a, **k: trainings.append(a) or fake_history)
+    second = run_experiment("localvit_activation", "smoke", rows=["DeiT-T"], **kwargs)
+    assert trainings == []  # activation's DeiT-T is curves' DeiT-T: same model, kwargs, recipe and seed
+    top1 = [df.set_index("metric").loc["top1", ["value", "shared_run", "wall_s"]] for df in (first, second)]
+    assert top1[0].equals(top1[1]) and len(top1[0]["shared_run"]) == 16
+
+    again = run_experiment("localvit_activation", "smoke", rows=["DeiT-T"], reuse=False, **kwargs)
+    assert len(trainings) == 1  # reuse=False trains again, whatever is shared
+    assert again.set_index("metric").loc["top1", "value"] == 42.0
+
+
 def test_unknown_experiment_row_profile_are_refused_with_valid_choices():
     with pytest.raises(KeyError, match="valid experiments: .*localvit_activation"):
         resolve("localvit_nope", "smoke", None)
@@ -73,7 +89,8 @@ def test_dense_smoke_run_pretrains_backbone_once_as_artifact_with_provenance(tmp
     df = run_experiment("dpt_segmentation", "smoke", seeds=[0], **kwargs)
     assert set(df["metric"]) == {"pixel_accuracy", "mean_iou"}
     assert df["value"].between(0, 100).all()
-    artifacts = sorted((tmp_path / "results" / "smoke" / "artifacts").iterdir())
+    folder = tmp_path / "results" / "smoke" / "artifacts"
+    artifacts = sorted(p for p in folder.iterdir() if p.suffix != ".lock")
     assert [p.suffix for p in artifacts] == [".json", ".pt"]  # the proxy's stand-in backbone: LocalViT-T
     info = json.loads(artifacts[0].read_text())
     assert info["arch"] == "localvit_tiny" and len(info["config_hash"]) == 64 and info["history"]

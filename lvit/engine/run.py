@@ -7,8 +7,12 @@ rows to ``results/<profile>/<experiment>.csv`` (:mod:`lvit.results`), plus the p
 seed) already stored with the same config hash is skipped (``reuse=True``), and each run checkpoints under
 ``results/<profile>/checkpoints/`` and resumes from there, so a killed run loses nothing.
 
-Dense (DPT) rows at smoke/proxy start from a backbone pretrained on the classification proxy, cached once as
-``results/<profile>/artifacts/<arch>-<hash>.pt`` with a JSON provenance file beside it.
+A classification training that several tables declare (DeiT-T is in four) runs once per profile and seed:
+its history is kept in ``results/<profile>/runs/<key>.json`` and every table's row reads it (the rows'
+``shared_run`` column names the run). Dense (DPT) rows at smoke/proxy start from a backbone pretrained on the
+classification proxy, cached once as ``results/<profile>/artifacts/<arch>-<hash>.pt`` with a JSON provenance
+file beside it. Both are created under a file lock, so notebooks running concurrently (``lvit reproduce
+--jobs``) wait for one another instead of training the same thing twice.
 
 Multi-GPU: at the ``paper`` profile with more than one visible GPU, :func:`run_experiment` relaunches itself
 as ``python -m torch.distributed.run --standalone --nproc-per-node N -m lvit.engine.run EXPERIMENT ...``
@@ -151,8 +155,22 @@ def pretrained_backbone(
     config = {"arch": arch, "model_kwargs": kwargs, "recipe": recipe, "seed": 0}
     digest = store.config_hash(config)
     path = Path(results_dir) / profile / "artifacts" / f"{arch}-{digest[:12]}.pt"
-    if path.exists():
-        return load_checkpoint(path)
+    with store.locked(path):
+        if not path.exists():
+            _pretrain_backbone(arch, kwargs, recipe, config, profile, device, data_root, path)
+    return load_checkpoint(path)
+
+
+def _pretrain_backbone(
+    arch: str,
+    kwargs: Mapping[str, Any],
+    recipe: Mapping[str, Any],
+    config: Mapping[str, Any],
+    profile: str,
+    device: torch.device,
+    data_root: str | Path,
+    path: Path,
+) -> None:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     torch.manual_seed(0)
     model = lvit.create_model(arch, **kwargs)
@@ -168,7 +186,6 @@ def pretrained_backbone(
         "history": history,
     }
     path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
-    return model.state_dict()
 
 
 # ------------------------------------------------------------------------------------- training
@@ -326,13 +343,15 @@ def _run_row(
     data_root: str | Path,
     results_dir: str | Path,
     config: Mapping[str, Any],
-    trained: dict[str, tuple[nn.Module, list[dict[str, Any]], Path]],
+    trained: dict[str, tuple[nn.Module | None, list[dict[str, Any]], Path]],
+    reuse: bool = True,
 ) -> list[dict[str, Any]]:
     """Train and evaluate one (row, seed); returns its result records (rank 0) or [] (other ranks)."""
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     task = experiment.task
     metrics: dict[str, float] = {}
     history: list[dict[str, Any]] = []
+    shared_run, wall_s = "", None
     if task in ("classification", "complexity") and {"params_m", "flops_g"} & {
         m.name for m in experiment.metrics
     }:
@@ -341,11 +360,18 @@ def _run_row(
         name, kwargs = _row_model(row, task, recipe)
         # Rows that differ only in how they are evaluated (Figure 4's inference sides) share one training.
         train_key = store.config_hash({"model": name, "kwargs": kwargs, "recipe": dict(recipe), "seed": seed})
+        # Classification is evaluated from its history alone, so one training serves every table. Not
+        # under torchrun: ranks must take the same branch, and a file check could differ between them.
+        shared = task == "classification" and "WORLD_SIZE" not in os.environ
         if train_key not in trained:
             trained.clear()  # keep one model in memory
             ckpt = Path(results_dir) / profile / "checkpoints" / experiment.name / f"{train_key[:16]}"
-            model = _build_model(name, kwargs, task, recipe, seed, profile, device, results_dir, data_root)
-            history = _train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
+            build = (name, kwargs, task, recipe, seed, profile, device, results_dir, data_root)
+            if shared:
+                model, history, wall_s = _shared_run(build, train_key, ckpt, f"{row.label} s{seed}", reuse)
+            else:
+                model = _build_model(*build)
+                history = _train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
             trained[train_key] = (model, history, ckpt)
         model, history, ckpt = trained[train_key]
         if int(os.environ.get("RANK", "0")) != 0:
@@ -354,7 +380,9 @@ def _run_row(
         store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
         # The results are stored; the resume point is no longer needed.
         shutil.rmtree(ckpt, ignore_errors=True)
-    prov = store.provenance(profile, seed, str(device), config, started, time.perf_counter() - t0)
+        shared_run = store.shared_run_path(results_dir, profile, train_key).stem if shared else ""
+    wall_s = time.perf_counter() - t0 if wall_s is None else wall_s
+    prov = store.provenance(profile, seed, str(device), config, started, wall_s)
     epoch = history[-1]["epoch"] if history else None
     return [
         {
@@ -365,9 +393,36 @@ def _run_row(
             "value": value,
             "split": "val",
             "epoch": epoch,
+            "shared_run": shared_run,
         }
         for metric, value in metrics.items()
     ]
+
+
+def _shared_run(
+    build: tuple[Any, ...], train_key: str, ckpt: Path, desc: str, reuse: bool
+) -> tuple[nn.Module | None, list[dict[str, Any]], float | None]:
+    """A classification training shared by every table that declares it: (model or None, history, wall_s).
+
+    The first caller trains under the run's lock and records history, wall time and provenance; later callers
+    (other tables, concurrent notebooks) read that record, and get the original run's wall time. A reused run
+    returns no model: classification metrics are read from the history. ``reuse=False`` trains again.
+    """
+    name, kwargs, task, recipe, seed, profile, device, results_dir, data_root = build
+    path = store.shared_run_path(results_dir, profile, train_key)
+    with store.locked(path):
+        if reuse and path.exists():
+            record = json.loads(path.read_text())
+            return None, record["history"], record["wall_s"]
+        t0 = time.perf_counter()
+        model = _build_model(*build)
+        history = _train(model, task, recipe, seed, device, data_root, ckpt, desc)
+        wall_s = time.perf_counter() - t0
+        record = {"model": name, "kwargs": kwargs, "seed": seed, "wall_s": wall_s, "history": history,
+                  "provenance": store.provenance(profile, seed, str(device), dict(recipe),
+                                                 datetime.now(timezone.utc), wall_s)}  # fmt: skip
+        store.atomic_write_text(path, json.dumps(record, indent=1, default=str))
+    return model, history, wall_s
 
 
 # ----------------------------------------------------------------------------------------- API
@@ -458,7 +513,7 @@ def _run_all(
 ) -> None:
     name = experiment.name
     stored = store.load_results(results_dir, profile, name)
-    trained: dict[str, tuple[nn.Module, list[dict[str, Any]], Path]] = {}
+    trained: dict[str, tuple[nn.Module | None, list[dict[str, Any]], Path]] = {}
     for seed in seed_list:  # seeds outer: consecutive rows can share one trained model
         for row in selected:
             config = {
@@ -476,7 +531,7 @@ def _run_all(
             ):
                 continue
             records = _run_row(
-                experiment, row, profile, recipe, seed, target, data_root, results_dir, config, trained
+                experiment, row, profile, recipe, seed, target, data_root, results_dir, config, trained, reuse
             )
             if records:
                 store.append_results(results_dir, profile, name, records)

@@ -50,6 +50,11 @@ class Experiment:
     metrics: tuple[Metric, ...]
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile -> recipe
     claims: tuple[Claim, ...] = ()
+    seeds: Mapping[str, int] = field(default_factory=dict)  # profile -> seeds run by default (else 1)
+
+    def default_seeds(self, profile: str) -> int:
+        """How many seeds (0..N-1) a run at ``profile`` takes when the caller does not say."""
+        return self.seeds.get(profile, 1)
 
     def row(self, label: str) -> Row:
         for row in self.rows:
