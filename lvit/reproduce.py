@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,13 +184,18 @@ class Failure:
 
 def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None = None,
               device: str = "auto", overrides: Mapping[str, Any] | None = None,
-              execution_timeout: int | None = None, log_output: bool = False) -> list[Failure]:
+              execution_timeout: int | None = None, log_output: bool = False, jobs: int = 1) -> list[Failure]:
     """Run the chosen notebooks (default: all) at ``profile``, continuing past failures; then the report.
 
-    Every parameter name is checked against every chosen notebook before anything runs.
+    Every parameter name is checked against every chosen notebook before anything runs. ``jobs > 1`` runs
+    that many notebooks at once (one kernel process each): the proxy's small models leave a GPU mostly idle
+    between kernel launches, so concurrent notebooks fill it. Trainings they share are created under file
+    locks (:mod:`lvit.engine.run`), so none is done twice. The report notebook always runs last, alone.
     """
     from lvit.report import write_report
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     names = notebook_names()
     chosen = list(only) if only else names
     unknown = [f"{n!r}{_close(n, names)}" for n in chosen if n not in names]
@@ -198,22 +204,32 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
     parameters: dict[str, Any] = {"profile": profile, "device": device, **(overrides or {})}
     if seeds is not None:
         parameters["seeds"] = seeds
-    validate_parameters(profile, seeds or 1, device)  # fail fast, before any kernel starts
+    validate_parameters(profile, seeds or 0, device)  # fail fast, before any kernel starts
     for name in chosen:
         check_parameter_names(notebooks_dir() / f"{name}.ipynb", parameters)
     results_root = project_root() / "results"
     output_dir = results_root / profile / "notebooks"
-    failures = []
-    for name in (bar := tqdm(chosen, desc=f"lvit reproduce ({profile})", unit="notebook")):
-        bar.set_postfix_str(name)
-        started = time.perf_counter()
+
+    def run_one(name: str) -> Failure | None:
         try:
             run_notebook(name, parameters, output_dir, execution_timeout, log_output)
         except Exception as error:  # noqa: BLE001 - any failure of one notebook is reported, the rest run
-            failures.append(Failure(name, f"{type(error).__name__}: {_first_line(error)}",
-                                    output_dir / f"{name}.ipynb"))
-        bar.write(f"{'FAILED' if failures and failures[-1].notebook == name else 'ok':>6} {name} "
-                  f"({time.perf_counter() - started:.0f} s)")
+            message = f"{type(error).__name__}: {_first_line(error)}"
+            return Failure(name, message, output_dir / f"{name}.ipynb")
+        return None
+
+    failures: list[Failure] = []
+    waves = [[n for n in chosen if n != REPORT_NOTEBOOK], [n for n in chosen if n == REPORT_NOTEBOOK]]
+    with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
+        for wave in waves:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads: each notebook is its own kernel
+                started = {pool.submit(run_one, name): (name, time.perf_counter()) for name in wave}
+                for future in as_completed(started):
+                    name, t0 = started[future]
+                    failure = future.result()
+                    failures += [failure] if failure else []
+                    bar.write(f"{'FAILED' if failure else 'ok':>6} {name} ({time.perf_counter() - t0:.0f} s)")
+                    bar.update()
     write_report(results_root)
     return failures
 
@@ -259,6 +275,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         metavar="NAME=VALUE",
                         help="extra notebook parameter (VALUE parsed as JSON, else a string); repeatable")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    parser.add_argument("-j", "--jobs", type=int, default=1,
+                        help="notebooks run at once (default 1; on one GPU at proxy, 6-10 fill it)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs to the log")
     parser.set_defaults(func=_reproduce_command)
 
@@ -269,7 +287,7 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         failures = reproduce(profile, args.only, args.seeds, args.device, dict(args.param), args.timeout,
-                             log_output=args.verbose)
+                             log_output=args.verbose, jobs=args.jobs)
     except (ValueError, KeyError) as error:
         raise SystemExit(f"lvit reproduce: {error}") from None
     print(f"report: {project_root() / 'results' / 'REPORT.md'}")

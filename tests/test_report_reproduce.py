@@ -74,3 +74,34 @@ def test_papermill_run_with_unknown_profile_fails_with_valid_choices(tmp_path):
                                    kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     assert failure.value.ename == "ValueError"
     assert f"valid profiles: {', '.join(PROFILES)}" in failure.value.evalue
+
+
+def test_reproduce_jobs_run_notebooks_concurrently_report_last_and_alone(monkeypatch):
+    import threading
+    import time
+
+    import lvit.report
+    from lvit import reproduce as module
+
+    running, peak, order, lock = set(), [0], [], threading.Lock()
+
+    def fake_run(name, parameters, output_dir, timeout, log_output):
+        with lock:
+            running.add(name)
+            peak[0] = max(peak[0], len(running))
+            order.append((name, frozenset(running)))
+        time.sleep(0.2)
+        with lock:
+            running.discard(name)
+        if name == "localvit_placement":
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(module, "run_notebook", fake_run)
+    monkeypatch.setattr(lvit.report, "write_report", lambda root: None)
+    chosen = ["localvit_placement", "localvit_activation", "localvit_curves", "report"]
+    failures = module.reproduce("smoke", only=chosen, device="cpu", jobs=3)
+    assert peak[0] == 3  # the three table notebooks ran at once
+    assert order[-1] == ("report", frozenset({"report"}))  # then the report, alone
+    assert [(f.notebook, f.error) for f in failures] == [("localvit_placement", "RuntimeError: boom")]
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        module.reproduce("smoke", only=chosen, device="cpu", jobs=0)
