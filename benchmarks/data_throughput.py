@@ -1,51 +1,83 @@
-"""Samples/s of the procedural generators: batched ``generate`` vs ``__getitem__`` through a DataLoader.
+"""Samples/s of the procedural generators against the rate at which the proxy training loop consumes them.
 
-    .venv/bin/python benchmarks/data_throughput.py --threads 2
-    .venv/bin/python benchmarks/data_throughput.py --shapes-size 64 --scenes-size 128 --samples 1024 256
+Generation: ``LocalShapes`` (classification proxy, 64 px) and ``Scenes`` (dense proxy, 128 px) rendered by
+the batched ``generate`` on each device (the loop renders on the GPU when there is one), and by
+``__getitem__`` through a ``DataLoader`` (``--workers``). Consumption: images/s of one training step of the
+proxy recipe's model (``localvit_tiny`` at 64 px, batch 256; ``dpt_localvit_tiny`` depth at 128 px, batch
+64; forward + backward + AdamW, bf16 autocast and channels_last on CUDA as the loop), on the same device.
+``generate / consume`` > 1 means the generator keeps ahead of training. (The loop renders each procedural
+set once per process, ``CachedDataset``, so the generator's cost is ``train_samples / rate`` once.)
+``--max-seconds`` bounds the run: work going at the deadline is interrupted and recorded as an error.
 
-Prints one markdown table row per (dataset, path, device); CUDA rows appear when a GPU is present.
+GPU (about 15 s):
+
+    python benchmarks/data_throughput.py --out results/bench/data_throughput.json
+
+CPU smoke test:
+
+    python benchmarks/data_throughput.py --device cpu --samples 16 4 --batch-size 8 2 --consume-steps 1 \\
+        --out /tmp/data_throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import json
 import os
 import platform
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
 
 import timm
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
 
+import lvit
 from lvit.data import LocalShapes, Scenes
+from lvit.experiments.recipes import CLASSIFICATION_PROFILES, DEPTH_PROFILES, model_overrides
 
 
-def _rate(fn: Callable[[int], int], samples: int, warmup: int, sync: bool) -> float:
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the main thread after ``seconds``, so one slow path cannot eat the budget."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"interrupted after {seconds:.0f} s (--max-seconds)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def rate(fn: Callable[[int], int], samples: int, warmup: int, device: str) -> float:
     """Samples/s of ``fn(samples)`` after ``fn(warmup)`` (allocator, CUDA context, imports excluded)."""
     fn(warmup)
-    if sync:
-        torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
     count = fn(samples)
-    if sync:
-        torch.cuda.synchronize()
+    synchronize(device)
     return count / (time.perf_counter() - start)
-
-
-def elementwise_mops() -> float:
-    """Million float32 elementwise ops/s of this process: the machine's speed (and load) when measured."""
-    x = torch.rand(1 << 18)
-    start = time.perf_counter()
-    for _ in range(20):
-        torch.sin(x) * x + x
-    return 20 * 3 * x.numel() / (time.perf_counter() - start) / 1e6
 
 
 def batched(ds: Dataset, batch: int, device: str) -> Callable[[int], int]:
     def run(samples: int) -> int:
         for start in range(0, samples, batch):
-            ds.generate(torch.arange(start, min(start + batch, samples)), device)
+            ds.generate(torch.arange(start, min(start + batch, samples)), device)  # type: ignore[attr-defined]
         return samples
 
     return run
@@ -53,50 +85,182 @@ def batched(ds: Dataset, batch: int, device: str) -> Callable[[int], int]:
 
 def loader(ds: Dataset, batch: int, workers: int) -> Callable[[int], int]:
     def run(samples: int) -> int:
-        subset = torch.utils.data.Subset(ds, range(samples))
-        for _ in DataLoader(subset, batch_size=batch, num_workers=workers):
+        for _ in DataLoader(Subset(ds, range(samples)), batch_size=batch, num_workers=workers):
             pass
         return samples
 
     return run
 
 
-def main() -> None:
+def training(task: str, batch: int, device: str) -> Callable[[int], int]:
+    """``run(samples)``: proxy-recipe training steps on fixed data, as many as ``samples`` fill."""
+    recipe = CLASSIFICATION_PROFILES["proxy"] if task == "classification" else DEPTH_PROFILES["proxy"]
+    name = "localvit_tiny" if task == "classification" else recipe["proxy_models"]["dpt_hybrid"]
+    size = recipe["image_size"]
+    with torch.device(device):
+        model = lvit.create_model(name, **model_overrides(name, task, recipe)).train()
+        images = torch.rand(batch, 3, size, size)
+        target = (
+            torch.randint(0, recipe.get("num_classes", 1), (batch,))
+            if task == "classification"
+            else torch.rand(batch, size, size)
+        )
+    cuda = device.startswith("cuda")
+    if cuda:  # the loop's default on CUDA
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), fused=cuda)
+    loss_fn: Callable[..., torch.Tensor] = F.cross_entropy if task == "classification" else F.l1_loss
+
+    def run(samples: int) -> int:
+        steps = max(1, samples // batch)
+        for _ in range(steps):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                loss = loss_fn(model(images).float(), target)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return steps * batch
+
+    return run
+
+
+Path = tuple[str, str, str, Callable[[], Callable[[int], int]], int, int]
+
+
+def paths(args: argparse.Namespace) -> Iterator[Path]:
+    """(dataset, path, device, make, samples, warmup) of every measurement, ``--device``'s first.
+
+    ``make()`` builds the measured function: inside the time limit, as building a model takes time too.
+    """
+    sets = [
+        ("LocalShapes", "classification", LocalShapes("train", 1 << 20, args.shapes_size), 0),
+        ("Scenes", "depth", Scenes("train", 1 << 20, args.scenes_size), 1),
+    ]
+    for name, task, ds, k in sets:
+        samples, batch, train_batch = args.samples[k], args.batch_size[k], args.train_batch[k]
+        yield (
+            name,
+            f"generate(batch={batch})",
+            args.device,
+            partial(batched, ds, batch, args.device),
+            samples * args.gpu_factor,
+            batch,
+        )
+        yield (
+            name,
+            f"consume: {task} proxy train step (batch {train_batch})",
+            args.device,
+            partial(training, task, train_batch, args.device),
+            args.consume_steps * train_batch,
+            train_batch,
+        )
+        if args.device != "cpu":
+            yield name, f"generate(batch={batch})", "cpu", partial(batched, ds, batch, "cpu"), samples, batch
+        for workers in args.workers:
+            yield (
+                name,
+                f"DataLoader __getitem__, {workers} workers",
+                "cpu",
+                partial(loader, ds, batch, workers),
+                samples,
+                batch,
+            )
+
+
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + args.max_seconds
+    print("| dataset | path | device | samples/s |\n|---|---|---|---:|", flush=True)
+    for name, path, device, make, samples, warmup in paths(args):
+        row: dict[str, Any] = dict(dataset=name, path=path, device=device, samples=samples)
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("skipped: --max-seconds spent")
+            with time_limit(left):
+                row["samples_s"] = rate(make(), samples, warmup, device)
+        except Exception as error:  # one path failing must not lose the others' numbers
+            row["error"] = f"{type(error).__name__}: {error}"[:500]
+        rows.append(row)
+        value = f"{row['samples_s']:,.1f}" if "samples_s" in row else row["error"]
+        print(f"| {name} | {path} | {device} | {value} |", flush=True)
+    return rows
+
+
+def keep_up(rows: list[dict[str, Any]], device: str) -> dict[str, float]:
+    """generate / consume on ``device`` per dataset: > 1 means the generator is not the bottleneck."""
+    ratios = {}
+    for name in {r["dataset"] for r in rows}:
+        mine = {
+            r["path"].split(":")[0]: r.get("samples_s")
+            for r in rows
+            if r["dataset"] == name and r["device"] == device and not r["path"].startswith("DataLoader")
+        }
+        generate = next((v for k, v in mine.items() if k.startswith("generate")), None)
+        if generate and mine.get("consume"):
+            ratios[name] = generate / mine["consume"]
+    return ratios
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shapes-size", type=int, default=64)
     parser.add_argument("--scenes-size", type=int, default=128)
-    parser.add_argument("--samples", type=int, nargs=2, default=(512, 64), help="LocalShapes, Scenes")
-    parser.add_argument("--batch-size", type=int, nargs=2, default=(256, 32), help="LocalShapes, Scenes")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cpu = platform.processor() or platform.machine()
-    print(
-        f"torch {torch.__version__}, timm {timm.__version__}, CPU {cpu}, {args.threads} torch threads, "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f}, "
-        f"elementwise calibration {elementwise_mops():.0f} M ops/s"
+    parser.add_argument(
+        "--samples", type=int, nargs=2, default=(512, 64), help="LocalShapes, Scenes samples per CPU path"
     )
-    sets = [
-        ("LocalShapes", LocalShapes("train", 1 << 20, args.shapes_size), args.shapes_size, 0),
-        ("Scenes", Scenes("train", 1 << 20, args.scenes_size), args.scenes_size, 1),
-    ]
-    print("| dataset | size | path | device | samples/s |\n|---|---|---|---|---|", flush=True)
-    for name, ds, size, k in sets:
-        samples, batch = args.samples[k], args.batch_size[k]
-        paths = [(f"generate(batch={batch})", "cpu", batched(ds, batch, "cpu"), samples)]
-        if torch.cuda.is_available():
-            paths.append((f"generate(batch={batch})", "cuda", batched(ds, batch, "cuda"), samples * 8))
-        paths += [
-            (f"DataLoader __getitem__, {w} workers", "cpu", loader(ds, batch, w), samples)
-            for w in args.workers
-        ]
-        for path, device, fn, count in paths:
-            rate = _rate(fn, count, batch, sync=device == "cuda")
-            label = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-            print(f"| {name} | {size} | {path} | {label} | {rate:,.1f} |", flush=True)
+    parser.add_argument("--gpu-factor", type=int, default=16, help="samples on --device = this x --samples")
+    parser.add_argument("--batch-size", type=int, nargs=2, default=(256, 32), help="generate batch")
+    parser.add_argument("--train-batch", type=int, nargs=2, default=(256, 64), help="proxy recipes' batch")
+    parser.add_argument("--consume-steps", type=int, default=10, help="timed proxy training steps")
+    parser.add_argument("--workers", type=int, nargs="*", default=[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU paths)")
+    parser.add_argument("--max-seconds", type=float, default=15.0, help="deadline for the whole run")
+    parser.add_argument("--out", help="write the results as JSON to this path")
+    args = parser.parse_args()
+    if args.device == "cpu":
+        args.gpu_factor = 1
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    wall = time.monotonic()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = dict(
+        device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        cpu=platform.processor() or platform.machine(),
+        cpu_threads=torch.get_num_threads(),
+        load_average=os.getloadavg()[0],
+        torch=torch.__version__,
+        timm=timm.__version__,
+        lvit=lvit.__version__,
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    print(
+        f"{env['device']} / CPU {env['cpu']} ({env['cpu_threads']} threads, load {env['load_average']:.1f}); "
+        f"torch {env['torch']}, timm {env['timm']}, {env['date']}"
+    )
+    rows = measure(args)
+    ratios = keep_up(rows, args.device)
+    for name, ratio in sorted(ratios.items()):
+        print(f"{name}: generate / consume on {args.device} = {ratio:.2f}")
+    if args.out:
+        result = dict(
+            benchmark="data_throughput",
+            **env,
+            settings=vars(args),
+            rows=rows,
+            generate_over_consume=ratios,
+            wall_seconds=round(time.monotonic() - wall, 1),
+        )
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,23 @@ Method of timm's ``benchmark.py`` (random input, eval, ``inference_mode``, warm-
 decoder plus the Read/Reassemble stages. Models and baselines are timed interleaved, round by round, so a
 change in machine load hits both alike; the median over rounds is reported.
 
-    .venv/bin/python benchmarks/dpt_latency.py --warmup 1 --iters 3 --threads 2
-    .venv/bin/python benchmarks/dpt_latency.py --device cuda --amp --iters 50
+GPU (about 15 s on an H100; not needed for the issue's targets, which ``dpt_vs_hf.py`` measures):
 
-Prints one markdown row per model: DPT ms, backbone ms, DPT / backbone.
+    python benchmarks/dpt_latency.py --device cuda --amp --iters 50 --out results/bench/dpt_latency.json
+
+CPU smoke test:
+
+    .venv/bin/python benchmarks/dpt_latency.py --warmup 1 --iters 3 --threads 2 --size 64 --out /tmp/l.json
+
+Prints one markdown row per model: DPT ms, backbone ms, DPT / backbone; ``--out`` writes them as JSON.
+A model is not started once ``--max-seconds`` have passed (recorded as skipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import platform
 import statistics
 import time
@@ -63,8 +71,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="fp16 autocast (CUDA); default fp32")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="start no model after this")
+    parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,13 +87,30 @@ def main() -> None:
     print("| model | DPT ms | backbone | backbone ms | DPT / backbone |")
     print("| --- | --- | --- | --- | --- |")
     x = torch.randn(1, 3, args.size, args.size, device=device)
+    deadline = time.monotonic() + args.max_seconds
+    rows: list[dict[str, object]] = []
     for model_name in args.models:
-        dpt = lvit.create_model(model_name).eval().to(device)
-        backbone = timm.create_model(PAIRS[model_name]).eval().to(device)
+        row: dict[str, object] = dict(model=model_name, backbone=PAIRS[model_name])
+        rows.append(row)
+        if time.monotonic() > deadline:
+            row["error"] = "skipped: --max-seconds spent"
+            print(f"| {model_name} | skipped: --max-seconds spent | | | |", flush=True)
+            continue
+        with device:  # initialise on the GPU: CPU init of DPT-Large alone costs seconds
+            dpt = lvit.create_model(model_name).eval()  # any input size (multiple of 32)
+            backbone = timm.create_model(PAIRS[model_name], img_size=args.size).eval()
         dpt_ms, backbone_ms = time_pair(dpt, backbone, x, args.warmup, args.iters, args.amp)
+        row.update(dpt_ms=dpt_ms, backbone_ms=backbone_ms, ratio=dpt_ms / backbone_ms)
         print(f"| {model_name} | {dpt_ms:.1f} | {PAIRS[model_name]} | {backbone_ms:.1f} | "
               f"{dpt_ms / backbone_ms:.2f} |", flush=True)
         del dpt, backbone
+    if args.out:
+        result = dict(benchmark="dpt_latency", device=name, torch=torch.__version__, timm=timm.__version__,
+                      lvit=lvit.__version__, date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                      precision=precision, cpu_threads=torch.get_num_threads(), settings=vars(args),
+                      rows=rows)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

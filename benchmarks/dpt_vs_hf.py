@@ -2,46 +2,85 @@
 
 For each of ``dpt_hybrid`` and ``dpt_large`` at 384x384 it measures
 
-* throughput (images/s) at batch 32, eager, bf16 on GPU (fp32 on CPU), lvit vs HF, and their ratio;
-* batch-1 latency (median ms): HF eager, lvit eager, and lvit under
+* throughput (images/s) at batch 32, eager, bf16 autocast on GPU (fp32 on CPU), lvit vs HF, and their ratio;
+* batch-1 latency (median ms), eager, HF vs lvit;
+* last, for ``--compile-models`` (default ``dpt_hybrid``): lvit's batch-1 latency under
   ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: batch-1 DPT is launch-bound on an H100).
 
-Same weights where lvit can load HF's layout (ViT backbones: ``dpt_large``), checked by comparing the
-two models' fp32 outputs before timing. HF's DPT-Hybrid uses a BiT backbone whose state_dict lvit does not
-convert, so the hybrid pair is timed with each model's own random weights (the same architecture and
-FLOPs; timing does not depend on the values). Measurements alternate HF / lvit per repeat.
+HF and lvit are timed in alternating rounds (HF, lvit, HF, ...); each figure is the median over rounds.
+Same weights where lvit can load HF's layout (ViT backbones: ``dpt_large``), checked by the max abs
+difference of the two models' fp32 outputs (TF32 off) before timing. HF's DPT-Hybrid uses a BiT backbone
+whose state_dict lvit does not convert, so the hybrid pair is timed with each model's own random weights
+(same architecture and FLOPs; timing does not depend on the values). HF's BiT backbone config is given
+explicitly, so nothing is fetched from the Hub. ``--max-seconds`` bounds the run: work still going at the
+deadline is interrupted and recorded as an error, as is any failure of one model or mode.
 
-    pip install transformers   # optional extra, present on the lent GPU machine
-    python benchmarks/dpt_vs_hf.py                                   # GPU defaults
-    python benchmarks/dpt_vs_hf.py --device cpu --batch-size 2 --iters 2 --no-compile
+GPU (about 60 s on an H100, compile included; needs the ``bench`` extra, i.e. transformers):
+
+    HF_HUB_OFFLINE=1 python benchmarks/dpt_vs_hf.py --out results/bench/dpt_vs_hf.json
+
+CPU smoke test:
+
+    HF_HUB_OFFLINE=1 python benchmarks/dpt_vs_hf.py --device cpu --models dpt_hybrid --size 64 \\
+        --batch-size 2 --warmup 1 --rounds 1 --b1-rounds 1 --compile-models --out /tmp/dpt_vs_hf.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import gc
+import json
+import platform
+import signal
 import statistics
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import timm
 import torch
 import torch.nn as nn
 import transformers
-from transformers import DPTConfig, DPTForDepthEstimation
+from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
 import lvit
 
-HF_CONFIGS: dict[str, DPTConfig] = {
-    # official DPT-Large: ViT-L/16 at 384, taps 5/11/17/23; eps as timm's ViT so that outputs can match
-    "dpt_large": DPTConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                           intermediate_size=4096, backbone_out_indices=[5, 11, 17, 23],
-                           neck_hidden_sizes=[256, 512, 1024, 1024], layer_norm_eps=1e-6),
-    # HF's hybrid defaults are the Intel/dpt-hybrid-midas architecture (BiT-R50 stages + ViT-B/16)
-    "dpt_hybrid": DPTConfig(is_hybrid=True, backbone_out_indices=[2, 5, 8, 11],
-                            neck_hidden_sizes=[256, 512, 768, 768], layer_norm_eps=1e-6),
-}
+# Intel/dpt-hybrid-midas's BiT-R50 stem and stages 1-3, as DPTConfig(is_hybrid=True) fills in by default;
+# spelled out so that no transformers version looks anything up.
+BIT_HYBRID = dict(
+    layer_type="bottleneck",
+    depths=[3, 4, 9],
+    out_features=["stage1", "stage2", "stage3"],
+    embedding_dynamic_padding=True,
+    global_padding="SAME",
+)
+
+
+def hf_config(name: str, size: int) -> DPTConfig:
+    """HF configs of the official models at ``size``; eps as timm's ViT so that same-weight outputs match."""
+    if name == "dpt_large":  # ViT-L/16, taps 5/11/17/23
+        return DPTConfig(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            backbone_out_indices=[5, 11, 17, 23],
+            neck_hidden_sizes=[256, 512, 1024, 1024],
+            layer_norm_eps=1e-6,
+            image_size=size,
+        )
+    # HF's hybrid checks the input size against image_size and needs the BiT feature map's shape (stride 16)
+    return DPTConfig(
+        is_hybrid=True,
+        backbone_config=BitConfig(**BIT_HYBRID),
+        backbone_out_indices=[2, 5, 8, 11],
+        neck_hidden_sizes=[256, 512, 768, 768],
+        layer_norm_eps=1e-6,
+        image_size=size,
+        backbone_featmap_shape=[1, 1024, size // 16, size // 16],
+    )
 
 
 class HFDepth(nn.Module):
@@ -55,101 +94,228 @@ class HFDepth(nn.Module):
         return self.model(pixel_values=images).predicted_depth
 
 
-def build_pair(name: str, device: torch.device) -> tuple[nn.Module, nn.Module, float | None]:
-    hf = HFDepth(HF_CONFIGS[name]).eval()
-    ours = lvit.create_model(name, task="depth", readout="project").eval()
-    max_diff = None
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the main thread after ``seconds`` (a compile cannot be stopped otherwise)."""
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"interrupted after {seconds:.0f} s (--max-seconds)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_pair(name: str, args: argparse.Namespace) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """(HF, lvit) on the device, eval; info: HF's attention implementation, same-weights max diff."""
+    device = torch.device(args.device)
+    with device:  # initialise on the GPU: CPU init of 340M parameters alone costs seconds
+        hf = HFDepth(hf_config(name, args.size)).eval()
+        ours = lvit.create_model(name, task="depth", readout="project").eval()
+    info: dict[str, Any] = dict(hf_attn_implementation=getattr(hf.model.config, "_attn_implementation", None))
     if name != "dpt_hybrid":
         lvit.load_pretrained(ours, hf.model.state_dict())
-        with torch.no_grad():
-            x = torch.randn(1, 3, 384, 384)
-            max_diff = (ours(x) - hf(x)).abs().max().item()
-    return hf.to(device), ours.to(device), max_diff
+        info["max_abs_diff_fp32"] = max_abs_diff(hf, ours, args)
+    return hf, ours, info
 
 
-def timer(fn: Callable[[], torch.Tensor], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def max_abs_diff(hf: nn.Module, ours: nn.Module, args: argparse.Namespace) -> float:
+    """fp32 output difference at batch 1, TF32 off so that it measures the weights, not the matmul mode."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            x = torch.randn(1, 3, args.size, args.size, device=args.device)
+            return (ours(x) - hf(x)).abs().max().item()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def seconds_per_call(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
+    synchronize(x.device)
     start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    model(x)
+    synchronize(x.device)
     return time.perf_counter() - start
 
 
-def median_seconds(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, args, device) -> float:
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+def interleaved(
+    models: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, warmup: int, rounds: int
+) -> dict[str, float]:
+    """Median seconds per call of each model, timed in alternating rounds after ``warmup`` calls each."""
+    device = x.device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    times: dict[str, list[float]] = {key: [] for key in models}
     with torch.inference_mode(), autocast:
-        for _ in range(args.warmup):
-            model(x)
-        return statistics.median(timer(lambda: model(x), device) for _ in range(args.iters))
+        for model in models.values():
+            for _ in range(warmup):
+                model(x)
+        for _ in range(rounds):
+            for key, model in models.items():
+                times[key].append(seconds_per_call(model, x))
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
-def bench(name: str, args: argparse.Namespace) -> dict[str, float | None]:
-    device = torch.device(args.device)
-    hf, ours, max_diff = build_pair(name, device)
-    batch = torch.randn(args.batch_size, 3, 384, 384, device=device)
-    single = batch[:1].clone()
-    result: dict[str, float | None] = dict(max_abs_diff_fp32=max_diff)
-    result["hf_images_s"] = args.batch_size / median_seconds(hf, batch, args, device)
-    result["lvit_images_s"] = args.batch_size / median_seconds(ours, batch, args, device)
-    result["hf_b1_ms"] = 1e3 * median_seconds(hf, single, args, device)
-    result["lvit_b1_ms"] = 1e3 * median_seconds(ours, single, args, device)
-    if args.compile:
-        compiled = torch.compile(ours, mode="reduce-overhead")
-        result["lvit_compiled_b1_ms"] = 1e3 * median_seconds(compiled, single, args, device)
-    return result
+class Bench:
+    """Runs each step under one shared deadline, recording results and errors per model."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.deadline = time.monotonic() + args.max_seconds
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def step(self, name: str, what: str, fn: Callable[[], dict[str, Any]]) -> None:
+        result = self.results.setdefault(name, {})
+        left = self.deadline - time.monotonic()
+        start = time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError("skipped: --max-seconds spent")
+            with time_limit(left):
+                result.update(fn())
+        except Exception as error:  # one model/mode failing must not lose the others' numbers
+            result[f"{what}_error"] = f"{type(error).__name__}: {error}"[:500]
+        result[f"{what}_seconds"] = round(time.monotonic() - start, 2)
+        print(
+            f"{name} {what}: {result.get(f'{what}_error', 'ok')} ({result[f'{what}_seconds']} s)", flush=True
+        )
+
+    def eager(self, name: str) -> dict[str, Any]:
+        args, device = self.args, torch.device(self.args.device)
+        hf, ours, info = build_pair(name, args)
+        batch = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
+        seconds = interleaved(dict(hf=hf, lvit=ours), batch, args.warmup, args.rounds)
+        single = torch.randn(1, 3, args.size, args.size, device=device)
+        b1 = interleaved(dict(hf=hf, lvit=ours), single, args.warmup, args.b1_rounds)
+        return dict(
+            info,
+            hf_images_s=args.batch_size / seconds["hf"],
+            lvit_images_s=args.batch_size / seconds["lvit"],
+            ratio=seconds["hf"] / seconds["lvit"],
+            hf_b1_ms=1e3 * b1["hf"],
+            lvit_b1_ms=1e3 * b1["lvit"],
+        )
+
+    def compiled(self, name: str) -> dict[str, Any]:
+        args, device = self.args, torch.device(self.args.device)
+        with device:
+            ours = lvit.create_model(name, task="depth", readout="project").eval()
+        model = torch.compile(ours, mode="reduce-overhead")
+        single = torch.randn(1, 3, args.size, args.size, device=device)
+        start = time.monotonic()
+        # reduce-overhead records its CUDA graph on the ~3rd call: warm up with at least that many
+        b1 = interleaved(dict(lvit=model), single, max(args.warmup, 3), args.b1_rounds)
+        return dict(
+            lvit_compiled_b1_ms=1e3 * b1["lvit"],
+            compile_and_warmup_seconds=round(time.monotonic() - start, 1),
+        )
 
 
-def markdown(results: dict[str, dict[str, float | None]], args: argparse.Namespace) -> str:
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    precision = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = args.device.startswith("cuda")
+    return dict(
+        device=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        timm=timm.__version__,
+        transformers=transformers.__version__,
+        lvit=lvit.__version__,
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        precision="bf16 autocast" if cuda else "fp32",
+        cpu_threads=torch.get_num_threads(),
+    )
 
-    def fmt(value: float | None, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
+
+def markdown(results: dict[str, dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
+    def fmt(r: dict[str, Any], key: str, spec: str) -> str:
+        return format(r[key], spec) if key in r else "n/a"
 
     lines = [
-        f"### DPT inference vs HuggingFace transformers ({dt.date.today()})",
+        f"### DPT inference vs HuggingFace transformers ({env['date'][:10]})",
         "",
-        f"device {device}; torch {torch.__version__}, timm {timm.__version__}, transformers "
-        f"{transformers.__version__}, lvit {lvit.__version__}; 384x384, {precision}, eager unless noted; "
-        f"median of {args.iters} after {args.warmup} warm-up",
+        f"device {env['device']}; torch {env['torch']}, timm {env['timm']}, transformers "
+        f"{env['transformers']}, lvit {env['lvit']}; {args.size}x{args.size}, {env['precision']}, eager "
+        f"unless noted; medians of interleaved rounds ({args.rounds} at b{args.batch_size}, "
+        f"{args.b1_rounds} at b1)",
         "",
         f"| model | same weights: max abs diff (fp32) | HF img/s (b{args.batch_size}) | lvit img/s | ratio "
         "| HF b1 ms | lvit b1 ms | lvit compiled b1 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
-        ratio = r["lvit_images_s"] / r["hf_images_s"]
-        compiled_ms = fmt(r.get("lvit_compiled_b1_ms"), ".1f")
         lines.append(
-            f"| {name} | {fmt(r['max_abs_diff_fp32'], '.2e')} | {r['hf_images_s']:.1f} "
-            f"| {r['lvit_images_s']:.1f} | {ratio:.2f} | {r['hf_b1_ms']:.1f} | {r['lvit_b1_ms']:.1f} "
-            f"| {compiled_ms} |"
+            f"| {name} | {fmt(r, 'max_abs_diff_fp32', '.2e')} | {fmt(r, 'hf_images_s', '.1f')} "
+            f"| {fmt(r, 'lvit_images_s', '.1f')} | {fmt(r, 'ratio', '.2f')} | {fmt(r, 'hf_b1_ms', '.1f')} "
+            f"| {fmt(r, 'lvit_b1_ms', '.1f')} | {fmt(r, 'lvit_compiled_b1_ms', '.1f')} |"
         )
-    return "\n".join(lines) + "\n"
+    errors = [
+        f"- {name} {key}: {value}"
+        for name, r in results.items()
+        for key, value in r.items()
+        if key.endswith("_error")
+    ]
+    return "\n".join(lines + errors) + "\n"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--models", nargs="+", choices=sorted(HF_CONFIGS),
-                        default=["dpt_hybrid", "dpt_large"])
+    parser.add_argument(
+        "--models", nargs="+", choices=("dpt_hybrid", "dpt_large"), default=["dpt_hybrid", "dpt_large"]
+    )
+    parser.add_argument(
+        "--compile-models",
+        nargs="*",
+        choices=("dpt_hybrid", "dpt_large"),
+        default=["dpt_hybrid"],
+        help="b1 reduce-overhead latency of these (none: empty)",
+    )
+    parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--no-compile", dest="compile", action="store_false")
-    parser.add_argument("--out", help="append the markdown table to this file")
-    args = parser.parse_args()
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds per model at --batch-size")
+    parser.add_argument("--b1-rounds", type=int, default=30, help="timed rounds per model at batch 1")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="deadline for the whole run")
+    parser.add_argument("--out", help="write the results as JSON to this path")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    wall = time.monotonic()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    table = markdown({name: bench(name, args) for name in args.models}, args)
-    print(table)
+    bench = Bench(args)
+    for name in args.models:
+        bench.step(name, "eager", lambda name=name: bench.eager(name))
+        gc.collect()  # free this pair's weights before building the next
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    # compiles last: the slowest and least certain step must not cost the eager numbers
+    for name in args.compile_models:
+        bench.step(name, "compiled", lambda name=name: bench.compiled(name))
+    env = environment(args)
+    print(markdown(bench.results, env, args))
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(table + "\n")
+        result = dict(
+            benchmark="dpt_vs_hf",
+            **env,
+            settings=vars(args),
+            results=bench.results,
+            wall_seconds=round(time.monotonic() - wall, 1),
+        )
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
 
 
 if __name__ == "__main__":

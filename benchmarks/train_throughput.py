@@ -1,27 +1,42 @@
 """Training throughput of the LocalViT models against timm's DeiT-T, measured in the same process.
 
 The cost of locality is reported as a ratio: images/s of a model divided by images/s of
-``deit_tiny_patch16_224`` under the same settings, measured in the same process, interleaved
-(baseline, candidate, baseline, ...), so clock drift and thermal state hit both alike. Method as timm's
-``benchmark.py``: a few warm-up steps (compilation happens there), then timed steps of forward +
-backward + AdamW, synchronised at the ends of the timed window only.
+``deit_tiny_patch16_224`` under the same settings, in the same process. Baseline and candidate are timed
+in alternating rounds (baseline, candidate, baseline, ...) so clock drift and thermal state hit both alike;
+each is the median over rounds, and the ratio is the median of the per-round ratios. Each timed round is
+forward + backward + AdamW steps on a fixed random batch, CUDA-synchronised at both ends only.
 
-    python benchmarks/train_throughput.py                        # GPU: bf16, batch 256, eager and compiled
-    python benchmarks/train_throughput.py --device cpu --batch-size 8 --steps 3 --modes eager
+Order of work, so that the targets come first if time runs out: the headline pair (``localvit_tiny`` vs
+DeiT-T) eager, then compiled, then every other model of the LocalViT tables, eager, fewer steps.
+``--max-seconds`` bounds the whole run: a model still running at the deadline is interrupted, recorded
+as an error, and the rest skipped; a failure of one model/mode (e.g. torch.compile) is recorded too.
 
-Every distinct model of the LocalViT tables is measured (read from ``lvit.experiments``), plus
-``localvit_tiny``. The markdown table goes to stdout and, with ``--out``, is appended to a file.
+``--compile-scope blocks`` (default) compiles each transformer block (``block.compile()``): identical
+blocks share one compiled graph, so a cold compile costs seconds instead of the ~1 min of a whole-model
+compile, at almost the same speed; ``--compile-scope model`` is ``torch.compile(model)`` as the loop does.
+
+GPU (about 70 s on an H100, compile included):
+
+    python benchmarks/train_throughput.py --out results/bench/train_throughput.json
+
+CPU smoke test:
+
+    python benchmarks/train_throughput.py --device cpu --batch-size 2 --image-size 64 --max-rows 2 \\
+        --modes eager --out /tmp/train_throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import gc
+import json
 import platform
+import signal
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import timm
@@ -31,13 +46,15 @@ import torch.nn as nn
 import lvit
 from lvit.experiments import list_experiments
 
-BASELINE = ("deit_tiny_patch16_224", {})
+Model = tuple[str, dict[str, Any]]
+BASELINE: Model = ("deit_tiny_patch16_224", {})
+HEADLINE: Model = ("localvit_tiny", {})
 
 
-def table_models() -> Iterator[tuple[str, dict[str, Any]]]:
+def table_models() -> Iterator[Model]:
     """Distinct (model, kwargs) pairs of the LocalViT classification tables, declaration order."""
     seen: set[str] = set()
-    candidates = [("localvit_tiny", {})]
+    candidates = [HEADLINE]
     for experiment in list_experiments("localvit"):
         if experiment.task == "classification":
             # rows with no model are published-only baselines that lvit does not build
@@ -49,98 +66,212 @@ def table_models() -> Iterator[tuple[str, dict[str, Any]]]:
             yield name, kwargs
 
 
-def train_step_fn(model: nn.Module, device: torch.device, compiled: bool):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    loss_fn = nn.CrossEntropyLoss()
-    forward = torch.compile(model) if compiled else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the main thread after ``seconds`` (a compile cannot be stopped otherwise)."""
 
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        with autocast:
-            loss = loss_fn(forward(images), labels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"interrupted after {seconds:.0f} s (--max-seconds)")
 
-    return step
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
-def images_per_second(name: str, kwargs: dict[str, Any], args: argparse.Namespace, compiled: bool) -> float:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_runner(model: Model, args: argparse.Namespace, compiled: bool) -> Callable[[int], float]:
+    """A function ``run(steps) -> images/s`` training ``model`` on one fixed random batch."""
     device = torch.device(args.device)
-    model = lvit.create_model(name, **kwargs).to(device).train()
+    name, kwargs = model
+    with device:  # initialise on the GPU: CPU init of the larger models would cost seconds each
+        net = lvit.create_model(name, img_size=args.image_size, **kwargs).train()
+        images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+        labels = torch.randint(0, 1000, (args.batch_size,))
     if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step = train_step_fn(model, device, compiled)
-    images = torch.randn(args.batch_size, 3, 224, 224, device=device)
-    labels = torch.randint(0, 1000, (args.batch_size,), device=device)
-    for _ in range(args.warmup):
-        step(images, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step(images, labels)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return args.batch_size * args.steps / (time.perf_counter() - start)
+        net = net.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
+    forward: nn.Module = net
+    if compiled and args.compile_scope == "blocks" and hasattr(net, "blocks"):
+        for block in net.blocks:
+            block.compile()
+    elif compiled:
+        forward = torch.compile(net)  # type: ignore[assignment]
+    loss_fn = nn.CrossEntropyLoss()
+    # bf16 autocast on CUDA as the training loop; fp32 on CPU, where bf16 is slow
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def run(steps: int) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            with autocast:
+                loss = loss_fn(forward(images), labels)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        return args.batch_size * steps / (time.perf_counter() - start)
+
+    return run
 
 
-def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-    rows = []
-    for mode in args.modes:
-        compiled = mode == "compiled"
-        for name, kwargs in table_models():
-            # Interleave: baseline before and after each candidate, ratio against their mean.
-            before = images_per_second(*BASELINE, args, compiled)
-            ours = images_per_second(name, kwargs, args, compiled)
-            after = images_per_second(*BASELINE, args, compiled)
-            baseline = statistics.mean([before, after])
-            rows.append(dict(mode=mode, model=name, kwargs=kwargs, images_s=ours, deit_images_s=baseline,
-                             ratio=ours / baseline, baseline_drift=abs(before - after) / baseline))
-            print(f"{mode:9s} {name} {kwargs}: {ours:.1f} img/s, ratio {ours / baseline:.3f}", flush=True)
-    return rows
+def compare(
+    baseline: Callable[[int], float], candidate: Callable[[int], float], steps: int, rounds: int
+) -> dict[str, float]:
+    """Alternate timed rounds of the two (both already warm); medians and the median per-round ratio."""
+    base, ours = [], []
+    for _ in range(rounds):
+        base.append(baseline(steps))
+        ours.append(candidate(steps))
+    base_median = statistics.median(base)
+    return dict(
+        images_s=statistics.median(ours),
+        deit_images_s=base_median,
+        ratio=statistics.median(o / b for o, b in zip(ours, base, strict=True)),
+        baseline_spread=(max(base) - min(base)) / base_median,
+    )
 
 
-def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
-    precision = "bf16 autocast" if args.device.startswith("cuda") else "fp32"
+class Bench:
+    """Runs the comparisons in order within one deadline, keeping one warm baseline per mode."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.deadline = time.monotonic() + args.max_seconds
+        self.baselines: dict[str, Callable[[int], float]] = {}
+        self.rows: list[dict[str, Any]] = []
+
+    def row(self, mode: str, model: Model, steps: int, rounds: int, warmup: int) -> None:
+        name, kwargs = model
+        row: dict[str, Any] = dict(mode=mode, model=name, kwargs=kwargs, steps=steps, rounds=rounds)
+        left = self.deadline - time.monotonic()
+        start = time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError("skipped: --max-seconds spent")
+            with time_limit(left):
+                compiled = mode == "compiled"
+                if mode not in self.baselines:
+                    baseline = build_runner(BASELINE, self.args, compiled)
+                    baseline(warmup)  # a compiled model compiles here
+                    self.baselines[mode] = baseline
+                candidate = build_runner(model, self.args, compiled)
+                candidate(warmup)
+                row.update(compare(self.baselines[mode], candidate, steps, rounds))
+        except Exception as error:  # one model/mode failing must not lose the others' numbers
+            row["error"] = f"{type(error).__name__}: {error}"[:500]
+            if isinstance(error, torch.OutOfMemoryError | TimeoutError):
+                self.baselines.pop(mode, None)  # its state may be half-updated; rebuild if time is left
+        row["seconds"] = round(time.monotonic() - start, 2)
+        self.rows.append(row)
+        gc.collect()
+        result = row.get("error") or f"{row['images_s']:.1f} img/s, ratio {row['ratio']:.3f}"
+        print(f"{mode:8s} {name} {kwargs or ''}: {result} ({row['seconds']} s)", flush=True)
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = args.device.startswith("cuda")
+    return dict(
+        device=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        timm=timm.__version__,
+        lvit=lvit.__version__,
+        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        precision="bf16 autocast" if cuda else "fp32",
+        cpu_threads=torch.get_num_threads(),
+    )
+
+
+def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
-        f"### Training throughput vs timm DeiT-T ({dt.date.today()})",
+        f"### Training throughput vs timm DeiT-T ({env['date'][:10]})",
         "",
-        f"device {device}; torch {torch.__version__}, timm {timm.__version__}, lvit {lvit.__version__}; "
-        f"batch {args.batch_size}, 224x224, {precision}, AdamW, {args.warmup} warm-up + {args.steps} timed "
-        f"steps; channels_last={args.channels_last}",
+        f"device {env['device']}; torch {env['torch']}, timm {env['timm']}, lvit {env['lvit']}; batch "
+        f"{args.batch_size}, {args.image_size}x{args.image_size}, {env['precision']}, AdamW; "
+        f"channels_last={args.channels_last}; compile scope {args.compile_scope}; interleaved, medians",
         "",
-        "| mode | model | kwargs | images/s | DeiT-T images/s | ratio | baseline drift |",
+        "| mode | model | kwargs | images/s | DeiT-T images/s | ratio | baseline spread |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {r['mode']} | {r['model']} | {r['kwargs'] or ''} | {r['images_s']:.1f} "
-        f"| {r['deit_images_s']:.1f} | {r['ratio']:.3f} | {r['baseline_drift']:.1%} |"
-        for r in rows
-    ]
+    for r in rows:
+        kwargs = r["kwargs"] or ""
+        if "error" in r:
+            lines.append(f"| {r['mode']} | {r['model']} | {kwargs} | {r['error'][:80]} | | | |")
+        else:
+            lines.append(
+                f"| {r['mode']} | {r['model']} | {kwargs} | {r['images_s']:.1f} "
+                f"| {r['deit_images_s']:.1f} | {r['ratio']:.3f} | {r['baseline_spread']:.1%} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--modes", nargs="+", choices=("eager", "compiled"), default=["eager", "compiled"])
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--out", help="append the markdown table to this file")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("eager", "compiled"),
+        default=["eager", "compiled"],
+        help="modes of the headline pair; the other table rows run eager only",
+    )
+    parser.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks")
+    parser.add_argument("--warmup", type=int, default=3, help="headline steps before timing (compiles)")
+    parser.add_argument("--steps", type=int, default=5, help="headline steps per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="headline timed rounds per model")
+    parser.add_argument("--row-steps", type=int, default=2, help="steps per round, other table rows")
+    parser.add_argument("--row-rounds", type=int, default=3, help="rounds, other table rows")
+    parser.add_argument("--max-rows", type=int, default=None, help="at most this many other table rows")
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="default: on for CUDA, as the training loop",
+    )
+    parser.add_argument("--max-seconds", type=float, default=70.0, help="deadline for the whole run")
+    parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args()
+    if args.channels_last is None:
+        args.channels_last = args.device.startswith("cuda")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    wall = time.monotonic()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    table = markdown(measure(args), args)
-    print(table)
+    bench = Bench(args)
+    for mode in args.modes:
+        bench.row(mode, HEADLINE, args.steps, args.rounds, args.warmup)
+    others = [model for model in table_models() if model != HEADLINE][: args.max_rows]
+    for model in others:
+        bench.row("eager", model, args.row_steps, args.row_rounds, warmup=2)
+    env = environment(args)
+    print(markdown(bench.rows, env, args))
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(table + "\n")
+        result = dict(
+            benchmark="train_throughput",
+            **env,
+            settings=vars(args),
+            rows=bench.rows,
+            wall_seconds=round(time.monotonic() - wall, 1),
+        )
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1, default=str)
 
 
 if __name__ == "__main__":
