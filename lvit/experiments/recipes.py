@@ -1,7 +1,7 @@
 """Training recipes per task and profile. A profile changes sizes, never logic.
 
 ``paper`` is the published recipe (LocalViT: DeiT's, ``localvit.md`` §3; DPT: MIX-6 depth and ADE20K
-segmentation, ``dpt.md`` §5), ``proxy`` fits the whole suite into 25 minutes of one H100 on procedural data,
+segmentation, ``dpt.md`` §5), ``proxy`` fits the whole suite into minutes of one H100 on procedural data,
 ``smoke`` proves the wiring on a 2-core CPU in seconds. The engine (``lvit.engine``) interprets these dicts;
 experiments reference them by task and may add keys of :data:`RECIPE_KEYS` (e.g. held-out domains).
 
@@ -26,12 +26,17 @@ thread, batch 8, 2 timed steps): DeiT-T at 224 trains at 0.7 img/s here against 
 (``ecosystem.md`` §4.6), a ratio of ~13,000-14,000. Measured CPU costs per training image at proxy size
 (two runs; the spread is the machine's load): DeiT-T 0.18-0.57 s, LocalViT-T 0.71-0.94 s, PVT-T 0.33-0.40 s,
 TNT-T 0.36-0.47 s, DPT-tiny at 128 px 2.5-3.1 s. With a safety factor of 2 for what small models waste on
-a GPU (launch-bound steps, memory-bound depth-wise conv/BN, evaluation), 20k images x 10 epochs per
-classification run gave 26 min for the suite (3 seeds x 19 table rows + 3 seeds x 6 curve models + 3
-backbone pretrainings + 9 dense runs); the proxy therefore trains 10k x 10 epochs: 17.6 min estimated,
-leaving room for the estimate's error. ``localvit_main`` (8 rows, not a seed table) would add ~5.5 min
-at 3 seeds.
-``torch.compile`` is off in proxy: compiling each of ~90 short runs costs more than it saves.
+a GPU (launch-bound steps, memory-bound depth-wise conv/BN, evaluation), 10k images x 10 epochs per
+classification run came to 17.6 min for the suite run one notebook after another.
+
+The lent GPU gives a session 15 minutes in all (machine start, benchmarks and suite together), so the suite
+must finish in about 6 minutes: ``lvit reproduce --jobs`` runs the notebooks concurrently (each small
+model leaves the GPU idle between launches), one training shared by every table that declares it
+(``lvit.engine.run``) leaves 22 distinct trainings of the 33 LocalViT table rows (66 of 99 at 3 seeds), and
+classification trains 8 epochs of 10k images (~310 steps of 256; was 10 epochs). Counting kernel launches
+per step on CPU (``TorchDispatchMode``: DeiT-T ~1,700, LocalViT-T ~2,700, TNT-T ~5,000) gives about 25 ms a
+step when launch-bound: about 9 minutes for the 69 classification and 8 dense trainings one at a time.
+``torch.compile`` is off in proxy: compiling each of ~70 short runs costs more than it saves.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ CLASSIFICATION_PROFILES: dict[str, Recipe] = {
                   num_classes=8, train_samples=64, val_samples=32, epochs=1, batch_size=32, lr=1e-3,
                   warmup_epochs=0, drop_path=0.0, repeated_aug=1, deterministic=True, cpu_threads=1),
     "proxy": dict(_DEIT_AUG, dataset="local_shapes", image_size=64, patch_size=8, width=192,
-                  num_classes=64, train_samples=10_000, val_samples=2_000, epochs=10, batch_size=256,
+                  num_classes=64, train_samples=10_000, val_samples=2_000, epochs=8, batch_size=256,
                   lr=1e-3, warmup_epochs=1, drop_path=0.1, repeated_aug=1),
     "paper": dict(_DEIT_AUG, dataset="imagenet", image_size=224, patch_size=16, num_classes=1000, epochs=300,
                   batch_size=1024, lr=1e-3, warmup_epochs=5, drop_path=0.1, repeated_aug=3,
