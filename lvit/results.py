@@ -75,14 +75,30 @@ def git_state() -> tuple[str, bool]:
     """(HEAD sha, dirty) of the checkout lvit runs from; ("unknown", True) outside a git checkout.
 
     Dirty means tracked or untracked changes outside ``results/`` and ``data/``. Without git the code
-    state cannot be vouched for, so it reads as dirty.
+    state cannot be vouched for, so it reads as dirty (the sha is then read from ``.git`` directly, for
+    machines that carry a checkout but no git program).
     """
     sha = _git("rev-parse", "HEAD")
     if not sha:
-        return "unknown", True
+        return _head_without_git(), True
     excludes = [f":(exclude){path}" for path in _DIRTY_EXCLUDES]
     status = _git("status", "--porcelain", "--", ".", *excludes)
     return sha, status is None or status != ""
+
+
+def _head_without_git() -> str:
+    git_dir = _REPO_ROOT / ".git"
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head.removeprefix("ref: ")
+        if (git_dir / ref).exists():
+            return (git_dir / ref).read_text().strip()
+        packed = (git_dir / "packed-refs").read_text().splitlines()
+        return next(line.split()[0] for line in packed if line.endswith(f" {ref}"))
+    except (OSError, StopIteration):
+        return "unknown"
 
 
 def device_name(device: str) -> str:

@@ -226,3 +226,19 @@ def test_epoch_may_be_empty_for_pretrained_evaluation(tmp_path, prov):
     append_results(tmp_path, "smoke", "t", [record(prov, epoch=None, checkpoint_sha256="ab" * 32)])
     df = load_results(tmp_path, "smoke", "t")
     assert df["epoch"].isna().all() and df["checkpoint_sha256"].iloc[0] == "ab" * 32
+
+
+def test_git_state_without_git_program_reads_head_and_counts_as_dirty(tmp_path, monkeypatch):
+    from lvit import results as store
+
+    git_dir = tmp_path / ".git"
+    (git_dir / "refs" / "heads").mkdir(parents=True)
+    (git_dir / "HEAD").write_text("ref: refs/heads/main\n")
+    (git_dir / "packed-refs").write_text("# pack-refs\n" + "ab" * 20 + " refs/heads/main\n")
+    monkeypatch.setattr(store, "_git", lambda *args: None)
+    monkeypatch.setattr(store, "_REPO_ROOT", tmp_path)
+    assert store.git_state() == ("ab" * 20, True)  # packed ref
+    (git_dir / "refs" / "heads" / "main").write_text("cd" * 20 + "\n")
+    assert store.git_state() == ("cd" * 20, True)  # loose ref wins
+    (git_dir / "HEAD").unlink()
+    assert store.git_state() == ("unknown", True)
