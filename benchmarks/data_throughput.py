@@ -240,7 +240,7 @@ def main() -> None:
         torch=torch.__version__,
         timm=timm.__version__,
         lvit=lvit.__version__,
-        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     print(
         f"{env['device']} / CPU {env['cpu']} ({env['cpu_threads']} threads, load {env['load_average']:.1f}); "

@@ -105,10 +105,10 @@ def main() -> None:
               f"{dpt_ms / backbone_ms:.2f} |", flush=True)
         del dpt, backbone
     if args.out:
+        date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         result = dict(benchmark="dpt_latency", device=name, torch=torch.__version__, timm=timm.__version__,
-                      lvit=lvit.__version__, date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                      precision=precision, cpu_threads=torch.get_num_threads(), settings=vars(args),
-                      rows=rows)
+                      lvit=lvit.__version__, date=date, precision=precision,
+                      cpu_threads=torch.get_num_threads(), settings=vars(args), rows=rows)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
 

@@ -228,7 +228,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         timm=timm.__version__,
         transformers=transformers.__version__,
         lvit=lvit.__version__,
-        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         precision="bf16 autocast" if cuda else "fp32",
         cpu_threads=torch.get_num_threads(),
     )
@@ -257,7 +257,7 @@ def markdown(results: dict[str, dict[str, Any]], env: dict[str, Any], args: argp
             f"| {fmt(r, 'lvit_b1_ms', '.1f')} | {fmt(r, 'lvit_compiled_b1_ms', '.1f')} |"
         )
     errors = [
-        f"- {name} {key}: {value}"
+        f"- {name} {key}: {value.splitlines()[0]}"
         for name, r in results.items()
         for key, value in r.items()
         if key.endswith("_error")

@@ -185,7 +185,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         torch=torch.__version__,
         timm=timm.__version__,
         lvit=lvit.__version__,
-        date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         precision="bf16 autocast" if cuda else "fp32",
         cpu_threads=torch.get_num_threads(),
     )
@@ -205,7 +205,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
     for r in rows:
         kwargs = r["kwargs"] or ""
         if "error" in r:
-            lines.append(f"| {r['mode']} | {r['model']} | {kwargs} | {r['error'][:80]} | | | |")
+            error = r["error"].splitlines()[0][:80]
+            lines.append(f"| {r['mode']} | {r['model']} | {kwargs} | {error} | | | |")
         else:
             lines.append(
                 f"| {r['mode']} | {r['model']} | {kwargs} | {r['images_s']:.1f} "
