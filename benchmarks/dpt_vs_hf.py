@@ -4,8 +4,11 @@ For each of ``dpt_hybrid`` and ``dpt_large`` at 384x384 it measures
 
 * throughput (images/s) at batch 32, eager, bf16 autocast on GPU (fp32 on CPU), lvit vs HF, and their ratio;
 * batch-1 latency (median ms), eager, HF vs lvit;
+* on GPU, for ``--graph-models`` (default both): lvit's batch-1 latency replaying one CUDA graph of its eager
+  bf16 forward (captured by hand in about a second; checked against the eager output first): batch-1 DPT is
+  launch-bound on an H100, and a graph removes the launches without a compile;
 * last, for ``--compile-models`` (default ``dpt_hybrid``): lvit's batch-1 latency under
-  ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: batch-1 DPT is launch-bound on an H100).
+  ``torch.compile(mode="reduce-overhead")`` (CUDA graphs plus fused kernels; the compile takes a minute).
 
 HF and lvit are timed in alternating rounds (HF, lvit, HF, ...); each figure is the median over rounds.
 Same weights where lvit can load HF's layout (ViT backbones: ``dpt_large``), checked by the max abs
@@ -205,6 +208,34 @@ class Bench:
             lvit_b1_ms=1e3 * b1["lvit"],
         )
 
+    def graphed(self, name: str) -> dict[str, Any]:
+        args, device = self.args, torch.device(self.args.device)
+        with device:
+            ours = lvit.create_model(name, task="depth", readout="project").eval()
+        static = torch.randn(1, 3, args.size, args.size, device=device)
+        # autocast's weight-cast cache must be off: the graph would keep reading casts freed on context exit
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            side = torch.cuda.Stream()  # capture needs warm-up calls on a side stream (allocator pools)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    ours(static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = ours(static)
+
+            def replay(x: torch.Tensor) -> torch.Tensor:
+                static.copy_(x)
+                graph.replay()
+                return static_out
+
+            x = torch.randn_like(static)
+            eager_out = ours(x).float()
+            diff = (replay(x).float() - eager_out).abs().max().item() / eager_out.abs().max().item()
+        b1 = interleaved(dict(lvit=replay), x, args.warmup, args.b1_rounds)
+        return dict(lvit_graph_b1_ms=1e3 * b1["lvit"], graph_vs_eager_rel_diff=diff)
+
     def compiled(self, name: str) -> dict[str, Any]:
         args, device = self.args, torch.device(self.args.device)
         with device:
@@ -247,14 +278,15 @@ def markdown(results: dict[str, dict[str, Any]], env: dict[str, Any], args: argp
         f"{args.b1_rounds} at b1)",
         "",
         f"| model | same weights: max abs diff (fp32) | HF img/s (b{args.batch_size}) | lvit img/s | ratio "
-        "| HF b1 ms | lvit b1 ms | lvit compiled b1 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| HF b1 ms | lvit b1 ms | lvit CUDA-graph b1 ms | lvit compiled b1 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {fmt(r, 'max_abs_diff_fp32', '.2e')} | {fmt(r, 'hf_images_s', '.1f')} "
             f"| {fmt(r, 'lvit_images_s', '.1f')} | {fmt(r, 'ratio', '.2f')} | {fmt(r, 'hf_b1_ms', '.1f')} "
-            f"| {fmt(r, 'lvit_b1_ms', '.1f')} | {fmt(r, 'lvit_compiled_b1_ms', '.1f')} |"
+            f"| {fmt(r, 'lvit_b1_ms', '.1f')} | {fmt(r, 'lvit_graph_b1_ms', '.2f')} "
+            f"| {fmt(r, 'lvit_compiled_b1_ms', '.2f')} |"
         )
     errors = [
         f"- {name} {key}: {value.splitlines()[0]}"
@@ -280,6 +312,13 @@ def parse_args() -> argparse.Namespace:
         default=["dpt_hybrid"],
         help="b1 reduce-overhead latency of these (none: empty)",
     )
+    parser.add_argument(
+        "--graph-models",
+        nargs="*",
+        choices=("dpt_hybrid", "dpt_large"),
+        default=["dpt_hybrid", "dpt_large"],
+        help="b1 latency replaying a hand-captured CUDA graph (GPU only; none: empty)",
+    )
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
@@ -301,6 +340,9 @@ def main() -> None:
         gc.collect()  # free this pair's weights before building the next
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+    if args.device.startswith("cuda"):
+        for name in args.graph_models:
+            bench.step(name, "graph", lambda name=name: bench.graphed(name))
     # compiles last: the slowest and least certain step must not cost the eager numbers
     for name in args.compile_models:
         bench.step(name, "compiled", lambda name=name: bench.compiled(name))

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One GPU session, unattended: sanity check, benchmarks, the proxy suite until a deadline, the report.
+# Everything it produces lands in $OUT (results_proxy.tgz, REPORT.md, bench.tgz, logs.tgz), so a lease that
+# ends early still returns what was finished. Rerunning it resumes: stored (row, seed) results are reused.
+#
+#   OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh                       # repository root, GPU machine
+#   TOTAL_S=3600 BENCH=0 OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # an hour of suite, no benchmarks
+#
+# The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
+# at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
+# is left of TOTAL_S, keeping REPORT_S for the report and the archive, so the script ends inside TOTAL_S.
+set -uo pipefail
+OUT=${OUT:?set OUT to the output folder}
+TOTAL_S=${TOTAL_S:-570}   # the whole script, archive included
+REPORT_S=${REPORT_S:-55}  # kept back for the report notebook and the archive
+JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU idle between launches
+BENCH=${BENCH:-1}         # 0: no benchmarks
+SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
+DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH=${PYTHONPATH:-}:$PWD
+LOGS=$OUT/logs BENCH_DIR=$OUT/bench
+mkdir -p "$LOGS" "$BENCH_DIR"
+stamp() { echo "[$SECONDS s] $*"; }
+# seconds a step may take: its own cap, or what is left before the report's reserve, whichever is less
+budget() {
+    local left=$((TOTAL_S - REPORT_S - SECONDS))
+    if [ "$left" -lt 1 ]; then left=1; fi
+    if [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+
+archive() {
+    tar czf "$OUT/results_proxy.tgz" --exclude=checkpoints --exclude='*.pt' --exclude='*.lock' results/proxy \
+        2>/dev/null
+    cp results/REPORT.md "$OUT/" 2>/dev/null
+    tar czf "$OUT/bench.tgz" -C "$OUT" bench && tar czf "$OUT/logs.tgz" -C "$OUT" logs
+    rm -rf "$BENCH_DIR" "$LOGS"
+}
+trap archive EXIT
+
+stamp "environment"
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+    echo "git: $(git rev-parse HEAD 2>&1) dirty: $(git status --porcelain 2>&1 | grep -v '^?? results/' | head -5)"
+    python3 -c 'import sys, torch, timm, einops, pandas, numpy, transformers, papermill
+print(sys.version.split()[0], "torch", torch.__version__, "timm", timm.__version__, "numpy", numpy.__version__,
+      "transformers", transformers.__version__, "papermill", papermill.__version__,
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'
+} 2>&1 | tee "$LOGS/env.txt"
+
+if [ "$SANITY" = 1 ]; then
+    stamp "sanity: every model family and task at smoke size on $DEVICE"
+    if ! DEVICE=$DEVICE timeout "$(budget 120)" python3 - >"$LOGS/sanity.log" 2>&1 <<'PYTHON'
+import os
+
+from lvit.engine.run import run_experiment
+
+for name, rows in [("localvit_main", None), ("dpt_segmentation", ["DPT-Hybrid"]),
+                   ("dpt_inference_resolution", None)]:
+    df = run_experiment(name, "smoke", 1, os.environ["DEVICE"], results_dir="/tmp/lvit-sanity", rows=rows)
+    assert len(df) and df["value"].notna().all(), name
+    print(name, "ok", df.groupby("metric")["value"].mean().round(3).to_dict(), flush=True)
+PYTHON
+    then
+        stamp "sanity FAILED"
+        tail -40 "$LOGS/sanity.log"
+        exit 3
+    fi
+    grep " ok " "$LOGS/sanity.log"
+fi
+
+if [ "$BENCH" = 1 ]; then
+    stamp "benchmarks"
+    timeout -k 5 "$(budget 65)" python3 benchmarks/train_throughput.py --max-seconds 45 \
+        --out "$BENCH_DIR/train_throughput.json" >"$BENCH_DIR/train_throughput.log" 2>&1
+    stamp "train_throughput exit $?"
+    timeout -k 5 "$(budget 55)" python3 benchmarks/dpt_vs_hf.py --max-seconds 35 --compile-models \
+        --out "$BENCH_DIR/dpt_vs_hf.json" >"$BENCH_DIR/dpt_vs_hf.log" 2>&1
+    stamp "dpt_vs_hf exit $?"
+    timeout -k 5 "$(budget 25)" python3 benchmarks/data_throughput.py --max-seconds 10 --threads 16 \
+        --out "$BENCH_DIR/data_throughput.json" >"$BENCH_DIR/data_throughput.log" 2>&1
+    stamp "data_throughput exit $?"
+    tail -q -n 40 "$BENCH_DIR"/*.log | grep -E "^\|" | cut -c1-170
+fi
+
+SUITE_S=$(budget 100000)
+stamp "proxy suite: lvit reproduce --profile proxy --jobs $JOBS (deadline ${SUITE_S}s)"
+timeout -k 10 "$SUITE_S" python3 -m lvit reproduce --profile proxy --jobs "$JOBS" --device "$DEVICE" \
+    >"$LOGS/suite.log" 2>&1
+suite=$?
+stamp "suite exit $suite (124: deadline)"
+grep -E "^ *(ok|FAILED) " "$LOGS/suite.log"
+if [ "$suite" != 0 ]; then  # cut short or failed: the report notebook has not run yet
+    pkill -f ipykernel_launcher; sleep 2  # kernels of notebooks the deadline cut short
+    stamp "report"
+    timeout $((REPORT_S - 10)) python3 -m lvit reproduce --profile proxy --only report >"$LOGS/report.log" 2>&1
+    stamp "report exit $?"
+fi
