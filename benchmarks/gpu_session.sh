@@ -9,6 +9,8 @@
 # The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
 # at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
 # is left of TOTAL_S, keeping REPORT_S for the report and the archive, so the script ends inside TOTAL_S.
+# A copy without .git needs the tree manifest for its results' provenance: write it in the checkout with
+# `python -c "from lvit.results import write_tree_manifest; write_tree_manifest()"` and copy it along.
 set -uo pipefail
 OUT=${OUT:?set OUT to the output folder}
 TOTAL_S=${TOTAL_S:-570}   # the whole script, archive included
@@ -41,7 +43,7 @@ trap archive EXIT
 stamp "environment"
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
-    echo "git: $(git rev-parse HEAD 2>&1) dirty: $(git status --porcelain 2>&1 | grep -v '^?? results/' | head -5)"
+    python3 -c 'from lvit.results import git_state; print("code (sha, dirty):", git_state())'
     python3 -c 'import sys, torch, timm, einops, pandas, numpy, transformers, papermill
 print(sys.version.split()[0], "torch", torch.__version__, "timm", timm.__version__, "numpy", numpy.__version__,
       "transformers", transformers.__version__, "papermill", papermill.__version__,

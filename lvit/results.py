@@ -74,31 +74,53 @@ def _git(*args: str) -> str | None:
 def git_state() -> tuple[str, bool]:
     """(HEAD sha, dirty) of the checkout lvit runs from; ("unknown", True) outside a git checkout.
 
-    Dirty means tracked or untracked changes outside ``results/`` and ``data/``. Without git the code
-    state cannot be vouched for, so it reads as dirty (the sha is then read from ``.git`` directly, for
-    machines that carry a checkout but no git program).
+    Dirty means tracked or untracked changes outside ``results/`` and ``data/``. Where the code was copied
+    without ``.git`` (a lent GPU machine gets the working tree only), a tree manifest written beside it by
+    :func:`write_tree_manifest` names the commit, and every tracked file's content is checked against it;
+    without either, the code state cannot be vouched for, so it reads as dirty.
     """
     sha = _git("rev-parse", "HEAD")
     if not sha:
-        return _head_without_git(), True
+        return _state_from_manifest()
     excludes = [f":(exclude){path}" for path in _DIRTY_EXCLUDES]
     status = _git("status", "--porcelain", "--", ".", *excludes)
     return sha, status is None or status != ""
 
 
-def _head_without_git() -> str:
-    git_dir = _REPO_ROOT / ".git"
+TREE_MANIFEST = ".lvit-tree.json"  # keep it ignored (.git/info/exclude) so that it never dirties the tree
+
+
+def write_tree_manifest(root: Path = _REPO_ROOT) -> Path:
+    """Record HEAD and the blob hash of every tracked file, for :func:`git_state` on a copy without git.
+
+    Refuses a dirty tree: the manifest vouches for a commit, not for uncommitted edits.
+    """
+    sha, dirty = git_state()
+    if dirty or sha == "unknown":
+        raise RuntimeError("commit first: a tree manifest is only written for a clean checkout")
+    listing = _git("ls-files", "-s") or ""
+    files = {line.split("\t", 1)[1]: line.split()[1] for line in listing.splitlines()}
+    path = root / TREE_MANIFEST
+    path.write_text(json.dumps({"sha": sha, "files": files}, indent=0))
+    return path
+
+
+def _blob_sha(path: Path) -> str | None:
+    """The hash git gives a file's content (``git hash-object``), or None when it cannot be read."""
     try:
-        head = (git_dir / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head
-        ref = head.removeprefix("ref: ")
-        if (git_dir / ref).exists():
-            return (git_dir / ref).read_text().strip()
-        packed = (git_dir / "packed-refs").read_text().splitlines()
-        return next(line.split()[0] for line in packed if line.endswith(f" {ref}"))
-    except (OSError, StopIteration):
-        return "unknown"
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _state_from_manifest() -> tuple[str, bool]:
+    try:
+        manifest = json.loads((_REPO_ROOT / TREE_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return "unknown", True
+    changed = [f for f, blob in manifest["files"].items() if _blob_sha(_REPO_ROOT / f) != blob]
+    return manifest["sha"], bool(changed)
 
 
 def device_name(device: str) -> str:

@@ -1,5 +1,7 @@
 """Result store: atomic writes, append/replace semantics, round trips, provenance and histories."""
 
+import hashlib
+import json
 import math
 from datetime import datetime, timedelta, timezone
 
@@ -228,17 +230,33 @@ def test_epoch_may_be_empty_for_pretrained_evaluation(tmp_path, prov):
     assert df["epoch"].isna().all() and df["checkpoint_sha256"].iloc[0] == "ab" * 32
 
 
-def test_git_state_without_git_program_reads_head_and_counts_as_dirty(tmp_path, monkeypatch):
+def test_git_state_without_git_checks_the_tree_manifest(tmp_path, monkeypatch):
     from lvit import results as store
 
-    git_dir = tmp_path / ".git"
-    (git_dir / "refs" / "heads").mkdir(parents=True)
-    (git_dir / "HEAD").write_text("ref: refs/heads/main\n")
-    (git_dir / "packed-refs").write_text("# pack-refs\n" + "ab" * 20 + " refs/heads/main\n")
+    (tmp_path / "lvit").mkdir()
+    (tmp_path / "lvit" / "a.py").write_text("x = 1\n")
+    blob = hashlib.sha1(b"blob 6\0x = 1\n").hexdigest()  # git's object hash: header, NUL, content
+    assert store._blob_sha(tmp_path / "lvit" / "a.py") == blob
+    (tmp_path / store.TREE_MANIFEST).write_text(json.dumps({"sha": "ab" * 20, "files": {"lvit/a.py": blob}}))
     monkeypatch.setattr(store, "_git", lambda *args: None)
     monkeypatch.setattr(store, "_REPO_ROOT", tmp_path)
-    assert store.git_state() == ("ab" * 20, True)  # packed ref
-    (git_dir / "refs" / "heads" / "main").write_text("cd" * 20 + "\n")
-    assert store.git_state() == ("cd" * 20, True)  # loose ref wins
-    (git_dir / "HEAD").unlink()
-    assert store.git_state() == ("unknown", True)
+    assert store.git_state() == ("ab" * 20, False)  # every tracked file as committed
+    (tmp_path / "lvit" / "a.py").write_text("x = 2\n")
+    assert store.git_state() == ("ab" * 20, True)  # an edited file
+    (tmp_path / "lvit" / "a.py").unlink()
+    assert store.git_state() == ("ab" * 20, True)  # a deleted file
+    (tmp_path / store.TREE_MANIFEST).unlink()
+    assert store.git_state() == ("unknown", True)  # nothing to vouch for the code
+
+
+def test_tree_manifest_matches_git_for_this_checkout(tmp_path, monkeypatch):
+    from lvit import results as store
+
+    sha, dirty = store.git_state()
+    if dirty:
+        pytest.skip("needs a clean checkout")
+    path = store.write_tree_manifest(tmp_path)
+    monkeypatch.setattr(store, "_git", lambda *args: None)
+    manifest = json.loads(path.read_text())
+    assert manifest["sha"] == sha
+    assert all(store._blob_sha(store._REPO_ROOT / f) == b for f, b in manifest["files"].items())
