@@ -232,9 +232,11 @@ class Bench:
 
             x = torch.randn_like(static)
             eager_out = ours(x).float()
-            diff = (replay(x).float() - eager_out).abs().max().item() / eager_out.abs().max().item()
+            # a fresh depth head may output all zeros (final ReLU): then the check is the absolute difference
+            diff = (replay(x).float() - eager_out).abs().max().item()
+            scale = eager_out.abs().max().item()
         b1 = interleaved(dict(lvit=replay), x, args.warmup, args.b1_rounds)
-        return dict(lvit_graph_b1_ms=1e3 * b1["lvit"], graph_vs_eager_rel_diff=diff)
+        return dict(lvit_graph_b1_ms=1e3 * b1["lvit"], graph_vs_eager_max_abs_diff=diff, eager_out_max=scale)
 
     def compiled(self, name: str) -> dict[str, Any]:
         args, device = self.args, torch.device(self.args.device)

@@ -75,13 +75,17 @@ def git_state() -> tuple[str, bool]:
     """(HEAD sha, dirty) of the checkout lvit runs from; ("unknown", True) outside a git checkout.
 
     Dirty means tracked or untracked changes outside ``results/`` and ``data/``. Where the code was copied
-    without ``.git`` (a lent GPU machine gets the working tree only), a tree manifest written beside it by
-    :func:`write_tree_manifest` names the commit, and every tracked file's content is checked against it;
-    without either, the code state cannot be vouched for, so it reads as dirty.
+    without its ``.git`` (a lent GPU machine gets the working tree, on top of whatever older commit its own
+    ``.git`` holds), a tree manifest written beside it by :func:`write_tree_manifest` names the commit: when
+    every tracked file's content matches it, that commit is the answer. Otherwise git is asked; without
+    either, the code state cannot be vouched for, so it reads as dirty.
     """
+    manifest_sha, manifest_dirty = _state_from_manifest()
+    if not manifest_dirty:  # the copy's content is exactly that commit's, whatever .git it may carry
+        return manifest_sha, False
     sha = _git("rev-parse", "HEAD")
     if not sha:
-        return _state_from_manifest()
+        return manifest_sha, True
     excludes = [f":(exclude){path}" for path in _DIRTY_EXCLUDES]
     status = _git("status", "--porcelain", "--", ".", *excludes)
     return sha, status is None or status != ""

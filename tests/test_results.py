@@ -245,6 +245,11 @@ def test_git_state_without_git_checks_the_tree_manifest(tmp_path, monkeypatch):
     assert store.git_state() == ("ab" * 20, True)  # an edited file
     (tmp_path / "lvit" / "a.py").unlink()
     assert store.git_state() == ("ab" * 20, True)  # a deleted file
+    monkeypatch.setattr(store, "_git", lambda *args: "" if args[0] == "status" else "cd" * 20)
+    assert store.git_state() == ("cd" * 20, False)  # a manifest that does not match: git decides
+    (tmp_path / "lvit" / "a.py").write_text("x = 1\n")
+    assert store.git_state() == ("ab" * 20, False)  # a matching manifest wins over a stale .git
+    monkeypatch.setattr(store, "_git", lambda *args: None)
     (tmp_path / store.TREE_MANIFEST).unlink()
     assert store.git_state() == ("unknown", True)  # nothing to vouch for the code
 

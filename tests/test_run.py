@@ -37,7 +37,7 @@ def test_a_row_declared_by_two_tables_trains_once_and_reads_the_same_numbers(tmp
     first = run_experiment("localvit_curves", "smoke", rows=["DeiT-T"], **kwargs)
     trainings = []
     fake_history = [{"epoch": 1, "train_loss": 9.0, "val_top1": 42.0, "val_loss": 9.0}]
-    monkeypatch.setattr(runner, "_train", lambda *a, **k: trainings.append(a) or fake_history)
+    monkeypatch.setattr(runner, "train", lambda *a, **k: trainings.append(a) or fake_history)
     second = run_experiment("localvit_activation", "smoke", rows=["DeiT-T"], **kwargs)
     assert trainings == []  # activation's DeiT-T is curves' DeiT-T: same model, kwargs, recipe and seed
     top1 = [df.set_index("metric").loc["top1", ["value", "shared_run", "wall_s"]] for df in (first, second)]

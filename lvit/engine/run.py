@@ -174,7 +174,7 @@ def _pretrain_backbone(
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     torch.manual_seed(0)
     model = lvit.create_model(arch, **kwargs)
-    history = _train(
+    history = train(
         model, "classification", recipe, 0, device, data_root, path.with_suffix(".ckpt"), f"pretrain {arch}"
     )
     save_checkpoint(path, model.state_dict())
@@ -191,7 +191,7 @@ def _pretrain_backbone(
 # ------------------------------------------------------------------------------------- training
 
 
-def _train(
+def train(
     model: nn.Module,
     task: str,
     recipe: Mapping[str, Any],
@@ -201,10 +201,14 @@ def _train(
     checkpoint_dir: Path,
     desc: str,
 ) -> list[dict[str, Any]]:
+    """Train ``model`` with a (validated) recipe of ``task``; returns the per-epoch history.
+
+    Resumes from ``checkpoint_dir`` when it holds a checkpoint of an interrupted run.
+    """
     from lvit.engine.loop import fit
 
-    train = _dataset(recipe, "train", data_root, device)
-    val = _dataset(recipe, "val", data_root, device)
+    train_set = _dataset(recipe, "train", data_root, device)
+    val_set = _dataset(recipe, "val", data_root, device)
     config = LoopConfig(
         epochs=recipe["epochs"],
         batch_size=recipe["batch_size"],
@@ -221,7 +225,7 @@ def _train(
         device=str(device),
         progress_desc=desc,
     )
-    return fit(model, build_task(task, recipe), train, val, config)
+    return fit(model, build_task(task, recipe), train_set, val_set, config)
 
 
 _COMPLEXITY_CACHE: dict[str, dict[str, float]] = {}
@@ -371,7 +375,7 @@ def _run_row(
                 model, history, wall_s = _shared_run(build, train_key, ckpt, f"{row.label} s{seed}", reuse)
             else:
                 model = _build_model(*build)
-                history = _train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
+                history = train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
             trained[train_key] = (model, history, ckpt)
         model, history, ckpt = trained[train_key]
         if int(os.environ.get("RANK", "0")) != 0:
@@ -416,7 +420,7 @@ def _shared_run(
             return None, record["history"], record["wall_s"]
         t0 = time.perf_counter()
         model = _build_model(*build)
-        history = _train(model, task, recipe, seed, device, data_root, ckpt, desc)
+        history = train(model, task, recipe, seed, device, data_root, ckpt, desc)
         wall_s = time.perf_counter() - t0
         record = {"model": name, "kwargs": kwargs, "seed": seed, "wall_s": wall_s, "history": history,
                   "provenance": store.provenance(profile, seed, str(device), dict(recipe),

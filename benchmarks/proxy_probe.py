@@ -1,0 +1,107 @@
+"""Which classification proxy recipe lets DeiT-T and LocalViT-T leave chance? Variants trained side by side.
+
+The first GPU run of the proxy suite (2026-11-26, H200) left every row but two within noise of chance (1/64)
+after 8 epochs of 10k LocalShapes images under the full DeiT recipe (Mixup 0.8, CutMix 1.0, random erasing,
+drop path). This script trains each (model, variant) pair in its own process, all at once (as ``lvit reproduce
+--jobs`` does), with the proxy recipe changed only by the variant's keys, and writes each history to
+``--out``. It informs the proxy's calibration; it writes nothing to ``results/``.
+
+    python benchmarks/proxy_probe.py --out /tmp/probe                # GPU: all variants, ~3 min on an H200
+    python benchmarks/proxy_probe.py --device cpu --variants no_aug --models deit_tiny_patch16_224 \\
+        --override train_samples=256 val_samples=64 epochs=1 --out /tmp/probe   # CPU plumbing check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+_NO_AUG = dict(mixup=0.0, cutmix=0.0, random_erasing=0.0, drop_path=0.0)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "no_mix": dict(mixup=0.0, cutmix=0.0),  # batch mixing off; erasing, smoothing, drop path kept
+    "no_aug": _NO_AUG,  # label smoothing only
+    "no_aug_lr2e-3": dict(_NO_AUG, lr=2e-3),
+    "no_aug_lr5e-4": dict(_NO_AUG, lr=5e-4),
+    "no_aug_16ep": dict(_NO_AUG, epochs=16),
+}
+MODELS = ("deit_tiny_patch16_224", "localvit_tiny")
+
+
+def run_one(model_name: str, variant: str, device: str, overrides: dict[str, Any], out: Path) -> None:
+    """Train one pair in this process and write ``<out>/<model>__<variant>.json``."""
+    import torch
+
+    import lvit
+    from lvit.engine.run import train
+    from lvit.experiments.recipes import CLASSIFICATION_PROFILES, model_overrides, validate_recipe
+
+    recipe = {**CLASSIFICATION_PROFILES["proxy"], **VARIANTS[variant], **overrides}
+    validate_recipe(recipe, f"probe {variant}")
+    torch.manual_seed(0)
+    model = lvit.create_model(model_name, **model_overrides(model_name, "classification", recipe))
+    start = time.perf_counter()
+    ckpt = Path("/tmp/lvit-probe-ckpt") / f"{model_name}__{variant}"
+    history = train(model, "classification", recipe, 0, torch.device(device), "data", ckpt, variant)
+    record = dict(model=model_name, variant=variant, recipe=recipe, wall_s=time.perf_counter() - start,
+                  device=torch.cuda.get_device_name() if device == "cuda" else device, history=history)
+    (out / f"{model_name}__{variant}.json").write_text(json.dumps(record, indent=1, default=str))
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    name, _, value = text.partition("=")
+    return name, json.loads(value)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--override", nargs="*", type=_parse_override, default=[], metavar="KEY=JSON",
+                        help="recipe keys changed for every variant (e.g. a CPU check's sizes)")
+    parser.add_argument("--max-seconds", type=float, default=200.0, help="pairs still training are stopped")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    overrides = dict(args.override)
+    if args.one:
+        run_one(*args.one, args.device, overrides, args.out)
+        return 0
+    base = [sys.executable, __file__, "--device", args.device, "--out", str(args.out), "--override",
+            *(f"{k}={json.dumps(v)}" for k, v in overrides.items())]  # fmt: skip
+    procs = {(m, v): subprocess.Popen([*base, "--one", m, v]) for m in args.models for v in args.variants}
+    deadline = time.monotonic() + args.max_seconds
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    print(summary(args.out))
+    return 0
+
+
+def summary(out: Path) -> str:
+    """One line per finished pair: val top-1 per epoch, final train loss, wall time."""
+    lines = [
+        "| model | variant | val top-1 per epoch (%) | final train loss | wall s |",
+        "|---|---|---|---:|---:|",
+    ]
+    for path in sorted(out.glob("*.json")):
+        record = json.loads(path.read_text())
+        history = record["history"]
+        top1 = " ".join(f"{e['val_top1']:.1f}" for e in history)
+        lines.append(f"| {record['model']} | {record['variant']} | {top1} | {history[-1]['train_loss']:.3f} "
+                     f"| {record['wall_s']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
