@@ -545,6 +545,11 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
     if figures_dir is not None:
         for png in sorted(Path(figures_dir).glob(f"{experiment.name}*.png")):
             parts += [f"![{png.stem}]({png.relative_to(report_dir).as_posix()})", ""]
+    stale = stale_runs(experiment, rows, profile)
+    if stale:
+        parts += [f"**Out of date:** {stale} of {rows[['row', 'seed']].drop_duplicates().shape[0]} runs were "
+                  "made under another declaration (recipe, row or lvit version) than the current one; "
+                  f"`lvit reproduce --profile {profile}` retrains them.", ""]
     provenance = provenance_summary(rows)
     if provenance:
         parts.append("Provenance: " + "; ".join(f"{k}: {v}" for k, v in provenance.items()))
@@ -552,6 +557,17 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
         parts.append("Provenance: no runs at this profile.")
     parts.append("")
     return "\n".join(parts)
+
+
+def stale_runs(experiment: Experiment, rows: pd.DataFrame, profile: str) -> int:
+    """How many stored (row, seed) runs carry a config hash other than the one declared now."""
+    from lvit.engine.run import declared_config_hash
+
+    if rows.empty or experiment.task == "complexity" or profile not in experiment.profiles:
+        return 0  # only what run_experiment trains is keyed by a declaration (not `lvit evaluate` rows)
+    runs = rows.drop_duplicates(subset=["row", "seed"])
+    declared = [declared_config_hash(experiment.name, r.row, profile, int(r.seed)) for r in runs.itertuples()]
+    return int(sum(stored != now for stored, now in zip(runs["config_hash"], declared, strict=True)))
 
 
 def _load(results_dir: Path, profile: str) -> pd.DataFrame:
@@ -584,6 +600,7 @@ def _profile_summary(experiments: Sequence[Experiment], results_df: pd.DataFrame
             "seeds": int(max(t["n_seeds"].max() for t in tables.values())),
             "rank agreement": f"{agreement.describe()}, {primary.label or primary.name}",
             "claims on ours": _claim_counts(claims["ours"]) if len(claims) else "–",
+            "out of date": stale_runs(experiment, _experiment_results(experiment, results_df), profile),
         })
     return pd.DataFrame(lines).to_markdown(index=False)
 

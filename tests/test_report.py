@@ -174,3 +174,29 @@ def test_write_report_from_the_result_store(tmp_path):
     assert "τ = +1.00 over 3 rows" in top1
     assert (tmp_path / "smoke" / "tables" / "localvit_placement.tex").is_file()
     assert "pretrained_" not in report  # experiments without the profile and without results are left out
+
+
+def test_runs_made_under_an_older_recipe_are_reported_out_of_date(tmp_path, monkeypatch):
+    from lvit.engine.run import run_experiment
+    from lvit.experiments import get_experiment, recipes
+    from lvit.report import experiment_section, stale_runs
+
+    experiment = get_experiment("localvit_placement")
+    stored = run_experiment(experiment.name, "smoke", seeds=[0, 1], results_dir=tmp_path,
+                            data_root=tmp_path, rows=["High 9~12"])
+    assert stale_runs(experiment, stored, "smoke") == 0  # the runner and the check key runs alike
+    monkeypatch.setitem(recipes.CLASSIFICATION_PROFILES, "smoke",
+                        {**recipes.CLASSIFICATION_PROFILES["smoke"], "lr": 5e-4})
+    assert stale_runs(experiment, stored, "smoke") == 2  # both seeds predate the changed recipe
+    section = experiment_section(experiment, stored, "smoke", None, tmp_path)
+    assert "**Out of date:** 2 of 2 runs" in section
+
+
+def test_a_dense_run_is_out_of_date_when_its_backbone_pretraining_recipe_changes(monkeypatch):
+    from lvit.engine.run import declared_config_hash
+    from lvit.experiments import recipes
+
+    before = declared_config_hash("dpt_read_ablation", "Ignore", "smoke", 0)
+    monkeypatch.setitem(recipes.CLASSIFICATION_PROFILES, "smoke",
+                        {**recipes.CLASSIFICATION_PROFILES["smoke"], "epochs": 2})
+    assert declared_config_hash("dpt_read_ablation", "Ignore", "smoke", 0) != before

@@ -520,16 +520,7 @@ def _run_all(
     trained: dict[str, tuple[nn.Module | None, list[dict[str, Any]], Path]] = {}
     for seed in seed_list:  # seeds outer: consecutive rows can share one trained model
         for row in selected:
-            config = {
-                "experiment": name,
-                "row": row.label,
-                "model": row.model,
-                "model_kwargs": dict(row.model_kwargs),
-                "recipe": recipe,
-                "profile": profile,
-                "seed": seed,
-                "lvit": lvit.__version__,
-            }
+            config = run_config(name, row, recipe, profile, seed)
             if reuse and len(
                 store.reusable_results(stored, name, row.label, profile, seed, store.config_hash(config))
             ):
@@ -539,6 +530,35 @@ def _run_all(
             )
             if records:
                 store.append_results(results_dir, profile, name, records)
+
+
+def run_config(name: str, row: Row, recipe: Mapping[str, Any], profile: str, seed: int) -> dict[str, Any]:
+    """What a stored (row, seed) result is keyed by: its ``config_hash`` is the hash of this dict.
+
+    A dense row that starts from a proxy-pretrained backbone depends on that pretraining's recipe too.
+    """
+    config = {
+        "experiment": name,
+        "row": row.label,
+        "model": row.model,
+        "model_kwargs": dict(row.model_kwargs),
+        "recipe": recipe,
+        "profile": profile,
+        "seed": seed,
+        "lvit": lvit.__version__,
+    }
+    if recipe.get("pretrain") == "classification":
+        config["pretrain_recipe"] = CLASSIFICATION_PROFILES[profile]
+    return config
+
+
+def declared_config_hash(name: str, row_label: str, profile: str, seed: int) -> str | None:
+    """The config hash a run of this (row, seed) would store now; None if the row or profile is gone."""
+    try:
+        experiment, recipe, (row,) = resolve(name, profile, [row_label])
+    except (KeyError, ValueError):
+        return None
+    return store.config_hash(run_config(experiment.name, row, recipe, profile, seed))
 
 
 def _stored(
