@@ -6,8 +6,8 @@ modified ptflops. :func:`count_macs` reproduces it with forward hooks on module 
 - Conv1d/2d: ``out.numel() * k_h * k_w * in_channels / groups``, plus one add per output element if biased.
 - Linear: ``in.numel() * out_features``, plus the bias **once per feature** (``out_features``), not per token.
 - BatchNorm: ``2 * in.numel()`` (affine) or ``in.numel()``.
-- ReLU/ReLU6/LeakyReLU/ELU/PReLU: ``out.numel()``; this includes the ReLU6 inside h-swish/h-sigmoid, whose
-  other arithmetic is not counted.
+- ReLU/ReLU6/LeakyReLU/ELU/PReLU: ``out.numel()``; h-swish and h-sigmoid count ``out.numel()`` too: the
+  repo counter saw the ReLU6 inside them and none of their other arithmetic.
 - Pooling (max/avg, adaptive or not): ``in.numel()``.
 - Attention (timm ViT, timm TNT, PVT v1): ``2 * N^2 * d`` for ``q @ k^T`` and ``attn @ v`` with N the
   query tokens and d the attention width; its projections (qkv / q+kv / qk+v, proj, PVT's reduction conv)
@@ -35,13 +35,14 @@ import torch.nn as nn
 from timm.models.tnt import Attention as TNTAttention
 from timm.models.vision_transformer import Attention as ViTAttention
 
+from lvit.models.locality import HSigmoid, HSwish
 from lvit.models.pvt import Attention as PVTAttention
 
 __all__ = ["count_macs", "count_params", "complexity_rows", "register_cli"]
 
 Hook = Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], int]
 ATTENTION_TYPES: tuple[type[nn.Module], ...] = (ViTAttention, TNTAttention, PVTAttention)
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.PReLU)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.PReLU, HSwish, HSigmoid)
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
           nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 

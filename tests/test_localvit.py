@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 import lvit
@@ -185,3 +186,21 @@ def test_unknown_activation_or_attention_names_the_valid_ones(kwarg: dict, valid
 def test_unknown_model_name_names_lvit_models() -> None:
     with pytest.raises(ValueError, match="localvit_tiny"):
         lvit.create_model("localvit_tinyy")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_hard_activations_equal_the_written_out_formulas_and_gradients(dtype):
+    from lvit.models.locality import HSigmoid
+
+    x = (torch.randn(4096, dtype=torch.float64) * 4).to(dtype).requires_grad_()
+    exact = x.detach().double().requires_grad_()  # the formulas in float64 on the same inputs
+    written_out = ((HSwish(), lambda t: t * F.relu6(t + 3) / 6), (HSigmoid(), lambda t: F.relu6(t + 3) / 6))
+    for module, formula in written_out:
+        out = module(x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        ref = formula(exact)
+        (ref_grad,) = torch.autograd.grad(ref.sum(), exact)
+        assert out.dtype == dtype
+        # tolerances of the module's dtype (bf16: 8 mantissa bits); random inputs never land on x = ±3
+        torch.testing.assert_close(out, ref.to(dtype))
+        torch.testing.assert_close(grad, ref_grad.to(dtype))
