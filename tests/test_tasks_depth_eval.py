@@ -33,3 +33,20 @@ def test_an_image_without_valid_pixels_does_not_pull_the_mean_down():
     assert second_alone["abs_rel"] > 0.01
     # mean over images 0 and 1 only: (0 + abs_rel_1) / 2, not / 3
     assert abs(both["abs_rel"] - second_alone["abs_rel"] / 2) < 1e-6
+
+
+def test_a_model_that_predicts_a_constant_map_is_flagged():
+    import pytest
+
+    depth = torch.tensor([[[1.0, 2.0], [4.0, 4.0]]] * 2)
+    valid = torch.ones(2, 2, 2, dtype=torch.bool)
+    images = torch.arange(2.0)[:, None, None, None].expand(2, 3, 2, 2).contiguous()
+    dataset = [dict(image=images[i], depth=depth[i], valid=valid[i]) for i in range(2)]
+    task = DepthTask(dict(depth_cap=10.0))
+    varied = torch.stack([1 / depth[0], torch.full((2, 2), 0.5)])  # image 1 is constant, image 0 is not
+    measured = task.evaluate(ConstantInverseDepth(varied), dataset, torch.device("cpu"), 2)
+    assert measured["constant_fraction"] == 0.5
+    dead = torch.zeros(2, 2, 2)  # a final ReLU at 0 everywhere
+    with pytest.warns(RuntimeWarning, match="constant map for every image"):
+        measured = task.evaluate(ConstantInverseDepth(dead), dataset, torch.device("cpu"), 2)
+    assert measured["constant_fraction"] == 1.0

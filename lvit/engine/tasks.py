@@ -11,6 +11,7 @@ dicts with those keys (``lvit.data.Scenes`` gives ``image``, ``depth``, ``valid`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -231,6 +232,8 @@ class DepthTask(Task):
     @torch.no_grad()
     def evaluate(self, model, dataset, device, batch_size):
         # Per-image metrics averaged over the images that have valid pixels (an empty mask gives NaN).
+        # ``constant_fraction``: images whose prediction is one value everywhere. After scale-and-shift
+        # alignment such a map scores the same whatever the model, so a collapsed model is flagged.
         totals: dict[str, float] = {}
         counts: dict[str, int] = {}
         for output, (depth, mask) in self._eval_batches(model, dataset, device, batch_size):
@@ -239,10 +242,17 @@ class DepthTask(Task):
                 pred, depth, mask, self.recipe.get("depth_cap", 80.0), reduction="none"
             )
             per_image["loss"] = self.loss(output, (depth, mask)).expand(len(depth)).double()
+            flat = pred.flatten(1)
+            per_image["constant_fraction"] = (flat.amax(1) == flat.amin(1)).double()
             for key, values in per_image.items():
                 totals[key] = totals.get(key, 0.0) + float(values.nansum())
                 counts[key] = counts.get(key, 0) + int((~values.isnan()).sum())
-        return {key: totals[key] / counts[key] if counts[key] else float("nan") for key in totals}
+        result = {key: totals[key] / counts[key] if counts[key] else float("nan") for key in totals}
+        if result["constant_fraction"] == 1.0:
+            warnings.warn("the depth model predicts a constant map for every image: its metrics are those "
+                          "of a constant prediction (e.g. a final ReLU that outputs 0 everywhere)",
+                          RuntimeWarning, stacklevel=2)
+        return result
 
 
 class SegmentationTask(Task):
