@@ -22,12 +22,10 @@ CPU smoke test:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import platform
-import signal
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -36,32 +34,12 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
+from bench_common import synchronize, time_limit
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import lvit
 from lvit.data import LocalShapes, Scenes
 from lvit.experiments.recipes import CLASSIFICATION_PROFILES, DEPTH_PROFILES, model_overrides
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the main thread after ``seconds``, so one slow path cannot eat the budget."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"interrupted after {seconds:.0f} s (--max-seconds)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def rate(fn: Callable[[int], int], samples: int, warmup: int, device: str) -> float:

@@ -31,21 +31,17 @@ CPU smoke test:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import gc
 import json
-import platform
-import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import timm
 import torch
 import torch.nn as nn
 import transformers
+from bench_common import environment, synchronize, time_limit
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
 import lvit
@@ -96,26 +92,6 @@ class HFDepth(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=images).predicted_depth
 
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the main thread after ``seconds`` (a compile cannot be stopped otherwise)."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"interrupted after {seconds:.0f} s (--max-seconds)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_pair(name: str, args: argparse.Namespace) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
@@ -253,20 +229,6 @@ class Bench:
         )
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    cuda = args.device.startswith("cuda")
-    return dict(
-        device=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-        torch=torch.__version__,
-        timm=timm.__version__,
-        transformers=transformers.__version__,
-        lvit=lvit.__version__,
-        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        precision="bf16 autocast" if cuda else "fp32",
-        cpu_threads=torch.get_num_threads(),
-    )
-
-
 def markdown(results: dict[str, dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
     def fmt(r: dict[str, Any], key: str, spec: str) -> str:
         return format(r[key], spec) if key in r else "n/a"
@@ -348,7 +310,7 @@ def main() -> None:
     # compiles last: the slowest and least certain step must not cost the eager numbers
     for name in args.compile_models:
         bench.step(name, "compiled", lambda name=name: bench.compiled(name))
-    env = environment(args)
+    env = environment(args.device, transformers=transformers.__version__)
     print(markdown(bench.results, env, args))
     if args.out:
         result = dict(

@@ -28,20 +28,16 @@ CPU smoke test:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import gc
 import json
-import platform
-import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import timm
 import torch
 import torch.nn as nn
+from bench_common import environment, synchronize, time_limit
 
 import lvit
 from lvit.experiments import list_experiments
@@ -65,26 +61,6 @@ def table_models() -> Iterator[Model]:
             seen.add(key)
             yield name, kwargs
 
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the main thread after ``seconds`` (a compile cannot be stopped otherwise)."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"interrupted after {seconds:.0f} s (--max-seconds)")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_runner(model: Model, args: argparse.Namespace, compiled: bool) -> Callable[[int], float]:
@@ -178,19 +154,6 @@ class Bench:
         print(f"{mode:8s} {name} {kwargs or ''}: {result} ({row['seconds']} s)", flush=True)
 
 
-def environment(args: argparse.Namespace) -> dict[str, Any]:
-    cuda = args.device.startswith("cuda")
-    return dict(
-        device=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
-        torch=torch.__version__,
-        timm=timm.__version__,
-        lvit=lvit.__version__,
-        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        precision="bf16 autocast" if cuda else "fp32",
-        cpu_threads=torch.get_num_threads(),
-    )
-
-
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"### Training throughput vs timm DeiT-T ({env['date'][:10]})",
@@ -261,7 +224,7 @@ def main() -> None:
     others = [model for model in table_models() if model != HEADLINE][: args.max_rows]
     for model in others:
         bench.row("eager", model, args.row_steps, args.row_rounds, warmup=2)
-    env = environment(args)
+    env = environment(args.device)
     print(markdown(bench.rows, env, args))
     if args.out:
         result = dict(
