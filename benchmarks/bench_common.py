@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import platform
 import signal
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import timm
 import torch
 
 import lvit
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -33,6 +37,15 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def before_deadline(deadline: float, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` with whatever is left until ``deadline`` (``time.monotonic()``), or TimeoutError."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("skipped: --max-seconds spent")
+    with time_limit(left):
+        return work(*args)
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -53,3 +66,15 @@ def environment(device: str, **extra: Any) -> dict[str, Any]:
         precision="bf16 autocast" if cuda else "fp32",
         cpu_threads=torch.get_num_threads(),
     )
+
+
+def write_json(path: str | None, benchmark: str, env: dict[str, Any], args: Any, started: float,
+               **results: Any) -> None:
+    """The script's JSON record at ``path`` (nothing when None): environment, settings, results, wall time.
+    ``started`` is the script's ``time.monotonic()`` at start."""
+    if path is None:
+        return
+    record = dict(benchmark=benchmark, **env, settings=vars(args), **results,
+                  wall_seconds=round(time.monotonic() - started, 1))
+    with open(path, "w") as handle:
+        json.dump(record, handle, indent=1, default=str)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import transformers
-from bench_common import environment, synchronize, time_limit
+from bench_common import before_deadline, environment, synchronize, write_json
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
 import lvit
@@ -154,13 +153,9 @@ class Bench:
 
     def step(self, name: str, what: str, fn: Callable[[], dict[str, Any]]) -> None:
         result = self.results.setdefault(name, {})
-        left = self.deadline - time.monotonic()
         start = time.monotonic()
         try:
-            if left <= 0:
-                raise TimeoutError("skipped: --max-seconds spent")
-            with time_limit(left):
-                result.update(fn())
+            result.update(before_deadline(self.deadline, fn))
         except Exception as error:  # one model/mode failing must not lose the others' numbers
             result[f"{what}_error"] = f"{type(error).__name__}: {error}"[:500]
         result[f"{what}_seconds"] = round(time.monotonic() - start, 2)
@@ -312,16 +307,7 @@ def main() -> None:
         bench.step(name, "compiled", lambda name=name: bench.compiled(name))
     env = environment(args.device, transformers=transformers.__version__)
     print(markdown(bench.results, env, args))
-    if args.out:
-        result = dict(
-            benchmark="dpt_vs_hf",
-            **env,
-            settings=vars(args),
-            results=bench.results,
-            wall_seconds=round(time.monotonic() - wall, 1),
-        )
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+    write_json(args.out, "dpt_vs_hf", env, args, wall, results=bench.results)
 
 
 if __name__ == "__main__":

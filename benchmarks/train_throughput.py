@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from bench_common import environment, synchronize, time_limit
+from bench_common import before_deadline, environment, synchronize, write_json
 
 import lvit
 from lvit.experiments import list_experiments
@@ -129,20 +128,9 @@ class Bench:
     def row(self, mode: str, model: Model, steps: int, rounds: int, warmup: int) -> None:
         name, kwargs = model
         row: dict[str, Any] = dict(mode=mode, model=name, kwargs=kwargs, steps=steps, rounds=rounds)
-        left = self.deadline - time.monotonic()
         start = time.monotonic()
         try:
-            if left <= 0:
-                raise TimeoutError("skipped: --max-seconds spent")
-            with time_limit(left):
-                compiled = mode == "compiled"
-                if mode not in self.baselines:
-                    baseline = build_runner(BASELINE, self.args, compiled)
-                    baseline(warmup)  # a compiled model compiles here
-                    self.baselines[mode] = baseline
-                candidate = build_runner(model, self.args, compiled)
-                candidate(warmup)
-                row.update(compare(self.baselines[mode], candidate, steps, rounds))
+            row.update(before_deadline(self.deadline, self._measure, mode, model, steps, rounds, warmup))
         except Exception as error:  # one model/mode failing must not lose the others' numbers
             row["error"] = f"{type(error).__name__}: {error}"[:500]
             if isinstance(error, torch.OutOfMemoryError | TimeoutError):
@@ -152,6 +140,16 @@ class Bench:
         gc.collect()
         result = row.get("error") or f"{row['images_s']:.1f} img/s, ratio {row['ratio']:.3f}"
         print(f"{mode:8s} {name} {kwargs or ''}: {result} ({row['seconds']} s)", flush=True)
+
+    def _measure(self, mode: str, model: Model, steps: int, rounds: int, warmup: int) -> dict[str, float]:
+        compiled = mode == "compiled"
+        if mode not in self.baselines:
+            baseline = build_runner(BASELINE, self.args, compiled)
+            baseline(warmup)  # a compiled model compiles here
+            self.baselines[mode] = baseline
+        candidate = build_runner(model, self.args, compiled)
+        candidate(warmup)
+        return compare(self.baselines[mode], candidate, steps, rounds)
 
 
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
@@ -226,16 +224,7 @@ def main() -> None:
         bench.row("eager", model, args.row_steps, args.row_rounds, warmup=2)
     env = environment(args.device)
     print(markdown(bench.rows, env, args))
-    if args.out:
-        result = dict(
-            benchmark="train_throughput",
-            **env,
-            settings=vars(args),
-            rows=bench.rows,
-            wall_seconds=round(time.monotonic() - wall, 1),
-        )
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+    write_json(args.out, "train_throughput", env, args, wall, rows=bench.rows)
 
 
 if __name__ == "__main__":
