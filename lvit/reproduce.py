@@ -210,25 +210,26 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
     results_root = project_root() / "results"
     output_dir = results_root / profile / "notebooks"
 
-    def run_one(name: str) -> Failure | None:
+    def run_one(name: str) -> tuple[Failure | None, float]:
+        """(failure or None, seconds the notebook ran): timed here, not from submission, which queues."""
+        started = time.perf_counter()
         try:
             run_notebook(name, parameters, output_dir, execution_timeout, log_output)
         except Exception as error:  # noqa: BLE001 - any failure of one notebook is reported, the rest run
             message = f"{type(error).__name__}: {_first_line(error)}"
-            return Failure(name, message, output_dir / f"{name}.ipynb")
-        return None
+            return Failure(name, message, output_dir / f"{name}.ipynb"), time.perf_counter() - started
+        return None, time.perf_counter() - started
 
     failures: list[Failure] = []
     waves = [[n for n in chosen if n != REPORT_NOTEBOOK], [n for n in chosen if n == REPORT_NOTEBOOK]]
     with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
         for wave in waves:
             with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads: each notebook is its own kernel
-                started = {pool.submit(run_one, name): (name, time.perf_counter()) for name in wave}
-                for future in as_completed(started):
-                    name, t0 = started[future]
-                    failure = future.result()
+                submitted = {pool.submit(run_one, name): name for name in wave}
+                for future in as_completed(submitted):
+                    failure, seconds = future.result()
                     failures += [failure] if failure else []
-                    bar.write(f"{'FAILED' if failure else 'ok':>6} {name} ({time.perf_counter() - t0:.0f} s)")
+                    bar.write(f"{'FAILED' if failure else 'ok':>6} {submitted[future]} ({seconds:.0f} s)")
                     bar.update()
     write_report(results_root)
     return failures
