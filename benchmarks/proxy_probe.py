@@ -17,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,8 @@ def run_one(model_name: str, variant: str, device: str, overrides: dict[str, Any
     torch.manual_seed(0)
     model = lvit.create_model(model_name, **model_overrides(model_name, "classification", recipe))
     start = time.perf_counter()
-    ckpt = Path("/tmp/lvit-probe-ckpt") / f"{model_name}__{variant}"
-    history = train(model, "classification", recipe, 0, torch.device(device), "data", ckpt, variant)
+    with tempfile.TemporaryDirectory() as ckpt:  # a fresh run each time: never resume an older probe
+        history = train(model, "classification", recipe, 0, torch.device(device), "data", Path(ckpt), variant)
     record = dict(model=model_name, variant=variant, recipe=recipe, wall_s=time.perf_counter() - start,
                   device=torch.cuda.get_device_name() if device == "cuda" else device, history=history)
     (out / f"{model_name}__{variant}.json").write_text(json.dumps(record, indent=1, default=str))
