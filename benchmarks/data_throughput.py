@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from bench_common import before_deadline, synchronize
+from bench_common import before_deadline, synchronize, write_json
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import lvit
@@ -229,17 +228,7 @@ def main() -> None:
     ratios = keep_up(rows, args.device)
     for name, ratio in sorted(ratios.items()):
         print(f"{name}: generate / consume on {args.device} = {ratio:.2f}")
-    if args.out:
-        result = dict(
-            benchmark="data_throughput",
-            **env,
-            settings=vars(args),
-            rows=rows,
-            generate_over_consume=ratios,
-            wall_seconds=round(time.monotonic() - wall, 1),
-        )
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1, default=str)
+    write_json(args.out, "data_throughput", env, args, wall, rows=rows, generate_over_consume=ratios)
 
 
 if __name__ == "__main__":

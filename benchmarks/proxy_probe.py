@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lvit.reproduce import parse_override
+
 _NO_AUG = dict(mixup=0.0, cutmix=0.0, random_erasing=0.0, drop_path=0.0)
 VARIANTS: dict[str, dict[str, Any]] = {
     "no_mix": dict(mixup=0.0, cutmix=0.0),  # batch mixing off; erasing, smoothing, drop path kept
@@ -53,11 +55,6 @@ def run_one(model_name: str, variant: str, device: str, overrides: dict[str, Any
     (out / f"{model_name}__{variant}.json").write_text(json.dumps(record, indent=1, default=str))
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    name, _, value = text.partition("=")
-    return name, json.loads(value)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -65,7 +62,7 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--override", nargs="*", type=_parse_override, default=[], metavar="KEY=JSON",
+    parser.add_argument("--override", nargs="*", type=parse_override, default=[], metavar="KEY=JSON",
                         help="recipe keys changed for every variant (e.g. a CPU check's sizes)")
     parser.add_argument("--max-seconds", type=float, default=200.0, help="pairs still training are stopped")
     parser.add_argument("--out", type=Path, required=True)
@@ -85,8 +82,12 @@ def main() -> int:
             proc.wait(timeout=max(deadline - time.monotonic(), 1))
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
     print(summary(args.out))
-    return 0
+    failed = [f"{m} {v} (exit {proc.returncode})" for (m, v), proc in procs.items() if proc.returncode]
+    if failed:
+        print("failed or stopped at --max-seconds (their errors are above):", "; ".join(failed))
+    return 1 if failed else 0
 
 
 def summary(out: Path) -> str:

@@ -18,11 +18,14 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from lvit.experiments import PROFILES, get_experiment
+
+if TYPE_CHECKING:  # pandas and torch load only when a notebook runs an experiment
+    import pandas as pd
 
 # The notebook that collates the others; it runs last.
 REPORT_NOTEBOOK = "report"
@@ -120,6 +123,20 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
                               data_root=_resolve(data_root, "data"),
                               results_dir=_resolve(results_dir, os.environ.get(RESULTS_DIR_ENV, "results")),
                               rows=chosen)
+
+
+def run_notebook_experiment(experiment: str, profile: str, seeds: int, device: str = "auto",
+                            data_root: str = "", results_dir: str = "", rows: Sequence[str] | None = None,
+                            reuse: bool = True) -> tuple[NotebookParameters, pd.DataFrame]:
+    """A notebook's parameters checked (:func:`validate_parameters`), then its experiment run or reused
+    (:func:`lvit.engine.run.run_experiment`): the resolved parameters and the stored result rows."""
+    from lvit.engine.run import run_experiment
+
+    params = validate_parameters(profile=profile, seeds=seeds, device=device, data_root=data_root,
+                                 results_dir=results_dir, experiment=experiment, rows=rows)
+    results = run_experiment(experiment, params.profile, params.seeds, params.device, params.data_root,
+                             params.results_dir, rows=params.rows, reuse=reuse)
+    return params, results
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +270,8 @@ def default_profile() -> str:
     return "proxy" if torch.cuda.is_available() else "smoke"
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` from a command line: VALUE parsed as JSON, else kept as a bare string."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
@@ -272,12 +290,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="run only these notebooks (names without .ipynb)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the notebook's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("-p", "--param", action="append", type=_parse_override, default=[],
+    parser.add_argument("-p", "--param", action="append", type=parse_override, default=[],
                         metavar="NAME=VALUE",
                         help="extra notebook parameter (VALUE parsed as JSON, else a string); repeatable")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     parser.add_argument("-j", "--jobs", type=int, default=1,
-                        help="notebooks run at once (default 1; on one GPU at proxy, 6-10 fill it)")
+                        help="notebooks run at once (default 1); notebooks on one GPU time-slice it, "
+                             "so this overlaps their launch gaps and CPU work rather than multiplying speed")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs to the log")
     parser.set_defaults(func=_reproduce_command)
 
