@@ -341,6 +341,18 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     return fig
 
 
+def save_comparison_figures(experiment: Experiment | str, results_df: pd.DataFrame, profile: str,
+                            figures_dir: Path) -> list[Path]:
+    """:func:`plot_comparison` of each of the experiment's ``figure_metrics``, saved as
+    ``<figures_dir>/<experiment>-<metric>.png`` and ``.svg``; returns the files written."""
+    experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
+    written: list[Path] = []
+    for metric in experiment.figure_metrics:
+        figure = plot_comparison(experiment, results_df, metric, profile=profile)
+        written += save_figure(figure, figures_dir, f"{experiment.name}-{metric}")
+    return written
+
+
 def _label_points(ax: plt.Axes, values: pd.Series, y: np.ndarray, formatter: Callable[[float], str]) -> None:
     """Print each value above its point."""
     for value, row_y in zip(values, y, strict=True):

@@ -32,18 +32,12 @@ rows: list = []  # row labels to run; empty: every row
 reuse: bool = True  # reuse stored results of the same configuration instead of retraining
 
 # %%
-from lvit.reproduce import validate_parameters
+# NBVAL_IGNORE_OUTPUT
+from lvit.reproduce import run_notebook_experiment
 
 EXPERIMENT = "dpt_read_ablation"
-params = validate_parameters(profile=profile, seeds=seeds, device=device, data_root=data_root,
-                             results_dir=results_dir, experiment=EXPERIMENT, rows=rows)
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-from lvit.engine.run import run_experiment
-
-results = run_experiment(EXPERIMENT, params.profile, params.seeds, params.device, params.data_root,
-                         params.results_dir, rows=params.rows, reuse=reuse)
+params, results = run_notebook_experiment(EXPERIMENT, profile, seeds, device, data_root, results_dir,
+                                          rows, reuse)
 
 # %% [markdown]
 # ## Paper vs ours
@@ -67,11 +61,9 @@ summary = summary_markdown(EXPERIMENT, results)
 Markdown(summary)
 
 # %%
-from lvit.report import plot_comparison, save_figure
+from lvit.report import save_comparison_figures
 
-for metric in ["mean_abs_rel"]:
-    figure = plot_comparison(EXPERIMENT, results, metric, profile=params.profile)
-    save_figure(figure, params.figures_dir, f"{EXPERIMENT}-{metric}")
+save_comparison_figures(EXPERIMENT, results, params.profile, params.figures_dir);
 
 # %%
 # NBVAL_IGNORE_OUTPUT

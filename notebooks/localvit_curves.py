@@ -33,18 +33,12 @@ rows: list = []  # row labels to run; empty: every row
 reuse: bool = True  # reuse stored results of the same configuration instead of retraining
 
 # %%
-from lvit.reproduce import validate_parameters
+# NBVAL_IGNORE_OUTPUT
+from lvit.reproduce import run_notebook_experiment
 
 EXPERIMENT = "localvit_curves"
-params = validate_parameters(profile=profile, seeds=seeds, device=device, data_root=data_root,
-                             results_dir=results_dir, experiment=EXPERIMENT, rows=rows)
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-from lvit.engine.run import run_experiment
-
-results = run_experiment(EXPERIMENT, params.profile, params.seeds, params.device, params.data_root,
-                         params.results_dir, rows=params.rows, reuse=reuse)
+params, results = run_notebook_experiment(EXPERIMENT, profile, seeds, device, data_root, results_dir,
+                                          rows, reuse)
 
 # %% [markdown]
 # ## Final epoch: paper vs ours

@@ -200,3 +200,20 @@ def test_a_dense_run_is_out_of_date_when_its_backbone_pretraining_recipe_changes
     monkeypatch.setitem(recipes.CLASSIFICATION_PROFILES, "smoke",
                         {**recipes.CLASSIFICATION_PROFILES["smoke"], "epochs": 2})
     assert declared_config_hash("dpt_read_ablation", "Ignore", "smoke", 0) != before
+
+
+def test_figure_metrics_are_declared_metrics_and_each_gets_a_png_and_svg(tmp_path):
+    from lvit.experiments import list_experiments
+    from lvit.report import save_comparison_figures
+
+    for experiment in list_experiments():
+        unknown = set(experiment.figure_metrics) - {m.name for m in experiment.metrics}
+        assert not unknown, (experiment.name, unknown)
+    results = pd.DataFrame({"experiment": "dpt_segmentation", "row": "DPT-Hybrid", "profile": "smoke",
+                            "seed": 0, "metric": ["mean_iou", "pixel_accuracy"], "value": [40.0, 80.0]})
+    written = save_comparison_figures("dpt_segmentation", results, "smoke", tmp_path)
+    assert sorted(p.name for p in written) == [
+        "dpt_segmentation-mean_iou.png", "dpt_segmentation-mean_iou.svg",
+        "dpt_segmentation-pixel_accuracy.png", "dpt_segmentation-pixel_accuracy.svg",
+    ]
+    assert all(p.stat().st_size > 0 for p in written)

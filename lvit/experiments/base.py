@@ -51,6 +51,7 @@ class Experiment:
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # profile -> recipe
     claims: tuple[Claim, ...] = ()
     seeds: Mapping[str, int] = field(default_factory=dict)  # profile -> seeds run by default (else 1)
+    figure_metrics: tuple[str, ...] = ()  # metrics drawn as paper-vs-ours figures by the notebook
 
     def default_seeds(self, profile: str) -> int:
         """How many seeds (0..N-1) a run at ``profile`` takes when the caller does not say."""

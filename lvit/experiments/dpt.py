@@ -35,6 +35,7 @@ def _read_row(label: str, readout: str, values: tuple[float, float, float, float
 
 dpt_read_ablation = register_experiment(Experiment(
     name="dpt_read_ablation",
+    figure_metrics=("mean_abs_rel",),
     paper="dpt",
     title="Table 7: Read operation (readout token handling)",
     task="depth",
@@ -114,6 +115,7 @@ def _beats_midas(model: str, metric: str) -> Claim:
 
 dpt_zero_shot_depth = register_experiment(Experiment(
     name="dpt_zero_shot_depth",
+    figure_metrics=("eth3d_abs_rel", "tum_delta_error"),
     paper="dpt",
     title="Table 1: zero-shot cross-dataset transfer, monocular depth",
     task="depth",
@@ -147,6 +149,7 @@ def _seg_row(label: str, model: str, pix_acc: float | None, miou: float) -> Row:
 
 dpt_segmentation = register_experiment(Experiment(
     name="dpt_segmentation",
+    figure_metrics=("mean_iou", "pixel_accuracy"),
     paper="dpt",
     title="Table 4: semantic segmentation on the ADE20K validation set",
     task="segmentation",

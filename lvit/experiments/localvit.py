@@ -49,6 +49,7 @@ WIDER_FFN = ("Expanding the hidden dimension of the feed-forward network leads t
 # ---------------------------------------------------------- Table: expansion ratio γ × depth-wise conv
 localvit_expansion_dw = register_experiment(Experiment(
     name="localvit_expansion_dw",
+    figure_metrics=("top1",),
     paper="localvit",
     title="Table: expansion ratio γ and depth-wise convolution (ImageNet-1k)",
     task="classification",
@@ -79,6 +80,7 @@ _LOCALITY_ACTIVATION_ROWS = ("ReLU6", "h-swish", "h-swish + ECA", "h-swish + SE-
 
 localvit_activation = register_experiment(Experiment(
     name="localvit_activation",
+    figure_metrics=("top1",),
     paper="localvit",
     title="Table: activation functions and channel attention after the depth-wise convolution (ImageNet-1k)",
     task="classification",
@@ -104,6 +106,7 @@ localvit_activation = register_experiment(Experiment(
 # ---------------------------------------------------------------------------- Table: placement of locality
 localvit_placement = register_experiment(Experiment(
     name="localvit_placement",
+    figure_metrics=("top1",),
     paper="localvit",
     title="Table: placement of locality (blocks with the depth-wise feed-forward, ImageNet-1k)",
     task="classification",
@@ -169,6 +172,7 @@ PRINTED_DIGITS: dict[tuple[str, str, str], int] = {
 
 localvit_main = register_experiment(Experiment(
     name="localvit_main",
+    figure_metrics=("top1",),
     paper="localvit",
     title="Main comparison: LocalViT vs its baselines on DeiT, PVT and TNT (ImageNet-1k, 224x224)",
     task="classification",
