@@ -38,7 +38,25 @@ archive() {
     tar czf "$OUT/bench.tgz" -C "$OUT" bench && tar czf "$OUT/logs.tgz" -C "$OUT" logs
     rm -rf "$BENCH_DIR" "$LOGS"
 }
-trap archive EXIT
+trap 'archive; if [ "$MPS" = 1 ]; then echo quit | nvidia-cuda-mps-control; fi' EXIT
+
+# MPS lets the notebooks' kernels share the GPU's multiprocessors instead of time-slicing whole contexts.
+# Started only if the daemon is there and a CUDA process works under it; otherwise the suite runs without.
+MPS=${MPS:-1}
+if [ "$MPS" = 1 ] && [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control >/dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/lvit-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/lvit-mps/log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d && timeout 60 python3 -c 'import torch; assert torch.ones(2, device="cuda").sum().item() == 2'; then
+        stamp "MPS on"
+    else
+        stamp "MPS failed to start; time-slicing instead"
+        echo quit | nvidia-cuda-mps-control 2>/dev/null
+        unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+        MPS=0
+    fi
+else
+    MPS=0
+fi
 
 stamp "environment"
 {
@@ -69,6 +87,16 @@ PYTHON
         exit 3
     fi
     grep " ok " "$LOGS/sanity.log"
+    if [ "$DEVICE" = cuda ]; then
+        stamp "sanity: graphed training steps equal eager ones on the GPU (tests/test_cuda_graph.py)"
+        if ! timeout "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py \
+            >"$LOGS/cuda_graph_test.log" 2>&1; then
+            stamp "CUDA-graph test FAILED: the suite trains eagerly (LVIT_CUDA_GRAPH=0)"
+            tail -30 "$LOGS/cuda_graph_test.log"
+            export LVIT_CUDA_GRAPH=0
+        fi
+        tail -1 "$LOGS/cuda_graph_test.log"
+    fi
 fi
 
 if [ "$BENCH" = 1 ]; then

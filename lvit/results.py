@@ -123,7 +123,9 @@ def _state_from_manifest() -> tuple[str, bool]:
         manifest = json.loads((_REPO_ROOT / TREE_MANIFEST).read_text())
     except (OSError, ValueError):
         return "unknown", True
-    changed = [f for f, blob in manifest["files"].items() if _blob_sha(_REPO_ROOT / f) != blob]
+    # results/ and data/ change while a run writes them; like git_state's status, they are not the code
+    code = {f: blob for f, blob in manifest["files"].items() if f.split("/", 1)[0] not in _DIRTY_EXCLUDES}
+    changed = [f for f, blob in code.items() if _blob_sha(_REPO_ROOT / f) != blob]
     return manifest["sha"], bool(changed)
 
 

@@ -241,6 +241,9 @@ def test_git_state_without_git_checks_the_tree_manifest(tmp_path, monkeypatch):
     monkeypatch.setattr(store, "_git", lambda *args: None)
     monkeypatch.setattr(store, "_REPO_ROOT", tmp_path)
     assert store.git_state() == ("ab" * 20, False)  # every tracked file as committed
+    manifest = {"lvit/a.py": blob, "results/proxy/t.csv": "00" * 20}
+    (tmp_path / store.TREE_MANIFEST).write_text(json.dumps({"sha": "ab" * 20, "files": manifest}))
+    assert store.git_state() == ("ab" * 20, False)  # results a run appends to are not code
     (tmp_path / "lvit" / "a.py").write_text("x = 2\n")
     assert store.git_state() == ("ab" * 20, True)  # an edited file
     (tmp_path / "lvit" / "a.py").unlink()

@@ -20,6 +20,9 @@ What the loop does, and why:
   checkpoint write and at epoch end; the loop then raises :class:`NonFiniteLossError` and leaves the last good
   checkpoint untouched.
 * **Host syncs**: the running loss is summed on device and read once per epoch.
+* **CUDA graphs** (``cuda_graph=True``, one CUDA rank, no accumulation, not compiled): forward, loss and
+  backward are captured on the first batch and replayed (``lvit.engine.graphed``); if capture fails the loop
+  warns and trains eagerly. Each history entry's ``cuda_graph`` says which way the epoch ran.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
+
+from lvit.engine.graphed import GraphedStep, capture_step
 
 if TYPE_CHECKING:
     from lvit.engine.tasks import Task
@@ -63,6 +68,7 @@ class LoopConfig:
     num_workers: int = 0
     repeated_aug: int = 1  # >1: timm RepeatAugSampler with this many repeats (DeiT uses 3)
     compile: bool = False
+    cuda_graph: bool = False  # capture forward+loss+backward once and replay it (lvit.engine.graphed)
     channels_last: bool | None = None  # None: on for CUDA
     checkpoint_dir: str | Path | None = None
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at epoch end
@@ -266,10 +272,22 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return batch
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA. ``cache=False`` inside CUDA-graph capture: cached weight casts would be
+    allocated in, and freed from, the graph's private memory pool."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+def _graphable(config: LoopConfig, device: torch.device, world: int) -> bool:
+    """CUDA graphs need a CUDA device, one rank (DDP's gradient hooks are not captured here), one micro-batch
+    per step (replays overwrite gradients) and eager mode (``compile`` brings its own graphs).
+    ``LVIT_CUDA_GRAPH=0`` turns them off where capture misbehaves; the histories record either way."""
+    if os.environ.get("LVIT_CUDA_GRAPH", "1") == "0":
+        return False
+    return config.cuda_graph and device.type == "cuda" and world == 1 and config.grad_accum == 1 \
+        and not config.compile
 
 
 def fit(
@@ -328,6 +346,12 @@ def fit(
     if config.compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
 
+    use_graph = _graphable(config, device, dist_info.world)
+    graphed: GraphedStep | None = None  # captured on the first batch, when use_graph
+
+    def graph_autocast() -> contextlib.AbstractContextManager:
+        return _autocast(device, cache=False)
+
     bad_step = torch.full(
         (), -1, dtype=torch.long, device=device
     )  # first optimizer step with a non-finite loss
@@ -384,14 +408,22 @@ def fit(
             if config.max_steps is not None and global_step >= config.max_steps:
                 stopped = True
                 break
-            optimizer.zero_grad(set_to_none=True)
+            if graphed is None:  # a graph's replays overwrite the gradients it owns
+                optimizer.zero_grad(set_to_none=True)
             for micro in range(config.grad_accum):
                 batch = to_device(next(micro_batches), device, channels_last)
                 inputs, targets = task.prepare_batch(batch, training=True)
-                sync = micro == config.grad_accum - 1 or not isinstance(train_model, DistributedDataParallel)
-                with contextlib.nullcontext() if sync else train_model.no_sync(), _autocast(device):
-                    loss = task.loss(train_model(inputs), targets)
-                (loss / config.grad_accum).backward()
+                if use_graph and graphed is None:
+                    graphed = capture_step(train_model, task.loss, inputs, targets, graph_autocast)
+                    use_graph = graphed is not None
+                if graphed is not None:
+                    loss = graphed(inputs, targets)
+                else:
+                    ddp = isinstance(train_model, DistributedDataParallel)
+                    sync = micro == config.grad_accum - 1 or not ddp
+                    with contextlib.nullcontext() if sync else train_model.no_sync(), _autocast(device):
+                        loss = task.loss(train_model(inputs), targets)
+                    (loss / config.grad_accum).backward()
                 loss_sum = loss_sum + loss.detach().float() / config.grad_accum
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), global_step, bad_step)
                 images += micro_batch * dist_info.world
@@ -423,6 +455,7 @@ def fit(
             "lr": optimizer.param_groups[0]["lr"],
             "images_per_s": images / max(elapsed, 1e-9),
             "wall_s": elapsed,
+            "cuda_graph": graphed is not None,
         }
         _raise_if_non_finite(bad_step, ckpt_path)
         if val_set is not None and dist_info.is_main:

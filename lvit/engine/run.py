@@ -217,6 +217,7 @@ def train(
         num_workers=recipe.get("num_workers", 0),
         repeated_aug=recipe.get("repeated_aug", 1),
         compile=bool(recipe.get("compile")) and device.type == "cuda",
+        cuda_graph=bool(recipe.get("cuda_graph")),
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=recipe.get("checkpoint_every", 0),
         resume=True,

@@ -39,6 +39,12 @@ classification trains 8 epochs of 10k images (~310 steps of 256; was 10 epochs).
 per step on CPU (``TorchDispatchMode``: DeiT-T ~1,700, LocalViT-T ~2,700, TNT-T ~5,000) gives about 25 ms a
 step when launch-bound: about 9 minutes for the 69 classification and 8 dense trainings one at a time.
 ``torch.compile`` is off in proxy: compiling each of ~70 short runs costs more than it saves.
+
+The first GPU run measured what that estimate missed: twelve notebooks time-slicing one H200 trained at
+about 7.8k images/s together, so the suite needed 12-15 minutes, not 6. Each proxy step is a few
+milliseconds of GPU work behind thousands of launches, so proxy recipes set ``cuda_graph``: the loop
+captures forward, loss and backward once and replays them (``lvit.engine.graphed``; same arithmetic, tested
+against eager on the GPU by ``tests/test_cuda_graph.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ CLASSIFICATION_PROFILES: dict[str, Recipe] = {
                   warmup_epochs=0, drop_path=0.0, repeated_aug=1, deterministic=True, cpu_threads=1),
     "proxy": dict(_DEIT_AUG, dataset="local_shapes", image_size=64, patch_size=8, width=192,
                   num_classes=64, train_samples=10_000, val_samples=2_000, epochs=8, batch_size=256,
-                  lr=1e-3, warmup_epochs=1, repeated_aug=1, **_PROXY_NO_AUG),
+                  lr=1e-3, warmup_epochs=1, repeated_aug=1, cuda_graph=True, **_PROXY_NO_AUG),
     "paper": dict(_DEIT_AUG, dataset="imagenet", image_size=224, patch_size=16, num_classes=1000, epochs=300,
                   batch_size=1024, lr=1e-3, warmup_epochs=5, drop_path=0.1, repeated_aug=3,
                   randaugment="rand-m9-mstd0.5-inc1", num_workers=10),
@@ -88,7 +94,7 @@ DEPTH_PROFILES: dict[str, Recipe] = {
     "proxy": dict(_DEPTH_LOSS, dataset="scenes", image_size=128, patch_size=8, width=192,
                   features=64, train_samples=6_000, val_samples=300, test_samples=300, epochs=4,
                   batch_size=64, backbone_lr=1e-4, decoder_lr=1e-3, pretrain="classification",
-                  proxy_models=_DPT_PROXIES, metric_domains=_READ_DOMAINS),
+                  cuda_graph=True, proxy_models=_DPT_PROXIES, metric_domains=_READ_DOMAINS),
     "paper": dict(_DEPTH_LOSS, dataset="mix6", image_size=384, epochs=60, batch_size=16, backbone_lr=1e-5,
                   decoder_lr=1e-4, pretrain="imagenet"),
 }  # fmt: skip
@@ -102,7 +108,7 @@ SEGMENTATION_PROFILES: dict[str, Recipe] = {
                   deterministic=True, cpu_threads=1, pretrain="classification", proxy_models=_DPT_PROXIES),
     "proxy": dict(_SEG, dataset="scenes", image_size=128, patch_size=8, width=192, features=64,
                   num_classes=13, train_samples=6_000, val_samples=300, epochs=4, batch_size=64, lr=0.01,
-                  pretrain="classification", proxy_models=_DPT_PROXIES),
+                  pretrain="classification", cuda_graph=True, proxy_models=_DPT_PROXIES),
     "paper": dict(_SEG, dataset="ade20k", image_size=480, num_classes=150, epochs=240, batch_size=48,
                   lr=0.002, pretrain="imagenet"),
 }  # fmt: skip
@@ -135,7 +141,8 @@ RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     "momentum": _NUM, "poly_power": _NUM, "opt": str, "mixup": _NUM, "cutmix": _NUM, "mixup_prob": _NUM,
     "mixup_switch_prob": _NUM, "label_smoothing": _NUM, "random_erasing": _NUM, "randaugment": str,
     "repeated_aug": int, "drop_path": _NUM, "trim": _NUM, "grad_weight": _NUM, "grad_scales": int,
-    "aux_weight": _NUM, "ignore_index": int, "depth_cap": _NUM, "compile": bool, "deterministic": bool,
+    "aux_weight": _NUM, "ignore_index": int, "depth_cap": _NUM, "compile": bool, "cuda_graph": bool,
+    "deterministic": bool,
     "num_workers": int, "cpu_threads": int, "checkpoint_every": int, "max_steps": int, "pretrain": str,
     "seed": int,
     "domains": _SEQ, "train_domains": _SEQ, "val_domains": _SEQ, "test_domains": _SEQ, "eval_sizes": _SEQ,

@@ -1,0 +1,116 @@
+"""A training micro-step (forward, loss, backward) captured once as a CUDA graph and replayed every step.
+
+Why: at proxy size (64 tokens of width 192, batch 256) a LocalViT-T step is a few milliseconds of GPU work
+behind ~2,700 kernel launches, so eager steps are bound by the host issuing launches, and a dozen notebooks
+sharing one GPU mostly wait on each other's launch gaps. A replayed graph issues the whole step at once.
+
+What stays eager, and why: batch preparation (Mixup/CutMix and random erasing draw their parameters on the
+host), the optimizer and its schedule (the LR is a python float that timm's schedulers overwrite each step;
+a graph would freeze it), and the loss bookkeeping. Gradients live in the graph's memory and are
+*overwritten* by each replay, so the loop must not ``zero_grad`` between graphed steps.
+
+Capture needs a few eager warm-up passes (lazy initialisation, cuBLAS workspaces, cuDNN autotuning). They
+run on the first batch and would move BatchNorm statistics, so every buffer is restored afterwards: a graphed
+run starts from exactly the state an eager run starts from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+_WARMUP_PASSES = 3
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def _clone_tree(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone(memory_format=torch.preserve_format)
+    if isinstance(value, dict):
+        return {k: _clone_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_clone_tree(v) for v in value)
+    return value
+
+
+def _copy_tree(static: Any, value: Any, where: str = "batch") -> None:
+    """Copy ``value`` into the graph's input tensors; a changed shape or structure would replay garbage."""
+    if isinstance(static, torch.Tensor):
+        if not isinstance(value, torch.Tensor) or value.shape != static.shape or value.dtype != static.dtype:
+            got = (tuple(value.shape), value.dtype) if isinstance(value, torch.Tensor) else type(value)
+            raise ValueError(
+                f"graphed step: {where} changed from {(tuple(static.shape), static.dtype)} to {got}; "
+                "a CUDA graph replays fixed shapes (drop the last partial batch, or set cuda_graph=False)"
+            )
+        static.copy_(value, non_blocking=True)
+    elif isinstance(static, dict):
+        for key in static:
+            _copy_tree(static[key], value[key], f"{where}[{key!r}]")
+    elif isinstance(static, list | tuple):
+        for i, (s, v) in enumerate(zip(static, value, strict=True)):
+            _copy_tree(s, v, f"{where}[{i}]")
+
+
+class GraphedStep:
+    """``step(inputs, targets) -> loss``: one captured forward + loss + backward, replayed.
+
+    Build it with :func:`capture_step`, which falls back to eager (returns ``None``) when capture fails.
+    """
+
+    def __init__(
+        self, model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, autocast: Callable
+    ) -> None:
+        device = next(model.parameters()).device
+        self.inputs, self.targets = _clone_tree(inputs), _clone_tree(targets)
+        saved_buffers = [b.detach().clone() for b in model.buffers()]
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(_WARMUP_PASSES):
+                    model.zero_grad(set_to_none=True)
+                    with autocast():
+                        loss_fn(model(self.inputs), self.targets).backward()
+            torch.cuda.current_stream(device).wait_stream(side)
+            # Grads must be unset at capture so the graph writes them (set) rather than accumulating.
+            model.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                with autocast():
+                    self.loss = loss_fn(model(self.inputs), self.targets)
+                self.loss.backward()
+        finally:
+            with torch.no_grad():
+                for live, saved in zip(model.buffers(), saved_buffers, strict=True):
+                    live.copy_(saved)
+
+    def __call__(self, inputs: Any, targets: Any) -> torch.Tensor:
+        _copy_tree(self.inputs, inputs, "inputs")
+        _copy_tree(self.targets, targets, "targets")
+        self.graph.replay()
+        return self.loss
+
+
+def capture_step(
+    model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, autocast: Callable
+) -> GraphedStep | None:
+    """Capture the training step on the first batch; on failure warn, leave the model as it was, and return
+    ``None`` so the caller trains eagerly (the same arithmetic, only slower)."""
+    try:
+        return GraphedStep(model, loss_fn, inputs, targets, autocast)
+    except RuntimeError as error:  # e.g. an op that syncs with the host, which capture forbids
+        model.zero_grad(set_to_none=True)
+        with contextlib.suppress(RuntimeError):
+            torch.cuda.synchronize()
+        warnings.warn(f"CUDA-graph capture of the training step failed, training eagerly: {error}",
+                      RuntimeWarning, stacklevel=2)
+        return None
+
+
+__all__ = ["GraphedStep", "capture_step"]

@@ -1,0 +1,84 @@
+"""CUDA-graph training steps (``lvit.engine.graphed``): a graphed run trains exactly as an eager one.
+
+The equivalence tests need a GPU and are skipped here; ``benchmarks/gpu_session.sh`` runs this file on the
+GPU machine before the proxy suite. The CPU tests check the parts that do not need one.
+"""
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import lvit
+from lvit.engine.graphed import _copy_tree
+from lvit.engine.loop import LoopConfig, fit
+from lvit.engine.tasks import ClassificationTask, DepthTask
+from lvit.experiments.recipes import CLASSIFICATION_PROFILES, DEPTH_PROFILES, model_overrides
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+CLASSIFICATION = dict(CLASSIFICATION_PROFILES["smoke"], warmup_epochs=0.5)
+DEPTH = DEPTH_PROFILES["smoke"]
+
+
+def _classification_data(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 8, (n,), generator=g))
+
+
+def _depth_data(n: int, seed: int) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    depth = 1 + 9 * torch.rand(n, 32, 32, generator=g)
+    valid = torch.rand(n, 32, 32, generator=g) > 0.1
+    return TensorDataset(torch.randn(n, 3, 32, 32, generator=g), depth, valid)
+
+
+def _train(model_name, task, recipe, data, device, cuda_graph):
+    torch.manual_seed(0)
+    model = lvit.create_model(model_name, **model_overrides(model_name, task.name, recipe))
+    config = LoopConfig(epochs=2, batch_size=8, deterministic=True, seed=5, device=device,
+                        cuda_graph=cuda_graph)  # fmt: skip
+    history = fit(model, task, data(32, 0), data(16, 1), config)
+    return model, history
+
+
+def _assert_same_training(eager, graphed, metrics):
+    (model_e, history_e), (model_g, history_g) = eager, graphed
+    assert [h["cuda_graph"] for h in history_g] == [True, True]  # captured, not fallen back to eager
+    assert [h["cuda_graph"] for h in history_e] == [False, False]
+    for a, b in zip(history_e, history_g, strict=True):
+        for key in metrics:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
+    for (name, a), b in zip(model_e.state_dict().items(), model_g.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name  # BN buffers included
+
+
+@cuda
+def test_graphed_classification_trains_as_eager():
+    # Smoke recipe: Mixup/CutMix, random erasing and label smoothing on, so host-drawn augmentation,
+    # soft targets and BatchNorm (LocalViT's depth-wise path) all pass through the replayed graph.
+    args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cuda")
+    _assert_same_training(_train(*args, False), _train(*args, True), ("train_loss", "val_top1", "val_loss"))
+
+
+@cuda
+def test_graphed_depth_trains_as_eager():
+    # The SSI loss (median, sort-based trimming, gradient matching) must be capturable: no host syncs.
+    args = ("dpt_localvit_tiny", DepthTask(DEPTH), DEPTH, _depth_data, "cuda")
+    _assert_same_training(_train(*args, False), _train(*args, True), ("train_loss", "val_abs_rel"))
+
+
+def test_cuda_graph_is_ignored_on_cpu(single_thread):
+    args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cpu")
+    eager, graph_requested = _train(*args, False), _train(*args, True)
+    assert [h["cuda_graph"] for h in graph_requested[1]] == [False, False]
+    assert [h["train_loss"] for h in eager[1]] == [h["train_loss"] for h in graph_requested[1]]
+
+
+def test_replay_refuses_a_batch_of_another_shape():
+    static = (torch.zeros(4, 3), {"mask": torch.zeros(4, dtype=torch.bool)})
+    _copy_tree(static, (torch.ones(4, 3), {"mask": torch.ones(4, dtype=torch.bool)}))
+    assert static[0].sum() == 12 and static[1]["mask"].all()  # copied in place
+    with pytest.raises(ValueError, match=r"inputs\[0\] changed from \(\(4, 3\).*\(3, 3\)"):
+        _copy_tree(static, (torch.ones(3, 3), {"mask": torch.ones(4, dtype=torch.bool)}), "inputs")
+    with pytest.raises(ValueError, match=r"inputs\[1\]\['mask'\] changed"):
+        _copy_tree(static, (torch.ones(4, 3), {"mask": torch.ones(4)}), "inputs")
