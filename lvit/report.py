@@ -562,6 +562,12 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
         parts += [f"**Out of date:** {stale} of {rows[['row', 'seed']].drop_duplicates().shape[0]} runs were "
                   "made under another declaration (recipe, row or lvit version) than the current one; "
                   f"`lvit reproduce --profile {profile}` retrains them.", ""]
+    collapsed = collapsed_runs(report_dir, profile, experiment)
+    if collapsed:
+        parts += [f"**Collapsed:** {', '.join(collapsed)} predicted one constant map for every validation "
+                  "image at the last epoch (`val_constant_fraction` = 1 in the run's history). Their metrics "
+                  "are those of a constant prediction, the same whatever the model, so comparisons among "
+                  "them carry no information.", ""]
     provenance = provenance_summary(rows)
     if provenance:
         parts.append("Provenance: " + "; ".join(f"{k}: {v}" for k, v in provenance.items()))
@@ -569,6 +575,22 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
         parts.append("Provenance: no runs at this profile.")
     parts.append("")
     return "\n".join(parts)
+
+
+def collapsed_runs(results_dir: Path, profile: str, experiment: Experiment) -> list[str]:
+    """Depth runs (``row (seed k)``) whose last validation saw only constant predictions: a dead final
+    ReLU (DPT's non-negative head) outputs 0 everywhere, and scale-and-shift alignment then scores the
+    same constant for every such model."""
+    from lvit.results import load_histories
+
+    if experiment.task != "depth":
+        return []
+    histories = load_histories(results_dir, profile, experiment.name)
+    if "val_constant_fraction" not in histories:
+        return []
+    last = histories.groupby(["row", "seed"], sort=False).tail(1)
+    return [f"{row} (seed {seed})" for row, seed, fraction
+            in zip(last["row"], last["seed"], last["val_constant_fraction"], strict=True) if fraction == 1.0]
 
 
 def stale_runs(experiment: Experiment, rows: pd.DataFrame, profile: str) -> int:

@@ -41,15 +41,21 @@ def _train(model_name, task, recipe, data, device, cuda_graph):
     return model, history
 
 
-def _assert_same_training(eager, graphed, metrics):
-    (model_e, history_e), (model_g, history_g) = eager, graphed
+def _assert_same_training(eager, eager_again, graphed, metrics):
+    """Graphed vs eager within rtol 1e-3 / atol 1e-4, or within 4x what two eager runs differ by: on CUDA
+    some kernels have no deterministic form (flash-attention and median backward use atomics), so eager
+    is not bit-reproducible either, and the graph is only asked to be as close as eager is to itself."""
+    (model_e, history_e), (model_r, history_r), (model_g, history_g) = eager, eager_again, graphed
     assert [h["cuda_graph"] for h in history_g] == [True, True]  # captured, not fallen back to eager
     assert [h["cuda_graph"] for h in history_e] == [False, False]
-    for a, b in zip(history_e, history_g, strict=True):
+    for a, r, b in zip(history_e, history_r, history_g, strict=True):
         for key in metrics:
-            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
-    for (name, a), b in zip(model_e.state_dict().items(), model_g.state_dict().values(), strict=True):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name  # BN buffers included
+            assert abs(b[key] - a[key]) <= max(1e-3 * abs(a[key]) + 1e-4, 4 * abs(r[key] - a[key])), key
+    states = (model_e.state_dict(), model_r.state_dict(), model_g.state_dict())
+    for name in states[0]:
+        a, r, b = (state[name].float() for state in states)
+        allowed = torch.maximum(1e-3 * a.abs() + 1e-4, 4 * (r - a).abs().max())
+        assert ((b - a).abs() <= allowed).all(), name  # BN buffers included
 
 
 @cuda
@@ -57,14 +63,16 @@ def test_graphed_classification_trains_as_eager():
     # Smoke recipe: Mixup/CutMix, random erasing and label smoothing on, so host-drawn augmentation,
     # soft targets and BatchNorm (LocalViT's depth-wise path) all pass through the replayed graph.
     args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cuda")
-    _assert_same_training(_train(*args, False), _train(*args, True), ("train_loss", "val_top1", "val_loss"))
+    metrics = ("train_loss", "val_top1", "val_loss")
+    _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics)
 
 
 @cuda
 def test_graphed_depth_trains_as_eager():
     # The SSI loss (median, sort-based trimming, gradient matching) must be capturable: no host syncs.
     args = ("dpt_localvit_tiny", DepthTask(DEPTH), DEPTH, _depth_data, "cuda")
-    _assert_same_training(_train(*args, False), _train(*args, True), ("train_loss", "val_abs_rel"))
+    metrics = ("train_loss", "val_abs_rel")
+    _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics)
 
 
 def test_cuda_graph_is_ignored_on_cpu(single_thread):

@@ -123,6 +123,23 @@ def test_claim_status():
     assert list(status["paper"]) == [CLAIM_HOLDS, CLAIM_FAILS, CLAIM_HOLDS]
 
 
+def test_a_tie_is_not_best():
+    # Read ablation at proxy: three DPT stand-ins that all collapsed to one constant map score identically;
+    # "Project is best" must not hold among equals, and must hold when Project alone is lowest.
+    from lvit.experiments import get_experiment
+
+    experiment = get_experiment("dpt_read_ablation")
+
+    def claim_on(means):
+        records = [_stored_record(row, "mean_abs_rel", value) | {"experiment": experiment.name}
+                   for row, value in means.items()]
+        return claim_status(experiment, pd.DataFrame(records))["ours"].iloc[0]
+
+    assert claim_on({"Ignore": 8.58, "Add": 8.58, "Project": 8.58}) == CLAIM_FAILS
+    assert claim_on({"Ignore": 8.58, "Add": 8.58, "Project": 8.57}) == CLAIM_HOLDS
+    assert claim_on({"Project": 8.57}) == CLAIM_NOT_ENOUGH
+
+
 def test_mixed_profiles_are_refused():
     mixed = pd.concat([RESULTS, RESULTS.assign(profile="proxy")])
     with pytest.raises(ValueError, match="mix profiles"):
@@ -217,3 +234,21 @@ def test_figure_metrics_are_declared_metrics_and_each_gets_a_png_and_svg(tmp_pat
         "dpt_segmentation-pixel_accuracy.png", "dpt_segmentation-pixel_accuracy.svg",
     ]
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_collapsed_depth_runs_are_named_in_the_section(tmp_path):
+    from lvit.experiments import get_experiment
+    from lvit.results import write_history
+
+    experiment = get_experiment("dpt_read_ablation")
+    # Ignore collapsed by its last epoch; Add was constant once but recovered; Project never was
+    for row, fractions in {"Ignore": (0.2, 1.0), "Add": (1.0, 0.0), "Project": (0.0, 0.0)}.items():
+        write_history(tmp_path, "proxy", experiment.name, row, 0,
+                      [{"epoch": e + 1, "val_constant_fraction": f} for e, f in enumerate(fractions)])
+    records = [_stored_record(row, "mean_abs_rel", 8.5) | {"experiment": experiment.name, "profile": "proxy"}
+               for row in ("Ignore", "Add", "Project")]
+    section = experiment_section(experiment, pd.DataFrame(records), "proxy", None, tmp_path)
+    collapsed = next(line for line in section.splitlines() if line.startswith("**Collapsed:**"))
+    assert "Ignore (seed 0)" in collapsed and "Add" not in collapsed and "Project" not in collapsed
+    no_histories = experiment_section(experiment, pd.DataFrame(records), "proxy", None, tmp_path / "none")
+    assert "**Collapsed:**" not in no_histories

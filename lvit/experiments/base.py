@@ -40,6 +40,15 @@ class Claim:
     holds: Callable[[Mapping[str, float]], bool]  # row label -> mean value; True when the claim holds
 
 
+def strictly_best(values: Mapping[str, float], row: str, higher: bool) -> bool:
+    """``row`` beats every other row outright. A tie is not a win: models that collapsed to one constant
+    prediction score identically, and "best" must not hold among them."""
+    others = [v for label, v in values.items() if label != row]
+    if not others:
+        raise KeyError(row)  # nothing to compare with: the claim has not enough rows
+    return values[row] > max(others) if higher else values[row] < min(others)
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str  # identifier used by notebooks, CLI and results/<profile>/<name>.csv

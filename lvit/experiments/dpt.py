@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from lvit.experiments import recipes
-from lvit.experiments.base import Claim, Experiment, Metric, Row, register_experiment
+from lvit.experiments.base import Claim, Experiment, Metric, Row, register_experiment, strictly_best
 
 # --------------------------------------------------------------------------- Table 7: Read ablation
 # Trained on the reduced ablation mix (ReDWeb, HRWSI, BlendedMVS) with a ViT-Base backbone; the metric is
@@ -48,7 +48,7 @@ dpt_read_ablation = register_experiment(Experiment(
     profiles=recipes.DEPTH_PROFILES,
     claims=(
         Claim("Fusing the readout token by a projection yields the best performance (lowest mean AbsRel).",
-              "mean_abs_rel", lambda v: v["Project"] <= min(v["Ignore"], v["Add"])),
+              "mean_abs_rel", lambda v: strictly_best(v, "Project", higher=False)),
     ),
 ))
 
@@ -165,9 +165,9 @@ dpt_segmentation = register_experiment(Experiment(
     profiles=recipes.SEGMENTATION_PROFILES,
     claims=(
         Claim("DPT-Hybrid sets the state of the art on ADE20K (highest mIoU).", "mean_iou",
-              lambda v: v["DPT-Hybrid"] >= max(v.values())),
+              lambda v: strictly_best(v, "DPT-Hybrid", higher=True)),
         Claim("DPT-Hybrid sets the state of the art on ADE20K (highest pixAcc).", "pixel_accuracy",
-              lambda v: v["DPT-Hybrid"] >= max(v.values())),
+              lambda v: strictly_best(v, "DPT-Hybrid", higher=True)),
         Claim("DPT-Hybrid outperforms DPT-Large on ADE20K (mIoU).", "mean_iou",
               lambda v: v["DPT-Hybrid"] > v["DPT-Large"]),
     ),
