@@ -187,7 +187,7 @@ def test_build_dataset_scenes_per_split_domains() -> None:
         "val_domains": ("tabletop",),
     }
     val = build_dataset("scenes", "val", recipe)
-    assert isinstance(val, Scenes) and val.domains == ("tabletop",) and len(val) == 3
+    assert isinstance(val.dataset, Scenes) and val.domains == ("tabletop",) and len(val) == 3
     assert val[0]["image"].shape == (3, 16, 24)
     assert build_dataset("scenes", "train", recipe).domains == ("indoor", "outdoor")
     with pytest.raises(ValueError, match="indoor"):

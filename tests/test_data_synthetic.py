@@ -97,8 +97,19 @@ def test_build_dataset_reads_recipe_and_rejects_unknown_names() -> None:
     ds = build_dataset(
         "local_shapes", "val", {"image_size": 32, "val_samples": 12, "num_classes": 20, "seed": 3}
     )
-    assert isinstance(ds, LocalShapes) and len(ds) == 12 and ds.num_classes == 20 and ds.seed == 3
+    assert isinstance(ds.dataset, LocalShapes) and len(ds) == 12 and ds.num_classes == 20 and ds.seed == 3
     assert ds[0][0].shape == (3, 32, 32)
+    # images come out ImageNet-normalised, as DeiT's pipeline feeds real images; labels untouched
+    raw_images, raw_labels = LocalShapes("val", 12, 32, num_classes=20, seed=3).generate(range(4))
+    images, labels = ds.generate(range(4))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(images, (raw_images - mean[:, None, None]) / std[:, None, None], atol=1e-6)
+    assert torch.equal(labels, raw_labels) and torch.allclose(ds[2][0], images[2], atol=1e-6)
+    scenes = build_dataset("scenes", "val", {"image_size": 16, "val_samples": 2})
+    raw_scene = scenes.dataset.generate([0, 1])
+    scene = scenes.generate([0, 1])
+    assert torch.allclose(scene["image"], raw_scene["image"] * 2 - 1, atol=1e-6)  # DPT: mean = std = 0.5
+    assert torch.equal(scene["depth"], raw_scene["depth"]) and scenes.domains == scenes.dataset.domains
     with pytest.raises(ValueError, match="local_shapes"):
         build_dataset("imagenet-21k", "train", {})
     assert {"local_shapes", "scenes", "imagenet", "nyu", "kitti", "ade20k"} <= set(dataset_names())

@@ -19,7 +19,7 @@ from scipy.io import savemat
 
 from lvit import create_model
 from lvit.cli import main
-from lvit.data import LocalShapes, Scenes
+from lvit.data import LocalShapes, Scenes, build_dataset
 from lvit.evaluate import (
     EvalOptions,
     build_eval_dataset,
@@ -71,7 +71,9 @@ def test_localvit_release_format_gives_the_in_memory_numbers(tmp_path: Path) -> 
     assert code == 0
 
     model.eval()
-    images, labels = LocalShapes("val", 16, 32, num_classes=8).generate(range(16))
+    # the evaluator's set: the procedural images, ImageNet-normalised as in training (lvit.data)
+    val = build_dataset("local_shapes", "val", {"image_size": 32, "val_samples": 16, "num_classes": 8})
+    images, labels = val.generate(range(16))
     with torch.no_grad():
         logits = model(images)
     ranked = logits.argsort(dim=1, descending=True)
@@ -117,7 +119,7 @@ def test_dpt_release_format_zero_shot_gives_the_in_memory_numbers(tmp_path: Path
     model.eval()
     per_image = []
     for i in range(3):
-        sample = Scenes("test", 3, 32)[i]
+        sample = build_dataset("scenes", "test", {"image_size": 32, "test_samples": 3})[i]
         with torch.no_grad():
             pred = model(sample["image"][None])[0].numpy()  # 32 px is the net size: no resize
         per_image.append(_hand_zero_shot(pred, sample["depth"].numpy(), sample["valid"].numpy(), 80.0))
@@ -140,7 +142,7 @@ def test_dpt_segmentation_single_scale_gives_the_in_memory_numbers(tmp_path: Pat
     model.eval()
     confusion = np.zeros((13, 13), dtype=np.int64)
     for i in range(2):
-        sample = Scenes("val", 2, 32)[i]
+        sample = build_dataset("scenes", "val", {"image_size": 32, "val_samples": 2})[i]
         with torch.no_grad():
             pred = model(sample["image"][None])[0].argmax(0).numpy()
         labels = sample["labels"].numpy()

@@ -4,7 +4,8 @@
 (all optional except where a dataset needs them): ``image_size``, ``train_samples`` / ``val_samples`` /
 ``test_samples`` (sample count for the split), ``num_classes``, ``seed``, and for ``scenes`` ``domains``
 or a per-split ``{split}_domains`` (e.g. ``train_domains=("indoor", "outdoor")``,
-``test_domains=("tabletop",)`` for zero-shot transfer to a held-out domain).
+``test_domains=("tabletop",)`` for zero-shot transfer to a held-out domain). Procedural images come out
+normalised as the paper's pipeline normalises real ones (:class:`~lvit.data.transforms.NormalizedImages`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
 from lvit.data.datasets import ADE20K, KITTIDepth, NYUv2, imagenet
 from lvit.data.seeding import image_hw
 from lvit.data.synthetic import DOMAINS, SCENE_CLASSES, LocalShapes, Scenes
-from lvit.data.transforms import deit_eval_transform, deit_train_transform, segmentation_train_transform
+from lvit.data.transforms import (
+    DPT_MEAN,
+    DPT_STD,
+    NormalizedImages,
+    deit_eval_transform,
+    deit_train_transform,
+    segmentation_train_transform,
+)
 
 _DEFAULT_SAMPLES = {"train": 10_000, "val": 1_000, "test": 1_000}
 
@@ -30,13 +39,15 @@ def _num_samples(split: str, recipe: Mapping[str, Any]) -> int:
 
 def _local_shapes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
     kwargs = {k: recipe[k] for k in ("image_size", "num_classes", "seed") if k in recipe}
-    return LocalShapes(split=split, num_samples=_num_samples(split, recipe), **kwargs)
+    shapes = LocalShapes(split=split, num_samples=_num_samples(split, recipe), **kwargs)
+    return NormalizedImages(shapes, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)  # as DeiT's ImageNet
 
 
 def _scenes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
     domains = recipe.get(f"{split}_domains", recipe.get("domains", DOMAINS))
     kwargs = {k: recipe[k] for k in ("image_size", "seed") if k in recipe}
-    return Scenes(split=split, num_samples=_num_samples(split, recipe), domains=tuple(domains), **kwargs)
+    scenes = Scenes(split=split, num_samples=_num_samples(split, recipe), domains=tuple(domains), **kwargs)
+    return NormalizedImages(scenes, DPT_MEAN, DPT_STD)  # as DPT's dense pipelines
 
 
 def _imagenet(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:

@@ -16,10 +16,13 @@ Dense transforms act on tensors: image float (3, H, W) in [0, 1], depth / mask (
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 DPT_MEAN = (0.5, 0.5, 0.5)
@@ -59,6 +62,41 @@ def normalize(
     mean_t = torch.tensor(mean, device=image.device).view(-1, 1, 1)
     std_t = torch.tensor(std, device=image.device).view(-1, 1, 1)
     return (image - mean_t) / std_t
+
+
+class NormalizedImages(Dataset):
+    """A procedural dataset whose images come out normalised as the paper's pipeline normalises real ones.
+
+    DeiT feeds ImageNet-normalised images, DPT mean = std = 0.5 (``localvit.md`` §3, ``dpt.md`` §2.8); the
+    procedural sets render images in [0, 1], so without this the proxy would differ from the paper in
+    logic, not only in size. Samples are ``(image, ...)`` tuples or dicts with an ``"image"``; batches from
+    ``generate`` are normalised on the device they are rendered on. Other attributes pass through.
+    """
+
+    def __init__(self, dataset: Dataset, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.dataset, self.mean, self.std = dataset, tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "mean", "std"):  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def _normalized(self, sample: Any) -> Any:
+        if isinstance(sample, Mapping):
+            return {**sample, "image": normalize(sample["image"], self.mean, self.std)}
+        return (normalize(sample[0], self.mean, self.std), *sample[1:])
+
+    def __getitem__(self, index: int) -> Any:
+        return self._normalized(self.dataset[index])
+
+    def generate(self, indices: Any, device: torch.device | str = "cpu", **kwargs: Any) -> Any:
+        return self._normalized(self.dataset.generate(indices, device, **kwargs))  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"NormalizedImages({self.dataset!r}, mean={self.mean}, std={self.std})"
 
 
 def dpt_resize_shape(height: int, width: int, target: int = 384, multiple: int = 32) -> tuple[int, int]:
