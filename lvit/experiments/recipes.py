@@ -45,6 +45,9 @@ about 7.8k images/s together, so the suite needed 12-15 minutes, not 6. Each pro
 milliseconds of GPU work behind thousands of launches, so proxy recipes set ``cuda_graph``: the loop
 captures forward, loss and backward once and replays them (``lvit.engine.graphed``; same arithmetic, tested
 against eager on the GPU by ``tests/test_cuda_graph.py``).
+
+Inputs are normalised at every profile as the papers normalise them: ImageNet mean/std for classification,
+mean = std = 0.5 for the dense tasks (``lvit.data.build_dataset`` wraps the procedural sets).
 """
 
 from __future__ import annotations
