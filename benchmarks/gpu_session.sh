@@ -16,6 +16,7 @@ OUT=${OUT:?set OUT to the output folder}
 TOTAL_S=${TOTAL_S:-570}   # the whole script, archive included
 REPORT_S=${REPORT_S:-55}  # kept back for the report notebook and the archive
 JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU idle between launches
+TRAIN_WORKERS=${TRAIN_WORKERS:-8}  # processes training the classification tables' runs beside the notebooks
 BENCH=${BENCH:-1}         # 0: no benchmarks
 SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
 DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
@@ -114,14 +115,14 @@ if [ "$BENCH" = 1 ]; then
 fi
 
 SUITE_S=$(budget 100000)
-stamp "proxy suite: lvit reproduce --profile proxy --jobs $JOBS (deadline ${SUITE_S}s)"
-timeout -k 10 "$SUITE_S" python3 -m lvit reproduce --profile proxy --jobs "$JOBS" --device "$DEVICE" \
-    >"$LOGS/suite.log" 2>&1
+stamp "proxy suite: lvit reproduce --profile proxy --jobs $JOBS --train-workers $TRAIN_WORKERS (deadline ${SUITE_S}s)"
+timeout -k 10 "$SUITE_S" python3 -m lvit reproduce --profile proxy --jobs "$JOBS" \
+    --train-workers "$TRAIN_WORKERS" --device "$DEVICE" >"$LOGS/suite.log" 2>&1
 suite=$?
 stamp "suite exit $suite (124: deadline)"
 grep -E "^ *(ok|FAILED) " "$LOGS/suite.log"
 if [ "$suite" != 0 ]; then  # cut short or failed: the report notebook has not run yet
-    pkill -f ipykernel_launcher; sleep 2  # kernels of notebooks the deadline cut short
+    pkill -f ipykernel_launcher; pkill -f multiprocessing.spawn; sleep 2  # kernels and training workers
     stamp "report"
     timeout $((REPORT_S - 10)) python3 -m lvit reproduce --profile proxy --only report >"$LOGS/report.log" 2>&1
     stamp "report exit $?"

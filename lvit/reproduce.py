@@ -9,13 +9,15 @@ kernel in the caller's cwd unless told otherwise, nbval in the notebook's direct
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
+import multiprocessing
 import os
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,18 +203,26 @@ class Failure:
 
 def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None = None,
               device: str = "auto", overrides: Mapping[str, Any] | None = None,
-              execution_timeout: int | None = None, log_output: bool = False, jobs: int = 1) -> list[Failure]:
+              execution_timeout: int | None = None, log_output: bool = False, jobs: int = 1,
+              train_workers: int = 0) -> list[Failure]:
     """Run the chosen notebooks (default: all) at ``profile``, continuing past failures; then the report.
 
     Every parameter name is checked against every chosen notebook before anything runs. ``jobs > 1`` runs
     that many notebooks at once (one kernel process each): the proxy's small models leave a GPU mostly idle
     between kernel launches, so concurrent notebooks fill it. Trainings they share are created under file
     locks (:mod:`lvit.engine.run`), so none is done twice. The report notebook always runs last, alone.
+
+    ``train_workers > 0`` also starts that many processes which do the classification tables' trainings
+    (:func:`lvit.engine.run.pending_shared_trainings`) alongside the notebooks. A notebook runs its rows one
+    after another, so without them five LocalViT notebooks are five queues of trainings; with them the
+    trainings run that many at once, and the notebooks read the stored runs (or wait on a run's lock).
     """
     from lvit.report import write_report
 
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if train_workers < 0:
+        raise ValueError(f"train_workers must be >= 0, got {train_workers}")
     names = notebook_names()
     chosen = list(only) if only else names
     unknown = [f"{n!r}{_close(n, names)}" for n in chosen if n not in names]
@@ -238,18 +248,55 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
         return None, time.perf_counter() - started
 
     failures: list[Failure] = []
-    waves = [[n for n in chosen if n != REPORT_NOTEBOOK], [n for n in chosen if n == REPORT_NOTEBOOK]]
+
+    def run_wave(wave: list[str], bar: tqdm) -> None:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads: each notebook is its own kernel
+            submitted = {pool.submit(run_one, name): name for name in wave}
+            for future in as_completed(submitted):
+                failure, seconds = future.result()
+                failures.extend([failure] if failure else [])
+                bar.write(f"{'FAILED' if failure else 'ok':>6} {submitted[future]} ({seconds:.0f} s)")
+                bar.update()
+
     with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
-        for wave in waves:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads: each notebook is its own kernel
-                submitted = {pool.submit(run_one, name): name for name in wave}
-                for future in as_completed(submitted):
-                    failure, seconds = future.result()
-                    failures += [failure] if failure else []
-                    bar.write(f"{'FAILED' if failure else 'ok':>6} {submitted[future]} ({seconds:.0f} s)")
-                    bar.update()
+        with _shared_trainings(chosen, profile, seeds, device, parameters, train_workers, bar):
+            run_wave([n for n in chosen if n != REPORT_NOTEBOOK], bar)
+        run_wave([n for n in chosen if n == REPORT_NOTEBOOK], bar)  # last and alone: it reads every result
     write_report(results_root)
     return failures
+
+
+@contextlib.contextmanager
+def _shared_trainings(chosen: Sequence[str], profile: str, seeds: int | None, device: str,
+                      parameters: Mapping[str, Any], workers: int, bar: tqdm) -> Iterator[None]:
+    """Train the chosen tables' pending classification runs in ``workers`` processes while the body runs.
+
+    A worker that fails only costs time: the notebook that needs the run trains it itself and reports any
+    error. Leaving the block waits for the workers, so nothing is left running behind the report.
+    """
+    from lvit.engine.run import pending_shared_trainings, train_shared
+    from lvit.experiments import list_experiments
+
+    experiments = {e.name for e in list_experiments()}
+    names = [n for n in chosen if n in experiments]
+    if not workers or not names or "rows" in parameters:  # a row subset: let the notebooks decide
+        yield
+        return
+    results_dir = _resolve(parameters.get("results_dir", ""), os.environ.get(RESULTS_DIR_ENV, "results"))
+    data_root = _resolve(parameters.get("data_root", ""), "data")
+    pending = pending_shared_trainings(names, profile, seeds, device, results_dir, data_root)
+    bar.write(f"{len(pending)} classification trainings to do, {workers} at once beside the notebooks")
+    context = multiprocessing.get_context("spawn")  # a fresh CUDA context per worker; fork cannot give one
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(train_shared, training) for training in pending]
+        try:
+            yield
+        except BaseException:  # interrupted: start nothing more (running trainings end with the pool)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        for future in futures:
+            if future.exception() is not None:
+                bar.write(f"  a shared training failed in its worker: {future.exception()!r}")
 
 
 def _first_line(error: Exception) -> str:
@@ -297,6 +344,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-j", "--jobs", type=int, default=1,
                         help="notebooks run at once (default 1); notebooks on one GPU time-slice it, "
                              "so this overlaps their launch gaps and CPU work rather than multiplying speed")
+    parser.add_argument("--train-workers", type=int, default=0, metavar="K",
+                        help="also train the classification tables' runs in K processes beside the notebooks "
+                             "(default 0: each notebook trains its own rows, one after another)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs to the log")
     parser.set_defaults(func=_reproduce_command)
 
@@ -307,7 +357,7 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         failures = reproduce(profile, args.only, args.seeds, args.device, dict(args.param), args.timeout,
-                             log_output=args.verbose, jobs=args.jobs)
+                             log_output=args.verbose, jobs=args.jobs, train_workers=args.train_workers)
     except (ValueError, KeyError) as error:
         raise SystemExit(f"lvit reproduce: {error}") from None
     print(f"report: {project_root() / 'results' / 'REPORT.md'}")

@@ -97,3 +97,53 @@ def test_dense_smoke_run_pretrains_backbone_once_as_artifact_with_provenance(tmp
     stamp = artifacts[1].stat().st_mtime_ns
     run_experiment("dpt_segmentation", "smoke", seeds=[1], **kwargs)  # a new seed reuses the backbone
     assert artifacts[1].stat().st_mtime_ns == stamp
+
+
+def _distinct_models(*names):
+    """Distinct (model, kwargs) pairs the experiments declare: a training is shared exactly among these."""
+    from lvit.experiments import get_experiment
+
+    return {(r.model, tuple(sorted(r.model_kwargs.items()))) for n in names for r in get_experiment(n).rows
+            if r.model}
+
+
+def test_pending_shared_trainings_are_distinct_and_notebooks_reuse_them(tmp_path, monkeypatch):
+    from lvit.engine.run import pending_shared_trainings, train_shared
+
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    names = ["localvit_placement", "localvit_activation", "dpt_read_ablation"]  # dense: not shared, skipped
+    distinct = len(_distinct_models("localvit_placement", "localvit_activation"))
+    assert len(pending_shared_trainings(names, "smoke", 1, "cpu", **dirs)) == distinct
+    assert len(pending_shared_trainings(names, "smoke", 2, "cpu", **dirs)) == 2 * distinct  # per seed
+
+    placement = pending_shared_trainings(["localvit_placement"], "smoke", 1, "cpu", **dirs)
+    for training in placement:
+        train_shared(training)
+    left = pending_shared_trainings(names, "smoke", 1, "cpu", **dirs)
+    assert len(placement) == 5 and len(left) == distinct - 5  # what placement shares with activation is done
+
+    def must_not_train(*args, **kw):
+        raise AssertionError("a training done beforehand was done again")
+
+    monkeypatch.setattr(runner, "train", must_not_train)
+    df = run_experiment("localvit_placement", "smoke", seeds=1, **dirs)
+    assert set(df["row"]) == {r.label for r in resolve("localvit_placement", "smoke", None)[2]}
+    assert df["shared_run"].str.len().eq(16).all()
+    assert pending_shared_trainings(["localvit_placement"], "smoke", 1, "cpu", **dirs) == []
+
+
+def test_reproduce_trains_shared_runs_in_worker_processes(tmp_path):
+    from tqdm import tqdm
+
+    from lvit.engine.run import pending_shared_trainings
+    from lvit.reproduce import _shared_trainings
+
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    parameters = {"results_dir": str(dirs["results_dir"]), "data_root": str(dirs["data_root"])}
+    names = ["localvit_placement"]
+    assert len(pending_shared_trainings(names, "smoke", 1, "cpu", **dirs)) == 5
+    with tqdm(disable=True) as bar, _shared_trainings(names, "smoke", 1, "cpu", parameters, 2, bar):
+        pass  # the notebooks would run here; leaving waits for the two spawned workers
+    assert pending_shared_trainings(names, "smoke", 1, "cpu", **dirs) == []
+    runs = list((dirs["results_dir"] / "smoke" / "runs").glob("*.json"))
+    assert len(runs) == 5 and all(json.loads(p.read_text())["history"] for p in runs)

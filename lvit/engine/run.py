@@ -362,16 +362,13 @@ def _run_row(
     }:
         metrics.update(_complexity(row.model, row.model_kwargs))
     if task in TRAINING_TASKS:
-        name, kwargs = _row_model(row, task, recipe)
-        # Rows that differ only in how they are evaluated (Figure 4's inference sides) share one training.
-        train_key = store.config_hash({"model": name, "kwargs": kwargs, "recipe": dict(recipe), "seed": seed})
+        train_key, build = _training(row, task, recipe, seed, profile, device, results_dir, data_root)
         # Classification is evaluated from its history alone, so one training serves every table. Not
         # under torchrun: ranks must take the same branch, and a file check could differ between them.
         shared = task == "classification" and "WORLD_SIZE" not in os.environ
         if train_key not in trained:
             trained.clear()  # keep one model in memory
-            ckpt = Path(results_dir) / profile / "checkpoints" / experiment.name / f"{train_key[:16]}"
-            build = (name, kwargs, task, recipe, seed, profile, device, results_dir, data_root)
+            ckpt = _checkpoint_dir(results_dir, profile, "shared" if shared else experiment.name, train_key)
             if shared:
                 model, history, wall_s = _shared_run(build, train_key, ckpt, f"{row.label} s{seed}", reuse)
             else:
@@ -402,6 +399,72 @@ def _run_row(
         }
         for metric, value in metrics.items()
     ]
+
+
+def _training(
+    row: Row,
+    task: str,
+    recipe: Mapping[str, Any],
+    seed: int,
+    profile: str,
+    device: torch.device,
+    results_dir: str | Path,
+    data_root: str | Path,
+) -> tuple[str, tuple[Any, ...]]:
+    """(training key, build arguments) of one (row, seed). Rows that differ only in how they are evaluated
+    (Figure 4's inference sides) have the same key, as do the same model in different tables."""
+    name, kwargs = _row_model(row, task, recipe)
+    train_key = store.config_hash({"model": name, "kwargs": kwargs, "recipe": dict(recipe), "seed": seed})
+    return train_key, (name, kwargs, task, recipe, seed, profile, device, results_dir, data_root)
+
+
+def _checkpoint_dir(results_dir: str | Path, profile: str, owner: str, train_key: str) -> Path:
+    """Resume point of one training while it runs (removed once its results are stored)."""
+    return Path(results_dir) / profile / "checkpoints" / owner / train_key[:16]
+
+
+def pending_shared_trainings(
+    names: Sequence[str],
+    profile: str,
+    seeds: int | None,
+    device: str | torch.device,
+    results_dir: str | Path,
+    data_root: str | Path,
+) -> list[tuple[str, tuple[Any, ...], str]]:
+    """The classification trainings that running experiments ``names`` at ``profile`` would do, one per
+    distinct training, without those already stored: ``(train_key, build, description)`` each.
+
+    ``seeds`` is a count (None: each experiment's default at the profile). A (row, seed) whose table result
+    is stored under the current declaration needs no training, as in :func:`run_experiment`.
+    """
+    target = resolve_device(str(device))
+    pending: dict[str, tuple[str, tuple[Any, ...], str]] = {}
+    for name in names:
+        experiment, recipe, rows = resolve(name, profile, None)
+        if experiment.task != "classification":
+            continue
+        stored = store.load_results(results_dir, profile, name)
+        for seed in range(seeds or experiment.default_seeds(profile)):
+            for row in rows:
+                done = store.config_hash(run_config(name, row, recipe, profile, seed))
+                if len(store.reusable_results(stored, name, row.label, profile, seed, done)):
+                    continue
+                key, build = _training(row, "classification", recipe, seed, profile, target, results_dir,
+                                       data_root)  # fmt: skip
+                if key not in pending and not store.shared_run_path(results_dir, profile, key).exists():
+                    pending[key] = (key, build, f"{row.model} s{seed}")
+    return list(pending.values())
+
+
+def train_shared(training: tuple[str, tuple[Any, ...], str]) -> str:
+    """Do one training of :func:`pending_shared_trainings` into the shared-run store (a worker's entry
+    point: notebooks that need it later read it, or wait on its lock while it runs). Returns its key."""
+    key, build, desc = training
+    results_dir, profile = build[7], build[5]
+    ckpt = _checkpoint_dir(results_dir, profile, "shared", key)
+    _shared_run(build, key, ckpt, desc, reuse=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return key
 
 
 def _shared_run(
