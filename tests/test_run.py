@@ -84,7 +84,7 @@ def test_model_overrides_keep_depth_and_scale_small_models():
     ) == {"num_classes": 1000, "drop_path_rate": 0.1, "img_size": 224, "patch_size": 16}
 
 
-def test_dense_smoke_run_pretrains_backbone_once_as_artifact_with_provenance(tmp_path):
+def test_dense_smoke_run_pretrains_backbone_once_as_artifact_with_provenance(tmp_path, monkeypatch):
     kwargs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data", rows=["DPT-Hybrid"])
     df = run_experiment("dpt_segmentation", "smoke", seeds=[0], **kwargs)
     assert set(df["metric"]) == {"pixel_accuracy", "mean_iou"}
@@ -97,6 +97,11 @@ def test_dense_smoke_run_pretrains_backbone_once_as_artifact_with_provenance(tmp
     stamp = artifacts[1].stat().st_mtime_ns
     run_experiment("dpt_segmentation", "smoke", seeds=[1], **kwargs)  # a new seed reuses the backbone
     assert artifacts[1].stat().st_mtime_ns == stamp
+    import lvit
+
+    monkeypatch.setattr(lvit, "__version__", "0.0.0-older")  # other code: the backbone is pretrained anew
+    run_experiment("dpt_segmentation", "smoke", seeds=[2], **kwargs)
+    assert len([p for p in folder.iterdir() if p.suffix == ".pt"]) == 2
 
 
 def _distinct_models(*names):
@@ -130,6 +135,10 @@ def test_pending_shared_trainings_are_distinct_and_notebooks_reuse_them(tmp_path
     assert set(df["row"]) == {r.label for r in resolve("localvit_placement", "smoke", None)[2]}
     assert df["shared_run"].str.len().eq(16).all()
     assert pending_shared_trainings(["localvit_placement"], "smoke", 1, "cpu", **dirs) == []
+    import lvit
+
+    monkeypatch.setattr(lvit, "__version__", "0.0.0-older")  # runs stored by other code are not reused
+    assert len(pending_shared_trainings(["localvit_placement"], "smoke", 1, "cpu", **dirs)) == 5
 
 
 def test_reproduce_trains_shared_runs_in_worker_processes(tmp_path):

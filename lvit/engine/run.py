@@ -145,14 +145,15 @@ def pretrained_backbone(
     """Weights of ``arch`` pretrained on the classification proxy of ``profile``, trained once and cached.
 
     The artifact is ``results/<profile>/artifacts/<arch>-<hash>.pt`` (+ ``.json`` provenance), keyed by the
-    backbone's shape and the classification recipe, so a changed recipe retrains instead of reusing.
+    backbone's shape, the classification recipe and the lvit version, so a changed recipe or pipeline
+    retrains instead of reusing.
     """
     recipe = dict(CLASSIFICATION_PROFILES[profile])
     kwargs = {
         **model_overrides(arch, "classification", recipe),
         **{k: v for k, v in backbone_kwargs.items() if k != "img_size"},
     }
-    config = {"arch": arch, "model_kwargs": kwargs, "recipe": recipe, "seed": 0}
+    config = {"arch": arch, "model_kwargs": kwargs, "recipe": recipe, "seed": 0, "lvit": lvit.__version__}
     digest = store.config_hash(config)
     path = Path(results_dir) / profile / "artifacts" / f"{arch}-{digest[:12]}.pt"
     with store.locked(path):
@@ -412,9 +413,11 @@ def _training(
     data_root: str | Path,
 ) -> tuple[str, tuple[Any, ...]]:
     """(training key, build arguments) of one (row, seed). Rows that differ only in how they are evaluated
-    (Figure 4's inference sides) have the same key, as do the same model in different tables."""
+    (Figure 4's inference sides) have the same key, as do the same model in different tables. The lvit
+    version is part of it, as of every result's config: a stored run of older code is not reused."""
     name, kwargs = _row_model(row, task, recipe)
-    train_key = store.config_hash({"model": name, "kwargs": kwargs, "recipe": dict(recipe), "seed": seed})
+    train_key = store.config_hash({"model": name, "kwargs": kwargs, "recipe": dict(recipe), "seed": seed,
+                                   "lvit": lvit.__version__})  # fmt: skip
     return train_key, (name, kwargs, task, recipe, seed, profile, device, results_dir, data_root)
 
 
