@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -316,27 +317,59 @@ def _evaluate(
     return {k: float(v) for k, v in values.items() if k in names}
 
 
-def _build_model(
-    name: str,
-    kwargs: Mapping[str, Any],
-    task: str,
-    recipe: Mapping[str, Any],
-    seed: int,
-    profile: str,
-    device: torch.device,
-    results_dir: str | Path,
-    data_root: str | Path,
-) -> nn.Module:
-    torch.manual_seed(seed)
-    model = lvit.create_model(name, **kwargs)
-    if task != "classification" and recipe.get("pretrain") == "classification":
-        backbone = model.backbone  # type: ignore[union-attr]
-        arch = backbone.pretrained_cfg["architecture"]
-        weights = pretrained_backbone(
-            arch, kwargs.get("backbone_kwargs", {}), profile, device, results_dir, data_root
-        )
-        _load_backbone(backbone, weights)
-    return model
+@dataclass(frozen=True)
+class Training:
+    """One training of a (row, seed): the model and its kwargs as the profile sizes them, and where it runs.
+
+    ``key`` identifies it: rows that differ only in how they are evaluated (Figure 4's inference sides)
+    share it, as does the same model in different tables. The lvit version is part of it, as of every
+    result's config, so a stored run of older code is not reused.
+    """
+
+    model: str
+    kwargs: Mapping[str, Any]
+    task: str
+    recipe: Mapping[str, Any]
+    seed: int
+    profile: str
+    device: torch.device
+    results_dir: str | Path
+    data_root: str | Path
+    desc: str = ""
+
+    @property
+    def key(self) -> str:
+        config = {"model": self.model, "kwargs": dict(self.kwargs), "recipe": dict(self.recipe)}
+        return store.config_hash({**config, "seed": self.seed, "lvit": lvit.__version__})
+
+    def checkpoint_dir(self, owner: str) -> Path:
+        """Resume point while it runs (removed once its results are stored)."""
+        return Path(self.results_dir) / self.profile / "checkpoints" / owner / self.key[:16]
+
+    def build_model(self) -> nn.Module:
+        """The model at its seed's initialisation; a dense model's backbone comes from the profile's
+        classification pretraining when the recipe says so."""
+        torch.manual_seed(self.seed)
+        model = lvit.create_model(self.model, **self.kwargs)
+        if self.task != "classification" and self.recipe.get("pretrain") == "classification":
+            backbone = model.backbone  # type: ignore[union-attr]
+            arch = backbone.pretrained_cfg["architecture"]
+            weights = pretrained_backbone(arch, self.kwargs.get("backbone_kwargs", {}), self.profile,
+                                          self.device, self.results_dir, self.data_root)  # fmt: skip
+            _load_backbone(backbone, weights)
+        return model
+
+    def run(self, ckpt: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
+        model = self.build_model()
+        return model, train(model, self.task, self.recipe, self.seed, self.device, self.data_root, ckpt,
+                            self.desc)
+
+
+def _training(row: Row, task: str, recipe: Mapping[str, Any], seed: int, profile: str, device: torch.device,
+              results_dir: str | Path, data_root: str | Path) -> Training:  # fmt: skip
+    name, kwargs = _row_model(row, task, recipe)
+    return Training(name, kwargs, task, recipe, seed, profile, device, results_dir, data_root,
+                    f"{row.label} s{seed}")  # fmt: skip
 
 
 def _run_row(
@@ -363,18 +396,18 @@ def _run_row(
     }:
         metrics.update(_complexity(row.model, row.model_kwargs))
     if task in TRAINING_TASKS:
-        train_key, build = _training(row, task, recipe, seed, profile, device, results_dir, data_root)
+        training = _training(row, task, recipe, seed, profile, device, results_dir, data_root)
+        train_key = training.key
         # Classification is evaluated from its history alone, so one training serves every table. Not
         # under torchrun: ranks must take the same branch, and a file check could differ between them.
         shared = task == "classification" and "WORLD_SIZE" not in os.environ
         if train_key not in trained:
             trained.clear()  # keep one model in memory
-            ckpt = _checkpoint_dir(results_dir, profile, "shared" if shared else experiment.name, train_key)
+            ckpt = training.checkpoint_dir("shared" if shared else experiment.name)
             if shared:
-                model, history, wall_s = _shared_run(build, train_key, ckpt, f"{row.label} s{seed}", reuse)
+                model, history, wall_s = _shared_run(training, ckpt, reuse)
             else:
-                model = _build_model(*build)
-                history = train(model, task, recipe, seed, device, data_root, ckpt, f"{row.label} s{seed}")
+                model, history = training.run(ckpt)
             trained[train_key] = (model, history, ckpt)
         model, history, ckpt = trained[train_key]
         if int(os.environ.get("RANK", "0")) != 0:
@@ -402,30 +435,6 @@ def _run_row(
     ]
 
 
-def _training(
-    row: Row,
-    task: str,
-    recipe: Mapping[str, Any],
-    seed: int,
-    profile: str,
-    device: torch.device,
-    results_dir: str | Path,
-    data_root: str | Path,
-) -> tuple[str, tuple[Any, ...]]:
-    """(training key, build arguments) of one (row, seed). Rows that differ only in how they are evaluated
-    (Figure 4's inference sides) have the same key, as do the same model in different tables. The lvit
-    version is part of it, as of every result's config: a stored run of older code is not reused."""
-    name, kwargs = _row_model(row, task, recipe)
-    train_key = store.config_hash({"model": name, "kwargs": kwargs, "recipe": dict(recipe), "seed": seed,
-                                   "lvit": lvit.__version__})  # fmt: skip
-    return train_key, (name, kwargs, task, recipe, seed, profile, device, results_dir, data_root)
-
-
-def _checkpoint_dir(results_dir: str | Path, profile: str, owner: str, train_key: str) -> Path:
-    """Resume point of one training while it runs (removed once its results are stored)."""
-    return Path(results_dir) / profile / "checkpoints" / owner / train_key[:16]
-
-
 def pending_shared_trainings(
     names: Sequence[str],
     profile: str,
@@ -433,15 +442,15 @@ def pending_shared_trainings(
     device: str | torch.device,
     results_dir: str | Path,
     data_root: str | Path,
-) -> list[tuple[str, tuple[Any, ...], str]]:
+) -> list[Training]:
     """The classification trainings that running experiments ``names`` at ``profile`` would do, one per
-    distinct training, without those already stored: ``(train_key, build, description)`` each.
+    distinct training, without those already stored.
 
     ``seeds`` is a count (None: each experiment's default at the profile). A (row, seed) whose table result
     is stored under the current declaration needs no training, as in :func:`run_experiment`.
     """
     target = resolve_device(str(device))
-    pending: dict[str, tuple[str, tuple[Any, ...], str]] = {}
+    pending: dict[str, Training] = {}
     for name in names:
         experiment, recipe, rows = resolve(name, profile, None)
         if experiment.task != "classification":
@@ -452,26 +461,25 @@ def pending_shared_trainings(
                 done = store.config_hash(run_config(name, row, recipe, profile, seed))
                 if len(store.reusable_results(stored, name, row.label, profile, seed, done)):
                     continue
-                key, build = _training(row, "classification", recipe, seed, profile, target, results_dir,
-                                       data_root)  # fmt: skip
+                training = _training(row, "classification", recipe, seed, profile, target, results_dir,
+                                     data_root)  # fmt: skip
+                key = training.key
                 if key not in pending and not store.shared_run_path(results_dir, profile, key).exists():
-                    pending[key] = (key, build, f"{row.model} s{seed}")
+                    pending[key] = training
     return list(pending.values())
 
 
-def train_shared(training: tuple[str, tuple[Any, ...], str]) -> str:
+def train_shared(training: Training) -> str:
     """Do one training of :func:`pending_shared_trainings` into the shared-run store (a worker's entry
     point: notebooks that need it later read it, or wait on its lock while it runs). Returns its key."""
-    key, build, desc = training
-    results_dir, profile = build[7], build[5]
-    ckpt = _checkpoint_dir(results_dir, profile, "shared", key)
-    _shared_run(build, key, ckpt, desc, reuse=True)
+    ckpt = training.checkpoint_dir("shared")
+    _shared_run(training, ckpt, reuse=True)
     shutil.rmtree(ckpt, ignore_errors=True)
-    return key
+    return training.key
 
 
 def _shared_run(
-    build: tuple[Any, ...], train_key: str, ckpt: Path, desc: str, reuse: bool
+    training: Training, ckpt: Path, reuse: bool
 ) -> tuple[nn.Module | None, list[dict[str, Any]], float | None]:
     """A classification training shared by every table that declares it: (model or None, history, wall_s).
 
@@ -479,18 +487,17 @@ def _shared_run(
     (other tables, concurrent notebooks) read that record, and get the original run's wall time. A reused run
     returns no model: classification metrics are read from the history. ``reuse=False`` trains again.
     """
-    name, kwargs, task, recipe, seed, profile, device, results_dir, data_root = build
-    path = store.shared_run_path(results_dir, profile, train_key)
+    t = training
+    path = store.shared_run_path(t.results_dir, t.profile, t.key)
     with store.locked(path):
         if reuse and path.exists():
             record = json.loads(path.read_text())
             return None, record["history"], record["wall_s"]
         t0 = time.perf_counter()
-        model = _build_model(*build)
-        history = train(model, task, recipe, seed, device, data_root, ckpt, desc)
+        model, history = t.run(ckpt)
         wall_s = time.perf_counter() - t0
-        record = {"model": name, "kwargs": kwargs, "seed": seed, "wall_s": wall_s, "history": history,
-                  "provenance": store.provenance(profile, seed, str(device), dict(recipe),
+        record = {"model": t.model, "kwargs": t.kwargs, "seed": t.seed, "wall_s": wall_s, "history": history,
+                  "provenance": store.provenance(t.profile, t.seed, str(t.device), dict(t.recipe),
                                                  datetime.now(timezone.utc), wall_s)}  # fmt: skip
         store.atomic_write_text(path, json.dumps(record, indent=1, default=str))
     return model, history, wall_s
