@@ -562,6 +562,11 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
         parts += [f"**Out of date:** {stale} of {rows[['row', 'seed']].drop_duplicates().shape[0]} runs were "
                   "made under another declaration (recipe, row or lvit version) than the current one; "
                   f"`lvit reproduce --profile {profile}` retrains them.", ""]
+    at_chance = rows_at_chance(experiment, rows, profile)
+    if at_chance:
+        parts += [f"**At chance:** {', '.join(at_chance)}: every seed's top-1 is at most three binomial "
+                  "standard errors above chance (1 / classes, on the validation images). Such a row has "
+                  "learned nothing measurable, so a claim that another row beats it holds trivially.", ""]
     collapsed = collapsed_runs(report_dir, profile, experiment)
     if collapsed:
         parts += [f"**Collapsed:** {', '.join(collapsed)} predicted one constant map for every validation "
@@ -575,6 +580,18 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
         parts.append("Provenance: no runs at this profile.")
     parts.append("")
     return "\n".join(parts)
+
+
+def rows_at_chance(experiment: Experiment, rows: pd.DataFrame, profile: str) -> list[str]:
+    """Classification rows whose every seed's top-1 is at most chance + 3 binomial standard errors, for a
+    profile whose recipe names its class and validation-image counts (the paper's ImageNet rows do not)."""
+    recipe = experiment.profiles.get(profile, {})
+    if experiment.task != "classification" or rows.empty or not {"num_classes", "val_samples"} <= set(recipe):
+        return []
+    chance = 1 / recipe["num_classes"]
+    ceiling = 100 * (chance + 3 * math.sqrt(chance * (1 - chance) / recipe["val_samples"]))
+    top1 = rows[rows["metric"] == "top1"].groupby("row")["value"].max()
+    return [r.label for r in experiment.rows if r.label in top1.index and top1[r.label] <= ceiling]
 
 
 def collapsed_runs(results_dir: Path, profile: str, experiment: Experiment) -> list[str]:

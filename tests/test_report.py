@@ -252,3 +252,21 @@ def test_collapsed_depth_runs_are_named_in_the_section(tmp_path):
     assert "Ignore (seed 0)" in collapsed and "Add" not in collapsed and "Project" not in collapsed
     no_histories = experiment_section(experiment, pd.DataFrame(records), "proxy", None, tmp_path / "none")
     assert "**Collapsed:**" not in no_histories
+
+
+def test_rows_at_chance_need_every_seed_within_three_standard_errors(tmp_path):
+    from lvit.experiments import get_experiment
+    from lvit.report import rows_at_chance
+
+    experiment = get_experiment("localvit_main")  # proxy: 64 classes, 2000 validation images
+    recipe = experiment.profiles["proxy"]
+    chance = 1 / recipe["num_classes"]
+    ceiling = 100 * (chance + 3 * math.sqrt(chance * (1 - chance) / recipe["val_samples"]))
+    assert 2.3 < ceiling < 2.5  # 1.5625 % + 3 x 0.278 %
+    seeds = {"DeiT-T": [1.5, 2.0, ceiling], "LocalViT-T": [18.0, 19.0, 17.0], "PVT-T": [1.6, ceiling + 0.1]}
+    records = [_stored_record(row, "top1", v) | {"experiment": experiment.name, "profile": "proxy", "seed": i}
+               for row, values in seeds.items() for i, v in enumerate(values)]
+    assert rows_at_chance(experiment, pd.DataFrame(records), "proxy") == ["DeiT-T"]
+    assert rows_at_chance(get_experiment("dpt_read_ablation"), pd.DataFrame(records), "proxy") == []
+    section = experiment_section(experiment, pd.DataFrame(records), "proxy", None, tmp_path)
+    assert "**At chance:** DeiT-T:" in section
