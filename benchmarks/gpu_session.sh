@@ -105,6 +105,10 @@ if [ "$BENCH" = 1 ]; then
     timeout -k 5 "$(budget 65)" python3 benchmarks/train_throughput.py --max-seconds 45 \
         --out "$BENCH_DIR/train_throughput.json" >"$BENCH_DIR/train_throughput.log" 2>&1
     stamp "train_throughput exit $?"
+    timeout -k 5 "$(budget 40)" python3 benchmarks/train_throughput.py --image-size 64 --patch-size 8 \
+        --modes eager graphed --max-rows 0 --max-seconds 30 --out "$BENCH_DIR/train_throughput_proxy.json" \
+        >"$BENCH_DIR/train_throughput_proxy.log" 2>&1
+    stamp "train_throughput (proxy geometry, CUDA-graph step) exit $?"
     timeout -k 5 "$(budget 55)" python3 benchmarks/dpt_vs_hf.py --max-seconds 35 --compile-models \
         --out "$BENCH_DIR/dpt_vs_hf.json" >"$BENCH_DIR/dpt_vs_hf.log" 2>&1
     stamp "dpt_vs_hf exit $?"

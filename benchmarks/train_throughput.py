@@ -19,6 +19,11 @@ GPU (about 70 s on an H100, compile included):
 
     python benchmarks/train_throughput.py --out results/bench/train_throughput.json
 
+At the proxy's geometry, eager against the CUDA-graph step the proxy recipes use:
+
+    python benchmarks/train_throughput.py --image-size 64 --patch-size 8 --modes eager graphed \\
+        --max-rows 0 --out results/bench/train_throughput_proxy.json
+
 CPU smoke test:
 
     python benchmarks/train_throughput.py --device cpu --batch-size 2 --image-size 64 --max-rows 2 \\
@@ -39,6 +44,7 @@ import torch.nn as nn
 from bench_common import before_deadline, environment, synchronize, write_json
 
 import lvit
+from lvit.engine.graphed import capture_step
 from lvit.experiments import list_experiments
 
 Model = tuple[str, dict[str, Any]]
@@ -62,12 +68,17 @@ def table_models() -> Iterator[Model]:
 
 
 
-def build_runner(model: Model, args: argparse.Namespace, compiled: bool) -> Callable[[int], float]:
-    """A function ``run(steps) -> images/s`` training ``model`` on one fixed random batch."""
+def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[[int], float]:
+    """A function ``run(steps) -> images/s`` training ``model`` on one fixed random batch.
+
+    ``mode``: ``eager``; ``compiled`` (``torch.compile``); ``graphed``, the training loop's CUDA-graph step
+    (``lvit.engine.graphed``: forward, loss and backward replayed, the optimizer eager).
+    """
     device = torch.device(args.device)
     name, kwargs = model
+    geometry = {"img_size": args.image_size} | ({"patch_size": args.patch_size} if args.patch_size else {})
     with device:  # initialise on the GPU: CPU init of the larger models would cost seconds each
-        net = lvit.create_model(name, img_size=args.image_size, **kwargs).train()
+        net = lvit.create_model(name, **geometry, **kwargs).train()
         images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
         labels = torch.randint(0, 1000, (args.batch_size,))
     if args.channels_last:
@@ -75,24 +86,37 @@ def build_runner(model: Model, args: argparse.Namespace, compiled: bool) -> Call
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     forward: nn.Module = net
-    if compiled and args.compile_scope == "blocks" and hasattr(net, "blocks"):
+    if mode == "compiled" and args.compile_scope == "blocks" and hasattr(net, "blocks"):
         for block in net.blocks:
             block.compile()
-    elif compiled:
+    elif mode == "compiled":
         forward = torch.compile(net)  # type: ignore[assignment]
     loss_fn = nn.CrossEntropyLoss()
-    # bf16 autocast on CUDA as the training loop; fp32 on CPU, where bf16 is slow
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def autocast(cache: bool = True) -> torch.autocast:
+        # bf16 autocast on CUDA as the training loop; fp32 on CPU, where bf16 is slow
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda",
+                              cache_enabled=cache)  # fmt: skip
+
+    graphed = None
+    if mode == "graphed":
+        graphed = capture_step(net, loss_fn, images, labels, lambda: autocast(cache=False))
+        if graphed is None:
+            raise RuntimeError("CUDA-graph capture failed (see the warning above)")
 
     def run(steps: int) -> float:
         synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
-            with autocast:
-                loss = loss_fn(forward(images), labels)
-            loss.backward()
+            if graphed is not None:  # replays overwrite the gradients: no zero_grad
+                graphed(images, labels)
+            else:
+                with autocast():
+                    loss = loss_fn(forward(images), labels)
+                loss.backward()
             optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if graphed is None:
+                optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         return args.batch_size * steps / (time.perf_counter() - start)
 
@@ -142,12 +166,11 @@ class Bench:
         print(f"{mode:8s} {name} {kwargs or ''}: {result} ({row['seconds']} s)", flush=True)
 
     def _measure(self, mode: str, model: Model, steps: int, rounds: int, warmup: int) -> dict[str, float]:
-        compiled = mode == "compiled"
         if mode not in self.baselines:
-            baseline = build_runner(BASELINE, self.args, compiled)
+            baseline = build_runner(BASELINE, self.args, mode)
             baseline(warmup)  # a compiled model compiles here
             self.baselines[mode] = baseline
-        candidate = build_runner(model, self.args, compiled)
+        candidate = build_runner(model, self.args, mode)
         candidate(warmup)
         return compare(self.baselines[mode], candidate, steps, rounds)
 
@@ -157,7 +180,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
         f"### Training throughput vs timm DeiT-T ({env['date'][:10]})",
         "",
         f"device {env['device']}; torch {env['torch']}, timm {env['timm']}, lvit {env['lvit']}; batch "
-        f"{args.batch_size}, {args.image_size}x{args.image_size}, {env['precision']}, AdamW; "
+        f"{args.batch_size}, {args.image_size}x{args.image_size}, patch {args.patch_size or 'own'}, "
+        f"{env['precision']}, AdamW; "
         f"channels_last={args.channels_last}; compile scope {args.compile_scope}; interleaved, medians",
         "",
         "| mode | model | kwargs | images/s | DeiT-T images/s | ratio | baseline spread |",
@@ -186,10 +210,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=("eager", "compiled"),
+        choices=("eager", "compiled", "graphed"),
         default=["eager", "compiled"],
-        help="modes of the headline pair; the other table rows run eager only",
+        help="modes of the headline pair; the other table rows run eager only. graphed: the training "
+        "loop's CUDA-graph step (CUDA only), which the proxy recipes use",
     )
+    parser.add_argument("--patch-size", type=int, default=None,
+                        help="patch size of every model (default: each model's own); the proxy uses "
+                             "--image-size 64 --patch-size 8")  # fmt: skip
     parser.add_argument("--compile-scope", choices=("blocks", "model"), default="blocks")
     parser.add_argument("--warmup", type=int, default=3, help="headline steps before timing (compiles)")
     parser.add_argument("--steps", type=int, default=5, help="headline steps per timed round")
