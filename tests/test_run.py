@@ -156,3 +156,16 @@ def test_reproduce_trains_shared_runs_in_worker_processes(tmp_path):
     assert pending_shared_trainings(names, "smoke", 1, "cpu", **dirs) == []
     runs = list((dirs["results_dir"] / "smoke" / "runs").glob("*.json"))
     assert len(runs) == 5 and all(json.loads(p.read_text())["history"] for p in runs)
+
+
+def test_pending_trainings_start_with_the_models_whose_stored_runs_took_longest(tmp_path):
+    from lvit.engine.run import pending_shared_trainings
+
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    runs = dirs["results_dir"] / "smoke" / "runs"
+    runs.mkdir(parents=True)
+    walls = [("localvit_tiny", 5.0), ("deit_tiny_patch16_224", 50.0), ("localvit_tiny", 7.0)]
+    for i, (model, wall) in enumerate(walls):  # runs of other code: hints for the order, never reused
+        (runs / f"older{i}.json").write_text(json.dumps({"model": model, "wall_s": wall, "history": []}))
+    models = [t.model for t in pending_shared_trainings(["localvit_activation"], "smoke", 1, "cpu", **dirs)]
+    assert models == ["deit_tiny_patch16_224"] + ["localvit_tiny"] * 6 + ["localvit_tiny_se4"]  # no hint

@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -466,7 +467,18 @@ def pending_shared_trainings(
                 key = training.key
                 if key not in pending and not store.shared_run_path(results_dir, profile, key).exists():
                     pending[key] = training
-    return list(pending.values())
+    return _longest_first(list(pending.values()), results_dir, profile)
+
+
+def _longest_first(trainings: list[Training], results_dir: str | Path, profile: str) -> list[Training]:
+    """Order by the median wall time stored runs of the same model took at this profile (of any version:
+    a hint for scheduling, not a result), so the slow trainings start first and do not form the tail."""
+    walls: dict[str, list[float]] = {}
+    for path in (Path(results_dir) / profile / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        walls.setdefault(record["model"], []).append(float(record["wall_s"]))
+    median = {model: statistics.median(values) for model, values in walls.items()}
+    return sorted(trainings, key=lambda t: -median.get(t.model, 0.0))  # stable: unknown models keep order
 
 
 def train_shared(training: Training) -> str:
