@@ -31,6 +31,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_aug_lr2e-3": dict(_NO_AUG, lr=2e-3),
     "no_aug_lr5e-4": dict(_NO_AUG, lr=5e-4),
     "no_aug_16ep": dict(_NO_AUG, epochs=16),
+    "no_aug_lr2.5e-4": dict(_NO_AUG, lr=2.5e-4),  # DeiT's own rule at batch 256: 5e-4 x 256 / 512
+    "no_aug_warmup3": dict(_NO_AUG, warmup_epochs=3),  # ViTs are known to need the longer warm-up
 }
 MODELS = ("deit_tiny_patch16_224", "localvit_tiny")
 
