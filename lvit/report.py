@@ -571,8 +571,8 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
     if collapsed:
         parts += [f"**Collapsed:** {', '.join(collapsed)} predicted one constant map for every validation "
                   "image at the last epoch (`val_constant_fraction` = 1 in the run's history). Their metrics "
-                  "are those of a constant prediction, the same whatever the model, and say nothing about "
-                  "the model.", ""]
+                  "are those of a constant map after alignment, identical for any model that collapses, so "
+                  "they say nothing about the architecture.", ""]
     provenance = provenance_summary(rows)
     if provenance:
         parts.append("Provenance: " + "; ".join(f"{k}: {v}" for k, v in provenance.items()))
