@@ -5,6 +5,7 @@
 #
 #   OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh                       # repository root, GPU machine
 #   TOTAL_S=3600 BENCH=0 OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # an hour of suite, no benchmarks
+#   TOTAL_S=572 BENCH=after OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # suite first, then benchmarks
 #
 # The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
 # at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
@@ -17,7 +18,7 @@ TOTAL_S=${TOTAL_S:-570}   # the whole script, archive included
 REPORT_S=${REPORT_S:-55}  # kept back for the report notebook and the archive
 JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU idle between launches
 TRAIN_WORKERS=${TRAIN_WORKERS:-8}  # processes training the classification tables' runs beside the notebooks
-BENCH=${BENCH:-1}         # 0: no benchmarks
+BENCH=${BENCH:-1}         # 1: benchmarks before the suite; after: in the time the suite leaves; 0: none
 SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
 DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -100,7 +101,7 @@ PYTHON
     fi
 fi
 
-if [ "$BENCH" = 1 ]; then
+run_benchmarks() {
     stamp "benchmarks"
     timeout -k 5 "$(budget 65)" python3 benchmarks/train_throughput.py --max-seconds 45 \
         --out "$BENCH_DIR/train_throughput.json" >"$BENCH_DIR/train_throughput.log" 2>&1
@@ -116,7 +117,9 @@ if [ "$BENCH" = 1 ]; then
         --out "$BENCH_DIR/data_throughput.json" >"$BENCH_DIR/data_throughput.log" 2>&1
     stamp "data_throughput exit $?"
     tail -q -n 40 "$BENCH_DIR"/*.log | grep -E "^\|" | cut -c1-170
-fi
+}
+
+if [ "$BENCH" = 1 ]; then run_benchmarks; fi
 
 SUITE_S=$(budget 100000)
 stamp "proxy suite: lvit reproduce --profile proxy --jobs $JOBS --train-workers $TRAIN_WORKERS (deadline ${SUITE_S}s)"
@@ -124,10 +127,15 @@ timeout -k 10 "$SUITE_S" python3 -m lvit reproduce --profile proxy --jobs "$JOBS
     --train-workers "$TRAIN_WORKERS" --device "$DEVICE" >"$LOGS/suite.log" 2>&1
 suite=$?
 stamp "suite exit $suite (124: deadline)"
-grep -E "^ *(ok|FAILED) " "$LOGS/suite.log"
+grep -aoE "(ok|FAILED) [a-z_]+ \([0-9]+ s\)" "$LOGS/suite.log"  # progress bars share the lines
 if [ "$suite" != 0 ]; then  # cut short or failed: the report notebook has not run yet
     pkill -f ipykernel_launcher; pkill -f multiprocessing.spawn; sleep 2  # kernels and training workers
     stamp "report"
     timeout $((REPORT_S - 10)) python3 -m lvit reproduce --profile proxy --only report >"$LOGS/report.log" 2>&1
     stamp "report exit $?"
 fi
+if [ "$BENCH" = after ]; then  # the suite first; the benchmarks get whatever time is left
+    REPORT_S=10
+    run_benchmarks
+fi
+stamp "done"
