@@ -19,7 +19,8 @@ Classification augmentation per profile (what the engine does with these keys):
   proxy's 8 it kept every model near chance in the first GPU run, and without it LocalViT-T reaches 18 %
   (``benchmarks/proxy_probe.py``, ``benchmarks/RESULTS.md``). RandAugment (per-image PIL work) and
   repeated augmentation (triple epoch cost, no new images: the generator already varies every nuisance)
-  are off too. lr follows DeiT's batch rule at 2× the base rate, because the schedule is ~100× shorter.
+  are off too. lr is 1e-3, 4× DeiT's batch rule (5e-4 × 256 / 512), because the schedule is ~100×
+  shorter; DeiT-T stays at chance at the rule's own 2.5e-4 too (``benchmarks/RESULTS.md``, CPU probe).
 * ``smoke``: the batch-form DeiT pieces (Mixup/CutMix, random erasing, drop path) at toy sizes, so CI
   executes every code path that ``paper`` uses.
 
