@@ -160,35 +160,25 @@ def pretrained_backbone(
     path = Path(results_dir) / profile / "artifacts" / f"{arch}-{digest[:12]}.pt"
     with store.locked(path):
         if not path.exists():
-            _pretrain_backbone(arch, kwargs, recipe, config, profile, device, data_root, path)
+            pretraining = Training(arch, kwargs, "classification", recipe, 0, profile, device, results_dir,
+                                   data_root, f"pretrain {arch}")  # fmt: skip
+            _pretrain_backbone(pretraining, config, path)
     return load_checkpoint(path)
 
 
-def _pretrain_backbone(
-    arch: str,
-    kwargs: Mapping[str, Any],
-    recipe: Mapping[str, Any],
-    config: Mapping[str, Any],
-    profile: str,
-    device: torch.device,
-    data_root: str | Path,
-    path: Path,
-) -> None:
+def _pretrain_backbone(pretraining: Training, config: Mapping[str, Any], path: Path) -> None:
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
-    torch.manual_seed(0)
-    model = lvit.create_model(arch, **kwargs)
-    history = train(
-        model, "classification", recipe, 0, device, data_root, path.with_suffix(".ckpt"), f"pretrain {arch}"
-    )
-    save_checkpoint(path, model.state_dict())
-    shutil.rmtree(path.with_suffix(".ckpt"), ignore_errors=True)
+    model, history = pretraining.run(path.with_suffix(".ckpt"))
     info = {
-        **store.provenance(profile, 0, str(device), config, started, time.perf_counter() - t0),
-        "arch": arch,
-        "model_kwargs": kwargs,
+        **store.provenance(pretraining.profile, pretraining.seed, str(pretraining.device), config, started,
+                           time.perf_counter() - t0),
+        "arch": pretraining.model,
+        "model_kwargs": pretraining.kwargs,
         "history": history,
-    }
-    path.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str))
+    }  # fmt: skip
+    store.atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=1, default=str))
+    save_checkpoint(path, model.state_dict())  # last: the weights' existence marks the artifact complete
+    shutil.rmtree(path.with_suffix(".ckpt"), ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------- training
