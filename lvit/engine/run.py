@@ -449,8 +449,8 @@ def pending_shared_trainings(
         stored = store.load_results(results_dir, profile, name)
         for seed in range(seeds or experiment.default_seeds(profile)):
             for row in rows:
-                done = store.config_hash(run_config(name, row, recipe, profile, seed))
-                if len(store.reusable_results(stored, name, row.label, profile, seed, done)):
+                config = run_config(name, row, recipe, profile, seed)
+                if _result_stored(stored, name, row, profile, seed, config):
                     continue
                 training = _training(row, "classification", recipe, seed, profile, target, results_dir,
                                      data_root)  # fmt: skip
@@ -597,9 +597,7 @@ def _run_all(
     for seed in seed_list:  # seeds outer: consecutive rows can share one trained model
         for row in selected:
             config = run_config(name, row, recipe, profile, seed)
-            if reuse and len(
-                store.reusable_results(stored, name, row.label, profile, seed, store.config_hash(config))
-            ):
+            if reuse and _result_stored(stored, name, row, profile, seed, config):
                 continue
             records = _run_row(
                 experiment, row, profile, recipe, seed, target, data_root, results_dir, config, trained, reuse
@@ -626,6 +624,14 @@ def run_config(name: str, row: Row, recipe: Mapping[str, Any], profile: str, see
     if recipe.get("pretrain") == "classification":
         config["pretrain_recipe"] = CLASSIFICATION_PROFILES[profile]
     return config
+
+
+def _result_stored(
+    stored: pd.DataFrame, name: str, row: Row, profile: str, seed: int, config: Mapping[str, Any]
+) -> bool:
+    """Whether ``stored`` holds this (row, seed)'s results under ``config``, the current declaration."""
+    hashed = store.config_hash(config)
+    return len(store.reusable_results(stored, name, row.label, profile, seed, hashed)) > 0
 
 
 def declared_config_hash(name: str, row_label: str, profile: str, seed: int) -> str | None:
