@@ -231,7 +231,9 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
     parameters: dict[str, Any] = {"profile": profile, "device": device, **(overrides or {})}
     if seeds is not None:
         parameters["seeds"] = seeds
-    validate_parameters(profile, seeds or 0, device)  # fail fast, before any kernel starts
+    # fail fast, before any kernel starts; the resolved paths are the ones the notebooks will use
+    checked = validate_parameters(profile, seeds or 0, device, data_root=parameters.get("data_root", ""),
+                                  results_dir=parameters.get("results_dir", ""))
     for name in chosen:
         check_parameter_names(notebooks_dir() / f"{name}.ipynb", parameters)
     results_root = project_root() / "results"
@@ -259,7 +261,7 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
                 bar.update()
 
     with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
-        with _shared_trainings(chosen, profile, seeds, device, parameters, train_workers, bar):
+        with _shared_trainings(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
             run_wave([n for n in chosen if n != REPORT_NOTEBOOK], bar)
         run_wave([n for n in chosen if n == REPORT_NOTEBOOK], bar)  # last and alone: it reads every result
     write_report(results_root)
@@ -267,8 +269,8 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
 
 
 @contextlib.contextmanager
-def _shared_trainings(chosen: Sequence[str], profile: str, seeds: int | None, device: str,
-                      parameters: Mapping[str, Any], workers: int, bar: tqdm) -> Iterator[None]:
+def _shared_trainings(chosen: Sequence[str], seeds: int | None, checked: NotebookParameters,
+                      row_subset: bool, workers: int, bar: tqdm) -> Iterator[None]:
     """Train the chosen tables' pending classification runs in ``workers`` processes while the body runs.
 
     A worker that fails only costs time: the notebook that needs the run trains it itself and reports any
@@ -279,12 +281,11 @@ def _shared_trainings(chosen: Sequence[str], profile: str, seeds: int | None, de
 
     experiments = {e.name for e in list_experiments()}
     names = [n for n in chosen if n in experiments]
-    if not workers or not names or "rows" in parameters:  # a row subset: let the notebooks decide
+    if not workers or not names or row_subset:  # a row subset: let the notebooks decide
         yield
         return
-    results_dir = _resolve(parameters.get("results_dir", ""), os.environ.get(RESULTS_DIR_ENV, "results"))
-    data_root = _resolve(parameters.get("data_root", ""), "data")
-    pending = pending_shared_trainings(names, profile, seeds, device, results_dir, data_root)
+    pending = pending_shared_trainings(names, checked.profile, seeds, checked.device, checked.results_dir,
+                                       checked.data_root)  # fmt: skip
     bar.write(f"{len(pending)} classification trainings to do, {workers} at once beside the notebooks")
     context = multiprocessing.get_context("spawn")  # a fresh CUDA context per worker; fork cannot give one
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:

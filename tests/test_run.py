@@ -145,13 +145,13 @@ def test_reproduce_trains_shared_runs_in_worker_processes(tmp_path):
     from tqdm import tqdm
 
     from lvit.engine.run import pending_shared_trainings
-    from lvit.reproduce import _shared_trainings
+    from lvit.reproduce import _shared_trainings, validate_parameters
 
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
-    parameters = {"results_dir": str(dirs["results_dir"]), "data_root": str(dirs["data_root"])}
+    checked = validate_parameters("smoke", 1, "cpu", **{k: str(v) for k, v in dirs.items()})
     names = ["localvit_placement"]
     assert len(pending_shared_trainings(names, "smoke", 1, "cpu", **dirs)) == 5
-    with tqdm(disable=True) as bar, _shared_trainings(names, "smoke", 1, "cpu", parameters, 2, bar):
+    with tqdm(disable=True) as bar, _shared_trainings(names, 1, checked, False, 2, bar):
         pass  # the notebooks would run here; leaving waits for the two spawned workers
     assert pending_shared_trainings(names, "smoke", 1, "cpu", **dirs) == []
     runs = list((dirs["results_dir"] / "smoke" / "runs").glob("*.json"))
