@@ -201,11 +201,20 @@ class Failure:
     output: Path
 
 
+@dataclass(frozen=True)
+class Reproduction:
+    report: Path  # the REPORT.md written after the notebooks
+    failures: list[Failure]
+
+
 def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None = None,
               device: str = "auto", overrides: Mapping[str, Any] | None = None,
               execution_timeout: int | None = None, log_output: bool = False, jobs: int = 1,
-              train_workers: int = 0) -> list[Failure]:
+              train_workers: int = 0) -> Reproduction:
     """Run the chosen notebooks (default: all) at ``profile``, continuing past failures; then the report.
+
+    Executed notebooks and ``REPORT.md`` go under the results root the notebooks write to (the
+    ``results_dir`` parameter, else ``$LVIT_RESULTS_DIR``, else ``<project>/results``).
 
     Every parameter name is checked against every chosen notebook before anything runs. ``jobs > 1`` runs
     that many notebooks at once (one kernel process each): the proxy's small models leave a GPU mostly idle
@@ -236,8 +245,7 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
                                   results_dir=parameters.get("results_dir", ""))
     for name in chosen:
         check_parameter_names(notebooks_dir() / f"{name}.ipynb", parameters)
-    results_root = project_root() / "results"
-    output_dir = results_root / profile / "notebooks"
+    output_dir = checked.profile_dir / "notebooks"
 
     def run_one(name: str) -> tuple[Failure | None, float]:
         """(failure or None, seconds the notebook ran): timed here, not from submission, which queues."""
@@ -264,8 +272,7 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
         with _shared_trainings(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
             run_wave([n for n in chosen if n != REPORT_NOTEBOOK], bar)
         run_wave([n for n in chosen if n == REPORT_NOTEBOOK], bar)  # last and alone: it reads every result
-    write_report(results_root)
-    return failures
+    return Reproduction(write_report(checked.results_dir), failures)
 
 
 @contextlib.contextmanager
@@ -357,14 +364,14 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        failures = reproduce(profile, args.only, args.seeds, args.device, dict(args.param), args.timeout,
-                             log_output=args.verbose, jobs=args.jobs, train_workers=args.train_workers)
+        outcome = reproduce(profile, args.only, args.seeds, args.device, dict(args.param), args.timeout,
+                            log_output=args.verbose, jobs=args.jobs, train_workers=args.train_workers)
     except (ValueError, KeyError) as error:
         raise SystemExit(f"lvit reproduce: {error}") from None
-    print(f"report: {project_root() / 'results' / 'REPORT.md'}")
-    if failures:
-        print(f"{len(failures)} notebook(s) failed:")
-        for failure in failures:
+    print(f"report: {outcome.report}")
+    if outcome.failures:
+        print(f"{len(outcome.failures)} notebook(s) failed:")
+        for failure in outcome.failures:
             print(f"  {failure.notebook}: {failure.error}\n    see {failure.output}")
         return 1
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nbformat
 import papermill
 import pytest
@@ -76,7 +78,7 @@ def test_papermill_run_with_unknown_profile_fails_with_valid_choices(tmp_path):
     assert f"valid profiles: {', '.join(PROFILES)}" in failure.value.evalue
 
 
-def test_reproduce_jobs_run_notebooks_concurrently_report_last_and_alone(monkeypatch):
+def test_reproduce_runs_notebooks_concurrently_report_last_alone_under_results_root(monkeypatch, tmp_path):
     import threading
     import time
 
@@ -85,7 +87,10 @@ def test_reproduce_jobs_run_notebooks_concurrently_report_last_and_alone(monkeyp
 
     running, peak, order, lock = set(), [0], [], threading.Lock()
 
+    output_dirs = set()
+
     def fake_run(name, parameters, output_dir, timeout, log_output):
+        output_dirs.add(output_dir)
         with lock:
             running.add(name)
             peak[0] = max(peak[0], len(running))
@@ -97,11 +102,16 @@ def test_reproduce_jobs_run_notebooks_concurrently_report_last_and_alone(monkeyp
             raise RuntimeError("boom")
 
     monkeypatch.setattr(module, "run_notebook", fake_run)
-    monkeypatch.setattr(lvit.report, "write_report", lambda root: None)
+    monkeypatch.setattr(lvit.report, "write_report", lambda root: Path(root) / "REPORT.md")
     chosen = ["localvit_placement", "localvit_activation", "localvit_curves", "report"]
-    failures = module.reproduce("smoke", only=chosen, device="cpu", jobs=3)
+    elsewhere = tmp_path / "elsewhere"
+    outcome = module.reproduce("smoke", only=chosen, device="cpu", jobs=3,
+                               overrides={"results_dir": str(elsewhere)})
     assert peak[0] == 3  # the three table notebooks ran at once
     assert order[-1] == ("report", frozenset({"report"}))  # then the report, alone
-    assert [(f.notebook, f.error) for f in failures] == [("localvit_placement", "RuntimeError: boom")]
+    assert [(f.notebook, f.error) for f in outcome.failures] == [("localvit_placement", "RuntimeError: boom")]
+    # executed notebooks and the report follow the notebooks' results root, not <project>/results
+    assert output_dirs == {elsewhere / "smoke" / "notebooks"}
+    assert outcome.report == elsewhere / "REPORT.md"
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         module.reproduce("smoke", only=chosen, device="cpu", jobs=0)
