@@ -57,6 +57,28 @@ def test_labels_balanced_and_all_classes_reachable() -> None:
         LocalShapes(num_classes=65)
 
 
+def test_nuisance_thins_background_texture_and_clutter_only() -> None:
+    from lvit.data.seeding import sample_uniforms
+    from lvit.data.synthetic import _UNIFORMS_PER_SAMPLE, shape_parameters
+
+    indices = torch.arange(256)
+    uniforms = sample_uniforms(indices, _UNIFORMS_PER_SAMPLE, 0, "train", LocalShapes.namespace)
+    full, none = (shape_parameters(uniforms, indices % 64, n) for n in (1.0, 0.0))
+    assert full["clutter_on"].any() and full["bg_contrast"].gt(0).all()
+    assert not none["clutter_on"].any() and none["bg_contrast"].eq(0).all()
+    # every other parameter is drawn from the same uniforms: the labelled shape is the same shape
+    assert all(torch.equal(full[k], none[k]) for k in full if k not in ("clutter_on", "bg_contrast"))
+
+    def total_variation(images: torch.Tensor) -> float:
+        return float((images[..., 1:, :] - images[..., :-1, :]).abs().mean())
+
+    plain, _ = LocalShapes("train", 64, 32, nuisance=0.0).generate(range(64))
+    busy, _ = LocalShapes("train", 64, 32).generate(range(64))
+    assert total_variation(plain) < 0.8 * total_variation(busy)
+    with pytest.raises(ValueError, match="nuisance must be in"):
+        LocalShapes(nuisance=1.5)
+
+
 @pytest.mark.parametrize(
     ("shape", "inside", "outside"),
     [

@@ -2,7 +2,8 @@
 
 ``build_dataset(name, split, recipe, data_root)`` is the one entry point the engine uses. Recipe keys read
 (all optional except where a dataset needs them): ``image_size``, ``train_samples`` / ``val_samples`` /
-``test_samples`` (sample count for the split), ``num_classes``, ``seed``, and for ``scenes`` ``domains``
+``test_samples`` (sample count for the split), ``num_classes``, ``seed``, for ``local_shapes`` ``nuisance``
+(:class:`~lvit.data.synthetic.LocalShapes`), and for ``scenes`` ``domains``
 or a per-split ``{split}_domains`` (e.g. ``train_domains=("indoor", "outdoor")``,
 ``test_domains=("tabletop",)`` for zero-shot transfer to a held-out domain). Procedural images come out
 normalised as the paper's pipeline normalises real ones (:class:`~lvit.data.transforms.NormalizedImages`).
@@ -38,7 +39,7 @@ def _num_samples(split: str, recipe: Mapping[str, Any]) -> int:
 
 
 def _local_shapes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
-    kwargs = {k: recipe[k] for k in ("image_size", "num_classes", "seed") if k in recipe}
+    kwargs = {k: recipe[k] for k in ("image_size", "num_classes", "seed", "nuisance") if k in recipe}
     shapes = LocalShapes(split=split, num_samples=_num_samples(split, recipe), **kwargs)
     return NormalizedImages(shapes, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)  # as DeiT's ImageNet
 

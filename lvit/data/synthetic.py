@@ -146,8 +146,14 @@ def _contrasting(first: torch.Tensor, second: torch.Tensor, minimum: float) -> t
     return (first + delta / norm * norm.clamp(min=minimum)).clamp(0, 1)
 
 
-def shape_parameters(uniforms: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """All rendering parameters of a batch, from ``(B, _UNIFORMS_PER_SAMPLE)`` uniforms."""
+def shape_parameters(
+    uniforms: torch.Tensor, labels: torch.Tensor, nuisance: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """All rendering parameters of a batch, from ``(B, _UNIFORMS_PER_SAMPLE)`` uniforms.
+
+    ``nuisance`` in [0, 1] scales the background texture's contrast and the chance of each clutter item; the
+    same uniforms are drawn at every value, so only those two change (1: the full set, 0: neither).
+    """
     u = UniformStream(uniforms)
     p: dict[str, torch.Tensor] = {
         "shape": labels // len(TEXTURES),
@@ -162,7 +168,7 @@ def shape_parameters(uniforms: torch.Tensor, labels: torch.Tensor) -> dict[str, 
         "bg_angle": u.range(0, 2 * math.pi, 1)[:, 0],
         "bg_texture": u.integers(len(TEXTURES), 1)[:, 0],
         "bg_period": u.range(0.08, 0.3, 1)[:, 0],
-        "bg_contrast": u.range(0.0, 0.3, 1)[:, 0],
+        "bg_contrast": u.range(0.0, 0.3, 1)[:, 0] * nuisance,
         "bg_tex_angle": u.range(0, 2 * math.pi, 1)[:, 0],
     }
     color_a = u.take(3)
@@ -171,7 +177,7 @@ def shape_parameters(uniforms: torch.Tensor, labels: torch.Tensor) -> dict[str, 
     bg_a = u.take(3)
     p["bg_a"], p["bg_b"] = bg_a, _contrasting(bg_a, u.take(3), 0.1)
     n_clutter = CLUTTER_BEHIND + CLUTTER_FRONT
-    p["clutter_on"] = u.take(n_clutter) < 0.6
+    p["clutter_on"] = u.take(n_clutter) < 0.6 * nuisance
     p["clutter_kind"] = u.integers(3, n_clutter)
     p["clutter_center"] = u.range(-1, 1, 2 * n_clutter).reshape(-1, n_clutter, 2)
     size = u.range(0.05, 0.22, n_clutter)
@@ -252,8 +258,10 @@ class LocalShapes(Dataset):
     """Procedural 64-class classification set; class = (shape outline or junction type, texture).
 
     ``dataset[i]`` -> ``(image float32 (3, H, W) in [0, 1], label int)``; ``generate(indices, device)``
-    renders a whole batch at once (on GPU when given) with the same values. Labels are balanced exactly:
-    ``label = i % num_classes``; classes ``0..num_classes-1`` are ``(SHAPES[c // 8], TEXTURES[c % 8])``.
+    renders a whole batch at once (on GPU when given) with the same values. ``nuisance`` < 1 thins the
+    background texture and clutter (:func:`shape_parameters`), for calibrating difficulty. Labels are
+    balanced exactly: ``label = i % num_classes``; classes ``0..num_classes-1`` are
+    ``(SHAPES[c // 8], TEXTURES[c % 8])``.
     """
 
     namespace = "local_shapes"
@@ -265,7 +273,11 @@ class LocalShapes(Dataset):
         image_size: int | tuple[int, int] = 64,
         num_classes: int = NUM_SHAPE_CLASSES,
         seed: int = 0,
+        nuisance: float = 1.0,
     ) -> None:
+        if not 0.0 <= nuisance <= 1.0:
+            raise ValueError(f"nuisance must be in [0, 1] (1: full background texture and clutter), "
+                             f"got {nuisance}")
         if not 2 <= num_classes <= NUM_SHAPE_CLASSES:
             raise ValueError(f"num_classes must be in [2, {NUM_SHAPE_CLASSES}], got {num_classes}")
         if num_samples < 1:
@@ -275,6 +287,7 @@ class LocalShapes(Dataset):
         self.image_size = image_hw(image_size)
         self.num_classes = num_classes
         self.seed = seed
+        self.nuisance = float(nuisance)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -293,7 +306,7 @@ class LocalShapes(Dataset):
         height, width = image_hw(image_size) if image_size is not None else self.image_size
         labels = self.labels(indices)
         uniforms = sample_uniforms(indices, _UNIFORMS_PER_SAMPLE, self.seed, self.split, self.namespace)
-        params = {k: v.to(device) for k, v in shape_parameters(uniforms, labels).items()}
+        params = {k: v.to(device) for k, v in shape_parameters(uniforms, labels, self.nuisance).items()}
         return render_shapes(params, height, width), labels.to(device)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
@@ -303,7 +316,8 @@ class LocalShapes(Dataset):
     def __repr__(self) -> str:
         return (
             f"LocalShapes(split={self.split!r}, num_samples={self.num_samples}, "
-            f"image_size={self.image_size}, num_classes={self.num_classes}, seed={self.seed})"
+            f"image_size={self.image_size}, num_classes={self.num_classes}, seed={self.seed}, "
+            f"nuisance={self.nuisance})"
         )
 
 

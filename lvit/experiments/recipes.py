@@ -139,7 +139,8 @@ _SIZE = (int, tuple, list)
 _SEQ = (tuple, list)
 RECIPE_KEYS: dict[str, type | tuple[type, ...]] = {
     "dataset": str, "image_size": _SIZE, "patch_size": int, "width": int, "features": int,
-    "num_classes": int, "train_samples": int, "val_samples": int, "test_samples": int, "epochs": int,
+    "num_classes": int, "nuisance": _NUM, "train_samples": int, "val_samples": int, "test_samples": int,
+    "epochs": int,
     "batch_size": int, "grad_accum": int, "lr": _NUM, "backbone_lr": _NUM, "decoder_lr": _NUM,
     "decoder_lr_mult": _NUM, "min_lr": _NUM, "warmup_lr": _NUM, "warmup_epochs": _NUM, "weight_decay": _NUM,
     "momentum": _NUM, "poly_power": _NUM, "opt": str, "mixup": _NUM, "cutmix": _NUM, "mixup_prob": _NUM,
