@@ -24,28 +24,16 @@ Classification augmentation per profile (what the engine does with these keys):
 * ``smoke``: the batch-form DeiT pieces (Mixup/CutMix, random erasing, drop path) at toy sizes, so CI
   executes every code path that ``paper`` uses.
 
-Proxy calibration (``benchmarks/train_calibrate.py``; 2026-11-26, 2-core CPU shared with other jobs, one
-thread, batch 8, 2 timed steps): DeiT-T at 224 trains at 0.7 img/s here against 9844 img/s on an H100
-(``ecosystem.md`` §4.6), a ratio of ~13,000-14,000. Measured CPU costs per training image at proxy size
-(two runs; the spread is the machine's load): DeiT-T 0.18-0.57 s, LocalViT-T 0.71-0.94 s, PVT-T 0.33-0.40 s,
-TNT-T 0.36-0.47 s, DPT-tiny at 128 px 2.5-3.1 s. With a safety factor of 2 for what small models waste on
-a GPU (launch-bound steps, memory-bound depth-wise conv/BN, evaluation), 10k images x 10 epochs per
-classification run came to 17.6 min for the suite run one notebook after another.
-
-The lent GPU gives a session 15 minutes in all (machine start, benchmarks and suite together), so the suite
-must finish in about 6 minutes: ``lvit reproduce --jobs`` runs the notebooks concurrently (each small
-model leaves the GPU idle between launches), one training shared by every table that declares it
-(``lvit.engine.run``) leaves 22 distinct trainings of the 33 LocalViT table rows (66 of 99 at 3 seeds), and
-classification trains 8 epochs of 10k images (~310 steps of 256; was 10 epochs). Counting kernel launches
-per step on CPU (``TorchDispatchMode``: DeiT-T ~1,700, LocalViT-T ~2,700, TNT-T ~5,000) gives about 25 ms a
-step when launch-bound: about 9 minutes for the 69 classification and 8 dense trainings one at a time.
-``torch.compile`` is off in proxy: compiling each of ~70 short runs costs more than it saves.
-
-The first GPU run measured what that estimate missed: twelve notebooks time-slicing one H200 trained at
-about 7.8k images/s together, so the suite needed 12-15 minutes, not 6. Each proxy step is a few
-milliseconds of GPU work behind thousands of launches, so proxy recipes set ``cuda_graph``: the loop
-captures forward, loss and backward once and replays them (``lvit.engine.graphed``; same arithmetic, tested
-against eager on the GPU by ``tests/test_cuda_graph.py``).
+Proxy size: the whole suite (22 distinct classification trainings × 3 seeds, 3 backbone pretrainings,
+8 dense trainings) must fit one 10-minute call of the lent GPU, whose session budget is 15 minutes with the
+machine's start. At 8 epochs of 10k images it ran in 447 s on an H200, eager, notebooks sharing the GPU under
+CUDA MPS (``benchmarks/RESULTS.md``; ``benchmarks/train_calibrate.py`` is the CPU cost model that first
+sized it).
+Each proxy step is a few milliseconds of GPU work behind thousands of kernel launches, so ``cuda_graph`` is
+on (``lvit.engine.graphed``: forward, loss and backward captured once and replayed) and ``torch.compile`` is
+off (each of ~70 short runs would pay its compile). At this size plain ViTs (DeiT-T/S, PVT-T, TNT-T) stay at
+chance on LocalShapes while LocalViT learns; the report names such rows, and ``benchmarks/proxy_probe.py``
+records what was tried (learning rate, warm-up, 16 epochs, thinner nuisance via the ``nuisance`` key).
 
 Inputs are normalised at every profile as the papers normalise them: ImageNet mean/std for classification,
 mean = std = 0.5 for the dense tasks (``lvit.data.build_dataset`` wraps the procedural sets).
