@@ -34,6 +34,9 @@ AGREEMENT_MATCH = "matches (within rounding)"
 AGREEMENT_REFERENCE = "reference row"
 AGREEMENT_SAME = "same direction"
 AGREEMENT_OPPOSITE = "opposite direction"
+# Ours equal to the reference row's (e.g. two collapsed runs), or the paper's: no direction to compare.
+AGREEMENT_TIED = "tied with reference (ours)"
+AGREEMENT_PAPER_TIED = "tied with reference (paper)"
 AGREEMENT_NO_PUBLISHED = "no published value"
 
 CLAIM_HOLDS = "holds"
@@ -129,8 +132,12 @@ def _agreement(published: float, mean: float, ref_published: float, ref_mean: fl
     if math.isnan(ref_mean) or math.isnan(ref_published):
         return MISSING
     # Direction of this row relative to the table's first row, in the paper and in ours.
-    return AGREEMENT_SAME if np.sign(published - ref_published) == np.sign(mean - ref_mean) \
-        else AGREEMENT_OPPOSITE
+    paper_direction, our_direction = np.sign(published - ref_published), np.sign(mean - ref_mean)
+    if our_direction == 0:
+        return AGREEMENT_TIED
+    if paper_direction == 0:
+        return AGREEMENT_PAPER_TIED
+    return AGREEMENT_SAME if paper_direction == our_direction else AGREEMENT_OPPOSITE
 
 
 def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
@@ -140,7 +147,8 @@ def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
     Columns: ``metric, row, published, ours`` (text: mean ± std (n=seeds), or "missing"), ``mean, std,
     n_seeds, delta`` (ours − published; NaN when either is missing) and ``agreement``: the row matches
     the printed value within its rounding, or moves in the same / opposite direction as in the paper
-    relative to the reference row (the first row with both a published value and ours). Missing rows
+    relative to the reference row (the first row with both a published value and ours), or is tied with it
+    in ours or in the paper (a tie has no direction; two collapsed runs tie). Missing rows
     keep NaN, never 0; published baselines lvit does not build say so.
     """
     experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
@@ -692,7 +700,8 @@ def write_report(results_dir: Path | str, profiles: Iterable[str] | None = None,
              "At the smoke and proxy profiles the data are procedural and the models small, so absolute "
              "numbers are not comparable with the paper's: what should agree is the *ordering* of the rows. "
              "*agreement* says whether a row matches the printed value within its rounding, or moves in "
-             "the paper's direction relative to the reference row (the first with both numbers); Kendall τ "
+             "the paper's direction relative to the reference row (the first with both numbers), or ties "
+             "with it (no direction); Kendall τ "
              "compares the whole ordering; each claim is tested on our means (and, as a check of its "
              "declaration, on the paper's). Missing rows are shown as missing, never as zero.", "",
              "Profiles: " + (", ".join(f"[`{p}`](#profile-{p})" for p in profiles) or "none"), ""]

@@ -11,8 +11,10 @@ from lvit.experiments import Claim, Experiment, Metric, Row
 from lvit.report import (
     AGREEMENT_MATCH,
     AGREEMENT_OPPOSITE,
+    AGREEMENT_PAPER_TIED,
     AGREEMENT_REFERENCE,
     AGREEMENT_SAME,
+    AGREEMENT_TIED,
     CLAIM_FAILS,
     CLAIM_HOLDS,
     CLAIM_NOT_ENOUGH,
@@ -83,6 +85,15 @@ def test_agreement_direction_relative_to_first_row():
     assert agreement["best"] == AGREEMENT_MATCH  # 75.0 equals the printed 75.0
     nudged = _results({"base": [2.0], "best": [75.2]})
     assert comparison_table(EXPERIMENT, nudged).set_index("row").loc["best", "agreement"] == AGREEMENT_SAME
+    # a tie has no direction: not "opposite" (collapsed runs tie), nor "same" when only the paper ties
+    tied = _results({"base": [2.0], "better": [2.0]})
+    assert comparison_table(EXPERIMENT, tied).set_index("row").loc["better", "agreement"] == AGREEMENT_TIED
+    same_print = {"top1": 70.0}
+    paper_tie = Experiment("toy_tie", "localvit", "t", "classification", metrics=EXPERIMENT.metrics,
+                           rows=(Row("a", "m", published=same_print), Row("b", "m", published=same_print)))
+    frame = pd.DataFrame([{"experiment": "toy_tie", "row": r, "seed": 0, "metric": "top1", "value": v}
+                          for r, v in (("a", 1.0), ("b", 2.0))])
+    assert comparison_table(paper_tie, frame).set_index("row").loc["b", "agreement"] == AGREEMENT_PAPER_TIED
 
 
 def test_match_tolerance_is_half_a_printed_digit():
