@@ -580,7 +580,12 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
         parts += [f"**Collapsed:** {', '.join(collapsed)} predicted one constant map for every validation "
                   "image at the last epoch (`val_constant_fraction` = 1 in the run's history). Their metrics "
                   "are those of a constant map after alignment, identical for any model that collapses, so "
-                  "they say nothing about the architecture.", ""]
+                  "they say nothing about the architecture. A collapse can be settled before training: DPT's "
+                  "depth head ends in a 1×1 conv and a ReLU, and where the backbone's features are small the "
+                  "decoder's default initialisation leaves that conv's output nearly constant over the "
+                  "image, so its sign, set by the seed, decides whether any gradient flows "
+                  "(`benchmarks/dpt_init_probe.py`; how often each stand-in starts dead: "
+                  "`benchmarks/RESULTS.md`).", ""]
     provenance = provenance_summary(rows)
     if provenance:
         parts.append("Provenance: " + "; ".join(f"{k}: {v}" for k, v in provenance.items()))

@@ -1,0 +1,87 @@
+"""Is a proxy DPT depth model dead before it trains? The final ReLU at initialisation, seed by seed.
+
+At the proxy profile the DPT stand-ins with plain-ViT backbones predicted 0 everywhere from their first
+epoch. DPT's depth head ends ``conv1x1 -> ReLU`` (official code, ``non_negative=True``). If that conv's
+output is negative at every pixel of every image, the ReLU passes no gradient and the model cannot leave the
+constant map. This script builds each stand-in at its proxy size for ``--seeds`` seeds, as the proxy does
+(``torch.manual_seed(seed)`` then the constructor; the backbone here is at its own initialisation, not the
+proxy's classification pretraining), and reports:
+
+* for how many seeds the depth output is 0 at every pixel of a few validation scenes (dead at init);
+* how much of the backbone's spatial variation reaches the head: the std over positions of the tapped
+  tokens, of the finest fusion output, and of the final conv's output (before the ReLU), averaged over
+  channels and images, beside the final conv's mean.
+
+CPU, about a minute:
+
+    python benchmarks/dpt_init_probe.py --seeds 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from typing import Any
+
+import torch
+
+import lvit
+from lvit.data import build_dataset
+from lvit.experiments.recipes import DEPTH_PROFILES, model_overrides
+
+STAND_INS = ("dpt_tiny", "dpt_small", "dpt_localvit_tiny")
+
+
+def probe(name: str, seed: int, images: torch.Tensor, recipe: dict[str, Any]) -> dict[str, float]:
+    torch.manual_seed(seed)
+    model = lvit.create_model(name, **model_overrides(name, "depth", recipe)).eval()
+    with torch.no_grad():
+        taps, _ = model.forward_taps(images)
+        finest = model.forward_features(images)[-1]
+        before_relu = model.head[:-2](finest)  # the head up to its final conv: what the ReLU sees
+        depth = model(images)
+    prefix = model.backbone.num_prefix_tokens
+    return dict(
+        dead=float(depth.gt(0).sum() == 0),
+        tap_spatial_std=statistics.mean(float(t[:, prefix:].std(1).mean()) for t in taps),
+        fusion_spatial_std=float(finest.std((2, 3)).mean()),
+        head_spatial_std=float(before_relu.std((2, 3)).mean()),
+        head_mean=float(before_relu.mean()),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, default=12)
+    parser.add_argument("--images", type=int, default=4, help="validation scenes per forward")
+    parser.add_argument("--models", nargs="+", default=list(STAND_INS))
+    parser.add_argument("--out", help="write every (model, seed) record as JSON to this path")
+    args = parser.parse_args()
+    recipe = dict(DEPTH_PROFILES["proxy"])
+    scenes = build_dataset("scenes", "val", {**recipe, "val_samples": args.images})
+    images = torch.stack([scenes[i]["image"] for i in range(args.images)])
+    records = []
+    print("| model | dead at init | token spatial std | fusion spatial std | pre-ReLU spatial std | "
+          "pre-ReLU mean (median) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in args.models:
+        runs = [probe(name, seed, images, recipe) for seed in range(args.seeds)]
+        records += [dict(model=name, seed=seed, **run) for seed, run in enumerate(runs)]
+
+        def median(key: str, runs: list[dict[str, float]] = runs) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        dead = int(sum(r["dead"] for r in runs))
+        print(f"| {name} | {dead} of {len(runs)} | {median('tap_spatial_std'):.3f} | "
+              f"{median('fusion_spatial_std'):.4f} | {median('head_spatial_std'):.5f} | "
+              f"{median('head_mean'):+.4f} |")
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(dict(torch=torch.__version__, lvit=lvit.__version__, records=records), handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
