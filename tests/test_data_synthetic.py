@@ -135,3 +135,24 @@ def test_build_dataset_reads_recipe_and_rejects_unknown_names() -> None:
     with pytest.raises(ValueError, match="local_shapes"):
         build_dataset("imagenet-21k", "train", {})
     assert {"local_shapes", "scenes", "imagenet", "nyu", "kitti", "ade20k"} <= set(dataset_names())
+
+
+def test_preview_cli_renders_the_nuisance_asked_for_and_refuses_out_of_range(tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from lvit.cli import main
+    from lvit.data.cli import preview_grid
+
+    out = str(tmp_path / "grid.png")
+    main(["data", "preview", "--dataset", "local_shapes", "-n", "4", "--image-size", "32", "--nuisance", "0",
+          "--out", out])
+    written = torch.from_numpy(np.array(Image.open(out))).permute(2, 0, 1)
+
+    def as_png(nuisance: float) -> torch.Tensor:  # save_image's quantisation
+        grid = preview_grid("local_shapes", 4, 32, "train", 0, None, nuisance)
+        return grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
+
+    assert torch.equal(written, as_png(0.0)) and not torch.equal(written, as_png(1.0))
+    with pytest.raises(SystemExit, match="nuisance must be in"):
+        main(["data", "preview", "--dataset", "local_shapes", "--nuisance", "2", "--out", out])

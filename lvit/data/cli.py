@@ -41,11 +41,11 @@ def colorize_labels(labels: torch.Tensor) -> torch.Tensor:
 
 
 def preview_grid(
-    dataset: str, n: int, image_size: int, split: str, seed: int, domain: str | None
+    dataset: str, n: int, image_size: int, split: str, seed: int, domain: str | None, nuisance: float = 1.0
 ) -> torch.Tensor:
     indices = torch.arange(n)
     if dataset == "local_shapes":
-        images, _ = LocalShapes(split, max(n, 1), image_size, seed=seed).generate(indices)
+        images, _ = LocalShapes(split, max(n, 1), image_size, seed=seed, nuisance=nuisance).generate(indices)
         return make_grid(images, nrow=min(n, 8), padding=2)
     domains = (domain,) if domain else DOMAINS
     out = Scenes(split, n, image_size, domains=domains, seed=seed).generate(indices)
@@ -63,7 +63,11 @@ def preview_grid(
 
 
 def _preview(args: argparse.Namespace) -> int:
-    grid = preview_grid(args.dataset, args.n, args.image_size, args.split, args.seed, args.domain)
+    try:
+        grid = preview_grid(args.dataset, args.n, args.image_size, args.split, args.seed, args.domain,
+                            args.nuisance)
+    except ValueError as error:
+        raise SystemExit(f"lvit data preview: {error}") from None
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, args.out)
     print(f"wrote {args.out} ({args.n} {args.dataset} samples, {grid.shape[2]}x{grid.shape[1]} px)")
@@ -85,5 +89,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--image-size", type=int, default=128)
     preview.add_argument("--split", choices=("train", "val", "test"), default="train")
     preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--nuisance", type=float, default=1.0,
+                         help="local_shapes only: background texture and clutter, 1 (full) to 0 (none)")
     preview.add_argument("--out", default="grid.png")
     preview.set_defaults(func=_preview)
