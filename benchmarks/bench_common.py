@@ -48,6 +48,12 @@ def before_deadline(deadline: float, work: Callable[..., T], *args: Any) -> T:
         return work(*args)
 
 
+def allow_tf32() -> None:
+    """TF32 matmuls and convolutions for whatever runs in fp32 outside autocast, in every script alike."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def synchronize(device: torch.device | str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)

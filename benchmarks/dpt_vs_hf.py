@@ -40,7 +40,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import transformers
-from bench_common import before_deadline, environment, synchronize, write_json
+from bench_common import allow_tf32, before_deadline, environment, synchronize, write_json
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
 import lvit
@@ -291,8 +291,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     wall = time.monotonic()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    allow_tf32()
     bench = Bench(args)
     for name in args.models:
         bench.step(name, "eager", lambda name=name: bench.eager(name))

@@ -24,7 +24,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
-from bench_common import environment, write_json
+from bench_common import allow_tf32, environment, write_json
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from train_throughput import BASELINE, HEADLINE, Model, build_runner
@@ -114,8 +114,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     started = time.monotonic()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    allow_tf32()
     rows = compare(operator_times(HEADLINE, args), operator_times(BASELINE, args))
     env = environment(args.device)
     print(markdown(rows, env, args))

@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from bench_common import before_deadline, environment, synchronize, write_json
+from bench_common import allow_tf32, before_deadline, environment, synchronize, write_json
 
 import lvit
 from lvit.engine.graphed import capture_step
@@ -242,8 +242,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     wall = time.monotonic()
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    allow_tf32()
     bench = Bench(args)
     for mode in args.modes:
         bench.row(mode, HEADLINE, args.steps, args.rounds, args.warmup)
