@@ -574,7 +574,10 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
     if at_chance:
         parts += [f"**At chance:** {', '.join(at_chance)}: every seed's top-1 is at most three binomial "
                   "standard errors above chance (1 / classes, on the validation images). Such a row has "
-                  "learned nothing measurable, so a claim that another row beats it holds trivially.", ""]
+                  "learned nothing measurable, so a claim that another row beats it holds trivially. On "
+                  "LocalShapes this is expected at smoke (every row) and of the plain transformers at proxy; "
+                  "what was tried to lift the latter (learning rate, warm-up, epochs, less clutter, fewer "
+                  "classes) is in `benchmarks/RESULTS.md`.", ""]
     collapsed = collapsed_runs(report_dir, profile, experiment)
     if collapsed:
         parts += [f"**Collapsed:** {', '.join(collapsed)} predicted one constant map for every validation "
