@@ -45,6 +45,7 @@ from bench_common import allow_tf32, before_deadline, environment, synchronize, 
 
 import lvit
 from lvit.engine.graphed import capture_step
+from lvit.engine.loop import training_autocast
 from lvit.experiments import list_experiments
 
 Model = tuple[str, dict[str, Any]]
@@ -92,15 +93,9 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     elif mode == "compiled":
         forward = torch.compile(net)  # type: ignore[assignment]
     loss_fn = nn.CrossEntropyLoss()
-
-    def autocast(cache: bool = True) -> torch.autocast:
-        # bf16 autocast on CUDA as the training loop; fp32 on CPU, where bf16 is slow
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda",
-                              cache_enabled=cache)  # fmt: skip
-
     graphed = None
     if mode == "graphed":
-        graphed = capture_step(net, loss_fn, images, labels, lambda: autocast(cache=False))
+        graphed = capture_step(net, loss_fn, images, labels, lambda: training_autocast(device, cache=False))
         if graphed is None:
             raise RuntimeError("CUDA-graph capture failed (see the warning above)")
 
@@ -111,7 +106,7 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
             if graphed is not None:  # replays overwrite the gradients: no zero_grad
                 graphed(images, labels)
             else:
-                with autocast():
+                with training_autocast(device):  # the loop's precision: bf16 on CUDA, fp32 on CPU
                     loss = loss_fn(forward(images), labels)
                 loss.backward()
             optimizer.step()

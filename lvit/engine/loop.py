@@ -272,9 +272,9 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return batch
 
 
-def _autocast(device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA. ``cache=False`` inside CUDA-graph capture: cached weight casts would be
-    allocated in, and freed from, the graph's private memory pool."""
+def training_autocast(device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
+    """The loop's mixed precision: bf16 autocast on CUDA, fp32 elsewhere. ``cache=False`` inside CUDA-graph
+    capture: cached weight casts would be allocated in, and freed from, the graph's private memory pool."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
@@ -350,7 +350,7 @@ def fit(
     graphed: GraphedStep | None = None  # captured on the first batch, when use_graph
 
     def graph_autocast() -> contextlib.AbstractContextManager:
-        return _autocast(device, cache=False)
+        return training_autocast(device, cache=False)
 
     bad_step = torch.full(
         (), -1, dtype=torch.long, device=device
@@ -421,7 +421,8 @@ def fit(
                 else:
                     ddp = isinstance(train_model, DistributedDataParallel)
                     sync = micro == config.grad_accum - 1 or not ddp
-                    with contextlib.nullcontext() if sync else train_model.no_sync(), _autocast(device):
+                    no_sync = contextlib.nullcontext() if sync else train_model.no_sync()
+                    with no_sync, training_autocast(device):
                         loss = task.loss(train_model(inputs), targets)
                     (loss / config.grad_accum).backward()
                 loss_sum = loss_sum + loss.detach().float() / config.grad_accum

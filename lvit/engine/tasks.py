@@ -74,12 +74,12 @@ class Task:
         raise NotImplementedError
 
     def _eval_batches(self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int):
-        from lvit.engine.loop import _autocast, iterate_batches, to_device
+        from lvit.engine.loop import iterate_batches, to_device, training_autocast
 
         model.eval()
         for batch in iterate_batches(dataset, range(len(dataset)), batch_size, device, drop_last=False):
             inputs, targets = self.prepare_batch(to_device(batch, device), training=False)
-            with _autocast(device):
+            with training_autocast(device):
                 output = model(inputs)
             yield output, targets
 
