@@ -221,10 +221,11 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
     between kernel launches, so concurrent notebooks fill it. Trainings they share are created under file
     locks (:mod:`lvit.engine.run`), so none is done twice. The report notebook always runs last, alone.
 
-    ``train_workers > 0`` also starts that many processes which do the classification tables' trainings
-    (:func:`lvit.engine.run.pending_shared_trainings`) alongside the notebooks. A notebook runs its rows one
-    after another, so without them five LocalViT notebooks are five queues of trainings; with them the
-    trainings run that many at once, and the notebooks read the stored runs (or wait on a run's lock).
+    ``train_workers > 0`` also starts that many processes which do the chosen tables' trainings
+    (:func:`lvit.engine.run.pending_work`: the dense backbones' pretrainings, the dense runs, the
+    classification trainings) alongside the notebooks. A notebook runs its rows one after another, so
+    without them each notebook is a queue of trainings; with them the trainings run that many at once, and
+    the notebooks read the stored runs (or wait on a run's lock).
     """
     from lvit.report import write_report
 
@@ -269,21 +270,21 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
                 bar.update()
 
     with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
-        with _shared_trainings(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
+        with _pending_trainings(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
             run_wave([n for n in chosen if n != REPORT_NOTEBOOK], bar)
         run_wave([n for n in chosen if n == REPORT_NOTEBOOK], bar)  # last and alone: it reads every result
     return Reproduction(write_report(checked.results_dir), failures)
 
 
 @contextlib.contextmanager
-def _shared_trainings(chosen: Sequence[str], seeds: int | None, checked: NotebookParameters,
+def _pending_trainings(chosen: Sequence[str], seeds: int | None, checked: NotebookParameters,
                       row_subset: bool, workers: int, bar: tqdm) -> Iterator[None]:
-    """Train the chosen tables' pending classification runs in ``workers`` processes while the body runs.
+    """Do the chosen tables' pending trainings in ``workers`` processes while the body runs.
 
     A worker that fails only costs time: the notebook that needs the run trains it itself and reports any
     error. Leaving the block waits for the workers, so nothing is left running behind the report.
     """
-    from lvit.engine.run import pending_shared_trainings, train_shared
+    from lvit.engine.run import DenseRun, pending_work, run_pending
     from lvit.experiments import list_experiments
 
     experiments = {e.name for e in list_experiments()}
@@ -291,12 +292,14 @@ def _shared_trainings(chosen: Sequence[str], seeds: int | None, checked: Noteboo
     if not workers or not names or row_subset:  # a row subset: let the notebooks decide
         yield
         return
-    pending = pending_shared_trainings(names, checked.profile, seeds, checked.device, checked.results_dir,
-                                       checked.data_root)  # fmt: skip
-    bar.write(f"{len(pending)} classification trainings to do, {workers} at once beside the notebooks")
+    pending = pending_work(names, checked.profile, seeds, checked.device, checked.results_dir,
+                           checked.data_root)  # fmt: skip
+    dense = sum(isinstance(work, DenseRun) for work in pending)
+    bar.write(f"{len(pending) - dense} classification trainings and {dense} dense runs to do, {workers} at "
+              "once beside the notebooks")
     context = multiprocessing.get_context("spawn")  # a fresh CUDA context per worker; fork cannot give one
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(train_shared, training) for training in pending]
+        futures = [pool.submit(run_pending, work) for work in pending]
         try:
             yield
         except BaseException:  # interrupted: start nothing more (running trainings end with the pool)
@@ -304,7 +307,7 @@ def _shared_trainings(chosen: Sequence[str], seeds: int | None, checked: Noteboo
             raise
         for future in futures:
             if future.exception() is not None:
-                bar.write(f"  a shared training failed in its worker: {future.exception()!r}")
+                bar.write(f"  a training failed in its worker: {future.exception()!r}")
 
 
 def _first_line(error: Exception) -> str:
@@ -353,8 +356,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="notebooks run at once (default 1); notebooks on one GPU time-slice it, "
                              "so this overlaps their launch gaps and CPU work rather than multiplying speed")
     parser.add_argument("--train-workers", type=int, default=0, metavar="K",
-                        help="also train the classification tables' runs in K processes beside the notebooks "
-                             "(default 0: each notebook trains its own rows, one after another)")
+                        help="also do the tables' trainings (dense and classification) in K processes beside "
+                             "the notebooks (default 0: each notebook trains its own rows in turn)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs to the log")
     parser.set_defaults(func=_reproduce_command)
 

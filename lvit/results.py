@@ -409,6 +409,12 @@ def shared_run_path(results_dir: str | Path, profile: str, train_key: str) -> Pa
     return Path(results_dir) / profile / "runs" / f"{train_key[:16]}.json"
 
 
+def shared_run_weights_path(results_dir: str | Path, profile: str, train_key: str) -> Path:
+    """The final weights of a shared classification training, beside its record (a torch state_dict file:
+    load it with ``torch.load(..., weights_only=True)``)."""
+    return shared_run_path(results_dir, profile, train_key).with_suffix(".pt")
+
+
 def history_path(results_dir: str | Path, profile: str, experiment: str, row: str, seed: int) -> Path:
     _check_profile(profile)
     return Path(results_dir) / profile / "histories" / experiment / f"{row_slug(row)}__seed{seed}.csv"

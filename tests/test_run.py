@@ -1,8 +1,11 @@
 """run_experiment: rows with provenance, reuse of stored (row, seed) pairs, bad input refused up front."""
 
 import json
+import threading
 
+import pandas as pd
 import pytest
+import torch
 
 from lvit.engine import run as runner
 from lvit.engine.run import resolve, run_experiment
@@ -84,24 +87,36 @@ def test_model_overrides_keep_depth_and_scale_small_models():
     ) == {"num_classes": 1000, "drop_path_rate": 0.1, "img_size": 224, "patch_size": 16}
 
 
-def test_dense_smoke_run_pretrains_backbone_once_as_artifact_with_provenance(tmp_path, monkeypatch):
+def test_dense_smoke_run_pretrains_backbone_once_as_a_shared_run_with_weights(tmp_path, monkeypatch):
     kwargs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data", rows=["DPT-Hybrid"])
     df = run_experiment("dpt_segmentation", "smoke", seeds=[0], **kwargs)
     assert set(df["metric"]) == {"pixel_accuracy", "mean_iou"}
     assert df["value"].between(0, 100).all()
-    folder = tmp_path / "results" / "smoke" / "artifacts"
-    artifacts = sorted(p for p in folder.iterdir() if p.suffix != ".lock")
-    assert [p.suffix for p in artifacts] == [".json", ".pt"]  # the proxy's stand-in backbone: LocalViT-T
-    info = json.loads(artifacts[0].read_text())
-    assert info["arch"] == "localvit_tiny" and len(info["config_hash"]) == 64 and info["history"]
-    stamp = artifacts[1].stat().st_mtime_ns
+    folder = tmp_path / "results" / "smoke" / "runs"
+    (record,) = folder.glob("*.json")  # the only classification run: the stand-in backbone, LocalViT-T
+    weights = record.with_suffix(".pt")
+    info = json.loads(record.read_text())
+    assert info["model"] == "localvit_tiny" and info["seed"] == 0 and info["history"]
+    assert len(info["provenance"]["config_hash"]) == 64
+    state = torch.load(weights, weights_only=True)
+    assert state["cls_token"].shape[-1] == recipes.CLASSIFICATION_PROFILES["smoke"]["width"]
+    stamp = weights.stat().st_mtime_ns
     run_experiment("dpt_segmentation", "smoke", seeds=[1], **kwargs)  # a new seed reuses the backbone
-    assert artifacts[1].stat().st_mtime_ns == stamp
+    assert weights.stat().st_mtime_ns == stamp
+
+    def must_not_train(*args, **kw):
+        raise AssertionError("the backbone pretraining was trained again for the table row it is")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "train", must_not_train)
+        table = run_experiment("localvit_main", "smoke", seeds=[0], results_dir=tmp_path / "results",
+                               data_root=tmp_path / "data", rows=["LocalViT-T"])
+    assert (table["shared_run"] == record.stem).all()
     import lvit
 
     monkeypatch.setattr(lvit, "__version__", "0.0.0-older")  # other code: the backbone is pretrained anew
     run_experiment("dpt_segmentation", "smoke", seeds=[2], **kwargs)
-    assert len([p for p in folder.iterdir() if p.suffix == ".pt"]) == 2
+    assert len(list(folder.glob("*.pt"))) == 2
 
 
 def _distinct_models(*names):
@@ -112,54 +127,105 @@ def _distinct_models(*names):
             if r.model}
 
 
-def test_pending_shared_trainings_are_distinct_and_notebooks_reuse_them(tmp_path, monkeypatch):
-    from lvit.engine.run import pending_shared_trainings, train_shared
+def test_pending_work_is_distinct_pretrainings_first_and_notebooks_reuse_it(tmp_path, monkeypatch):
+    from lvit.engine.run import DenseRun, Training, pending_work, run_pending
 
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
-    names = ["localvit_placement", "localvit_activation", "dpt_read_ablation"]  # dense: not shared, skipped
+    names = ["localvit_placement", "localvit_activation", "dpt_read_ablation"]
     distinct = len(_distinct_models("localvit_placement", "localvit_activation"))
-    assert len(pending_shared_trainings(names, "smoke", 1, "cpu", **dirs)) == distinct
-    assert len(pending_shared_trainings(names, "smoke", 2, "cpu", **dirs)) == 2 * distinct  # per seed
+    pending = pending_work(names, "smoke", 1, "cpu", **dirs)
+    # Read's three rows are three dense runs on one backbone (ViT-T, a model no table row trains), whose
+    # pretraining comes first: every dense run waits for it
+    assert pending[0].model == "vit_tiny_patch16_224" and pending[0].task == "classification"
+    assert [(w.rows, w.seed) for w in pending[1:4]] == [(("Ignore",), 0), (("Add",), 0), (("Project",), 0)]
+    assert all(isinstance(w, Training) for w in pending[4:]) and len(pending) == 4 + distinct
+    two_seeds = pending_work(names, "smoke", 2, "cpu", **dirs)
+    assert sum(isinstance(w, DenseRun) for w in two_seeds) == 6 and len(two_seeds) == 1 + 6 + 2 * distinct
 
-    placement = pending_shared_trainings(["localvit_placement"], "smoke", 1, "cpu", **dirs)
-    for training in placement:
-        train_shared(training)
-    left = pending_shared_trainings(names, "smoke", 1, "cpu", **dirs)
-    assert len(placement) == 5 and len(left) == distinct - 5  # what placement shares with activation is done
+    placement = pending_work(["localvit_placement"], "smoke", 1, "cpu", **dirs)
+    for work in placement:
+        run_pending(work)
+    left = pending_work(names, "smoke", 1, "cpu", **dirs)
+    assert len(placement) == 5 and len(left) == 4 + distinct - 5  # placement's share of activation: done
 
     def must_not_train(*args, **kw):
         raise AssertionError("a training done beforehand was done again")
 
-    monkeypatch.setattr(runner, "train", must_not_train)
-    df = run_experiment("localvit_placement", "smoke", seeds=1, **dirs)
+    with monkeypatch.context() as patched:
+        patched.setattr(runner, "train", must_not_train)
+        df = run_experiment("localvit_placement", "smoke", seeds=1, **dirs)
     assert set(df["row"]) == {r.label for r in resolve("localvit_placement", "smoke", None)[2]}
     assert df["shared_run"].str.len().eq(16).all()
-    assert pending_shared_trainings(["localvit_placement"], "smoke", 1, "cpu", **dirs) == []
+    assert pending_work(["localvit_placement"], "smoke", 1, "cpu", **dirs) == []
     import lvit
 
     monkeypatch.setattr(lvit, "__version__", "0.0.0-older")  # runs stored by other code are not reused
-    assert len(pending_shared_trainings(["localvit_placement"], "smoke", 1, "cpu", **dirs)) == 5
+    assert len(pending_work(["localvit_placement"], "smoke", 1, "cpu", **dirs)) == 5
 
 
-def test_reproduce_trains_shared_runs_in_worker_processes(tmp_path):
+def test_a_dense_run_done_by_a_worker_is_read_by_the_notebook(tmp_path, monkeypatch):
+    from lvit.engine.run import DenseRun, pending_work, run_pending
+
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    pending = pending_work(["dpt_inference_resolution"], "smoke", 1, "cpu", **dirs)
+    sizes = tuple(r.label for r in resolve("dpt_inference_resolution", "smoke", None)[2])
+    assert [w.rows for w in pending if isinstance(w, DenseRun)] == [sizes]  # one training, every size
+    for work in pending:
+        run_pending(work)
+    assert pending_work(["dpt_inference_resolution"], "smoke", 1, "cpu", **dirs) == []
+
+    def must_not_train(*args, **kw):
+        raise AssertionError("a dense run done by a worker was done again")
+
+    monkeypatch.setattr(runner, "train", must_not_train)
+    df = run_experiment("dpt_inference_resolution", "smoke", seeds=1, **dirs)
+    assert set(df["row"]) == set(sizes) and df["value"].notna().all()
+
+
+def test_two_processes_asking_for_one_dense_run_train_it_once(tmp_path, monkeypatch):
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    # pretrain the backbone first, so that the two threads below contend for one dense training only
+    run_experiment("dpt_read_ablation", "smoke", seeds=[0], rows=["Project"], **dirs)
+    real_train, calls = runner.train, []
+
+    def counted(*args, **kw):
+        calls.append(args[0])
+        return real_train(*args, **kw)
+
+    monkeypatch.setattr(runner, "train", counted)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        run_experiment("dpt_read_ablation", "smoke", seeds=[0], rows=["Ignore"], **dirs))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1  # the second waited on the run's lock, then read what the first stored
+    assert len(results) == 2 and results[0].equals(results[1])
+
+
+def test_reproduce_does_pending_trainings_in_worker_processes(tmp_path):
     from tqdm import tqdm
 
-    from lvit.engine.run import pending_shared_trainings
-    from lvit.reproduce import _shared_trainings, validate_parameters
+    from lvit.engine.run import pending_work
+    from lvit.reproduce import _pending_trainings, validate_parameters
 
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
     checked = validate_parameters("smoke", 1, "cpu", **{k: str(v) for k, v in dirs.items()})
-    names = ["localvit_placement"]
-    assert len(pending_shared_trainings(names, "smoke", 1, "cpu", **dirs)) == 5
-    with tqdm(disable=True) as bar, _shared_trainings(names, 1, checked, False, 2, bar):
+    names = ["localvit_placement", "dpt_segmentation"]
+    # placement's 5 rows, 2 dense runs and their 2 backbones, of which LocalViT-T is placement's "All 1~12"
+    assert len(pending_work(names, "smoke", 1, "cpu", **dirs)) == 5 + 2 + 2 - 1
+    with tqdm(disable=True) as bar, _pending_trainings(names, 1, checked, False, 2, bar):
         pass  # the notebooks would run here; leaving waits for the two spawned workers
-    assert pending_shared_trainings(names, "smoke", 1, "cpu", **dirs) == []
+    assert pending_work(names, "smoke", 1, "cpu", **dirs) == []
     runs = list((dirs["results_dir"] / "smoke" / "runs").glob("*.json"))
-    assert len(runs) == 5 and all(json.loads(p.read_text())["history"] for p in runs)
+    assert len(runs) == 5 + 1 and all(json.loads(p.read_text())["history"] for p in runs)
+    dense = pd.read_csv(dirs["results_dir"] / "smoke" / "dpt_segmentation.csv")
+    assert set(dense["row"]) == {"DPT-Hybrid", "DPT-Large"}
 
 
 def test_pending_trainings_start_with_the_models_whose_stored_runs_took_longest(tmp_path):
-    from lvit.engine.run import pending_shared_trainings
+    from lvit.engine.run import pending_work
 
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
     runs = dirs["results_dir"] / "smoke" / "runs"
@@ -167,5 +233,16 @@ def test_pending_trainings_start_with_the_models_whose_stored_runs_took_longest(
     walls = [("localvit_tiny", 5.0), ("deit_tiny_patch16_224", 50.0), ("localvit_tiny", 7.0)]
     for i, (model, wall) in enumerate(walls):  # runs of other code: hints for the order, never reused
         (runs / f"older{i}.json").write_text(json.dumps({"model": model, "wall_s": wall, "history": []}))
-    models = [t.model for t in pending_shared_trainings(["localvit_activation"], "smoke", 1, "cpu", **dirs)]
+    models = [t.model for t in pending_work(["localvit_activation"], "smoke", 1, "cpu", **dirs)]
     assert models == ["deit_tiny_patch16_224"] + ["localvit_tiny"] * 6 + ["localvit_tiny_se4"]  # no hint
+
+
+@pytest.mark.parametrize("profile", ["smoke", "proxy"])
+def test_zero_shot_rows_are_scored_on_a_domain_they_never_train_on(profile):
+    from lvit.experiments import get_experiment
+
+    experiment, recipe, _ = resolve("dpt_zero_shot_depth", profile, None)
+    assert recipe == dict(get_experiment(experiment.name).profiles[profile])  # one declaration, read by all
+    held_out = set(recipe["metric_domains"].values())
+    assert held_out == {"tabletop"} and not held_out & set(recipe["train_domains"])
+    assert set(recipe["metric_domains"]) <= {m.name for m in experiment.metrics}

@@ -8,10 +8,11 @@ seed) already stored with the same config hash is skipped (``reuse=True``), and 
 ``results/<profile>/checkpoints/`` and resumes from there, so a killed run loses nothing.
 
 A classification training that several tables declare (DeiT-T is in four) runs once per profile and seed:
-its history is kept in ``results/<profile>/runs/<key>.json`` and every table's row reads it (the rows'
-``shared_run`` column names the run). Dense (DPT) rows at smoke/proxy start from a backbone pretrained on the
-classification proxy, cached once as ``results/<profile>/artifacts/<arch>-<hash>.pt`` with a JSON provenance
-file beside it. Both are created under a file lock, so notebooks running concurrently (``lvit reproduce
+its history and provenance are kept in ``results/<profile>/runs/<key>.json``, its final weights in
+``<key>.pt`` beside it, and every table's row reads it (the rows' ``shared_run`` column names the run). Dense
+(DPT) rows at smoke/proxy start from a backbone pretrained on the classification proxy: that pretraining is
+one such shared run (:func:`backbone_pretraining`), so it is trained once and a table row of the same model
+is the same run. Each run is created under a file lock, so notebooks running concurrently (``lvit reproduce
 --jobs``) wait for one another instead of training the same thing twice.
 
 Multi-GPU: at the ``paper`` profile with more than one visible GPU, :func:`run_experiment` relaunches itself
@@ -55,7 +56,6 @@ from lvit.experiments import Experiment, Row, get_experiment, list_experiments
 from lvit.experiments.base import PROFILES
 from lvit.experiments.recipes import (
     CLASSIFICATION_PROFILES,
-    EXPERIMENT_RECIPES,
     model_overrides,
     validate_recipe,
 )
@@ -136,49 +136,31 @@ def _load_backbone(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> No
         raise RuntimeError(f"pretrained backbone does not fit the dense model's backbone: {wrong[:8]}")
 
 
-def pretrained_backbone(
-    arch: str,
-    backbone_kwargs: Mapping[str, Any],
-    profile: str,
-    device: torch.device,
-    results_dir: str | Path,
-    data_root: str | Path,
-) -> dict[str, torch.Tensor]:
-    """Weights of ``arch`` pretrained on the classification proxy of ``profile``, trained once and cached.
+def backbone_pretraining(dense: Training, model: nn.Module | None = None) -> Training | None:
+    """The classification training a dense training's backbone starts from (None if its recipe has none).
 
-    The artifact is ``results/<profile>/artifacts/<arch>-<hash>.pt`` (+ ``.json`` provenance), keyed by the
-    backbone's shape, the classification recipe and the lvit version, so a changed recipe or pipeline
-    retrains instead of reusing.
+    It is an ordinary shared classification run of seed 0 at the profile's classification recipe, so a table
+    row of the same model and size (LocalViT-T) is that very run, trained once. The backbone's timm name is
+    read off ``model`` (the dense model, when built) or off one built on the meta device (no memory).
     """
-    recipe = dict(CLASSIFICATION_PROFILES[profile])
-    kwargs = {
-        **model_overrides(arch, "classification", recipe),
-        **{k: v for k, v in backbone_kwargs.items() if k != "img_size"},
-    }
-    config = {"arch": arch, "model_kwargs": kwargs, "recipe": recipe, "seed": 0, "lvit": lvit.__version__}
-    digest = store.config_hash(config)
-    path = Path(results_dir) / profile / "artifacts" / f"{arch}-{digest[:12]}.pt"
-    with store.locked(path):
-        if not path.exists():
-            pretraining = Training(arch, kwargs, "classification", recipe, 0, profile, device, results_dir,
-                                   data_root, f"pretrain {arch}")  # fmt: skip
-            _pretrain_backbone(pretraining, config, path)
-    return load_checkpoint(path)
+    if dense.task == "classification" or dense.recipe.get("pretrain") != "classification":
+        return None
+    if model is None:
+        with torch.device("meta"):
+            model = lvit.create_model(dense.model, **dense.kwargs)
+    arch = model.backbone.pretrained_cfg["architecture"]
+    recipe = dict(CLASSIFICATION_PROFILES[dense.profile])
+    backbone_kwargs = {k: v for k, v in dense.kwargs.get("backbone_kwargs", {}).items() if k != "img_size"}
+    kwargs = {**model_overrides(arch, "classification", recipe), **backbone_kwargs}
+    return Training(arch, kwargs, "classification", recipe, 0, dense.profile, dense.device, dense.results_dir,
+                    dense.data_root, f"pretrain {arch}")  # fmt: skip
 
 
-def _pretrain_backbone(pretraining: Training, config: Mapping[str, Any], path: Path) -> None:
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
-    model, history = pretraining.run(path.with_suffix(".ckpt"))
-    info = {
-        **store.provenance(pretraining.profile, pretraining.seed, str(pretraining.device), config, started,
-                           time.perf_counter() - t0),
-        "arch": pretraining.model,
-        "model_kwargs": pretraining.kwargs,
-        "history": history,
-    }  # fmt: skip
-    store.atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=1, default=str))
-    save_checkpoint(path, model.state_dict())  # last: the weights' existence marks the artifact complete
-    shutil.rmtree(path.with_suffix(".ckpt"), ignore_errors=True)
+def pretrained_backbone(pretraining: Training) -> dict[str, torch.Tensor]:
+    """The weights ``pretraining`` ends with: trained now under the shared run's lock unless stored."""
+    train_shared(pretraining)
+    return load_checkpoint(store.shared_run_weights_path(pretraining.results_dir, pretraining.profile,
+                                                         pretraining.key))  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------- training
@@ -342,12 +324,9 @@ class Training:
         classification pretraining when the recipe says so."""
         torch.manual_seed(self.seed)
         model = lvit.create_model(self.model, **self.kwargs)
-        if self.task != "classification" and self.recipe.get("pretrain") == "classification":
-            backbone = model.backbone  # type: ignore[union-attr]
-            arch = backbone.pretrained_cfg["architecture"]
-            weights = pretrained_backbone(arch, self.kwargs.get("backbone_kwargs", {}), self.profile,
-                                          self.device, self.results_dir, self.data_root)  # fmt: skip
-            _load_backbone(backbone, weights)
+        pretraining = backbone_pretraining(self, model)
+        if pretraining is not None:
+            _load_backbone(model.backbone, pretrained_backbone(pretraining))  # type: ignore[union-attr]
         return model
 
     def run(self, ckpt: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -426,38 +405,81 @@ def _run_row(
     ]
 
 
-def pending_shared_trainings(
+@dataclass(frozen=True)
+class DenseRun:
+    """Pending (row, seed)s of one dense experiment that share one training (Figure 4's inference sizes do),
+    as a reproduce worker runs them: through :func:`run_experiment`, which stores their results."""
+
+    experiment: str
+    rows: tuple[str, ...]
+    seed: int
+    profile: str
+    device: str
+    results_dir: str
+    data_root: str
+
+
+PendingWork = Training | DenseRun
+
+
+def pending_work(
     names: Sequence[str],
     profile: str,
     seeds: int | None,
     device: str | torch.device,
     results_dir: str | Path,
     data_root: str | Path,
-) -> list[Training]:
-    """The classification trainings that running experiments ``names`` at ``profile`` would do, one per
-    distinct training, without those already stored.
+) -> list[PendingWork]:
+    """What running experiments ``names`` at ``profile`` would train, without what is stored: the dense
+    backbones' pretrainings first (every dense row waits for one), then the dense runs, then the other
+    classification trainings, slowest model first. Each classification training appears once, however many
+    tables (or backbones) share it.
 
     ``seeds`` is a count (None: each experiment's default at the profile). A (row, seed) whose table result
     is stored under the current declaration needs no training, as in :func:`run_experiment`.
     """
     target = resolve_device(str(device))
-    pending: dict[str, Training] = {}
+    pretrainings: dict[str, Training] = {}
+    dense: list[DenseRun] = []
+    classification: dict[str, Training] = {}
     for name in names:
-        experiment, recipe, rows = resolve(name, profile, None)
-        if experiment.task != "classification":
-            continue
-        stored = store.load_results(results_dir, profile, name)
-        for seed in range(seeds or experiment.default_seeds(profile)):
-            for row in rows:
-                config = run_config(name, row, recipe, profile, seed)
-                if _result_stored(stored, name, row, profile, seed, config):
-                    continue
-                training = _training(row, "classification", recipe, seed, profile, target, results_dir,
-                                     data_root)  # fmt: skip
-                key = training.key
-                if key not in pending and not store.shared_run_path(results_dir, profile, key).exists():
-                    pending[key] = training
-    return _longest_first(list(pending.values()), results_dir, profile)
+        task = get_experiment(name).task
+        for seed, trainings in _pending_trainings(name, profile, seeds, target, results_dir, data_root):
+            if task == "classification":
+                classification.update((t.key, t) for _, t in trainings if not _shared_run_stored(t))
+                continue
+            groups: dict[str, list[str]] = {}
+            for label, training in trainings:
+                groups.setdefault(training.key, []).append(label)
+                pretraining = backbone_pretraining(training)
+                if pretraining is not None and not _shared_run_stored(pretraining):
+                    pretrainings[pretraining.key] = pretraining
+            dense += [DenseRun(name, tuple(labels), seed, profile, str(target), str(results_dir),
+                               str(data_root)) for labels in groups.values()]  # fmt: skip
+    rest = [t for key, t in classification.items() if key not in pretrainings]
+    return [*pretrainings.values(), *dense, *_longest_first(rest, results_dir, profile)]
+
+
+def _pending_trainings(
+    name: str, profile: str, seeds: int | None, target: torch.device, results_dir: str | Path,
+    data_root: str | Path,
+) -> Iterator[tuple[int, list[tuple[str, Training]]]]:
+    """Per seed, (row label, training) of each of the experiment's rows whose result is not stored."""
+    experiment, recipe, rows = resolve(name, profile, None)
+    if experiment.task not in TRAINING_TASKS:
+        return
+    stored = store.load_results(results_dir, profile, name)
+    for seed in range(seeds or experiment.default_seeds(profile)):
+        pending = [r for r in rows if not _result_stored(stored, name, r, profile, seed,
+                                                         run_config(name, r, recipe, profile, seed))]
+        yield seed, [(r.label, _training(r, experiment.task, recipe, seed, profile, target, results_dir,
+                                         data_root)) for r in pending]  # fmt: skip
+
+
+def _shared_run_stored(training: Training) -> bool:
+    """Whether a shared classification run is complete: its weights, then its record, are written."""
+    return store.shared_run_path(training.results_dir, training.profile, training.key).exists() and \
+        store.shared_run_weights_path(training.results_dir, training.profile, training.key).exists()
 
 
 def _longest_first(trainings: list[Training], results_dir: str | Path, profile: str) -> list[Training]:
@@ -471,13 +493,22 @@ def _longest_first(trainings: list[Training], results_dir: str | Path, profile: 
     return sorted(trainings, key=lambda t: -median.get(t.model, 0.0))  # stable: unknown models keep order
 
 
-def train_shared(training: Training) -> str:
-    """Do one training of :func:`pending_shared_trainings` into the shared-run store (a worker's entry
-    point: notebooks that need it later read it, or wait on its lock while it runs). Returns its key."""
+def run_pending(work: PendingWork) -> str:
+    """Do one item of :func:`pending_work` into the result stores (a reproduce worker's entry point:
+    notebooks that need it later read it, or wait on its lock while it runs). Returns what it did."""
+    if isinstance(work, DenseRun):
+        run_experiment(work.experiment, work.profile, [work.seed], work.device, work.data_root,
+                       work.results_dir, list(work.rows))  # fmt: skip
+        return f"{work.experiment} {', '.join(work.rows)} (seed {work.seed})"
+    train_shared(work)
+    return work.desc
+
+
+def train_shared(training: Training) -> None:
+    """Do one shared classification training into the shared-run store, unless it is stored."""
     ckpt = training.checkpoint_dir("shared")
     _shared_run(training, ckpt, reuse=True)
     shutil.rmtree(ckpt, ignore_errors=True)
-    return training.key
 
 
 def _shared_run(
@@ -485,14 +516,17 @@ def _shared_run(
 ) -> tuple[nn.Module | None, list[dict[str, Any]], float | None]:
     """A classification training shared by every table that declares it: (model or None, history, wall_s).
 
-    The first caller trains under the run's lock and records history, wall time and provenance; later callers
-    (other tables, concurrent notebooks) read that record, and get the original run's wall time. A reused run
-    returns no model: classification metrics are read from the history. ``reuse=False`` trains again.
+    The first caller trains under the run's lock and stores the final weights, then the record of history,
+    wall time and provenance (the record marks the run complete). Later callers (other tables, concurrent
+    notebooks, a dense model's backbone pretraining) read the record and get the original run's wall time. A
+    reused run returns no model: classification metrics are read from the history. ``reuse=False`` trains
+    again.
     """
     t = training
     path = store.shared_run_path(t.results_dir, t.profile, t.key)
+    weights = store.shared_run_weights_path(t.results_dir, t.profile, t.key)
     with store.locked(path):
-        if reuse and path.exists():
+        if reuse and _shared_run_stored(t):
             record = json.loads(path.read_text())
             return None, record["history"], record["wall_s"]
         t0 = time.perf_counter()
@@ -501,6 +535,7 @@ def _shared_run(
         record = {"model": t.model, "kwargs": t.kwargs, "seed": t.seed, "wall_s": wall_s, "history": history,
                   "provenance": store.provenance(t.profile, t.seed, str(t.device), dict(t.recipe),
                                                  datetime.now(timezone.utc), wall_s)}  # fmt: skip
+        save_checkpoint(weights, model.state_dict())
         store.atomic_write_text(path, json.dumps(record, indent=1, default=str))
     return model, history, wall_s
 
@@ -515,7 +550,7 @@ def resolve(
     experiment = get_experiment(name)  # KeyError naming the valid experiments
     if profile not in PROFILES:
         raise KeyError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
-    recipe = {**experiment.recipe(profile), **EXPERIMENT_RECIPES.get(name, {}).get(profile, {})}
+    recipe = dict(experiment.recipe(profile))
     validate_recipe(recipe, f"{name}/{profile}")
     runnable = [r for r in experiment.rows if r.model]
     if rows is None:
@@ -599,11 +634,24 @@ def _run_all(
             config = run_config(name, row, recipe, profile, seed)
             if reuse and _result_stored(stored, name, row, profile, seed, config):
                 continue
-            records = _run_row(
-                experiment, row, profile, recipe, seed, target, data_root, results_dir, config, trained, reuse
-            )
-            if records:
-                store.append_results(results_dir, profile, name, records)
+            with _run_lock(results_dir, profile, name, config):
+                # another process (a notebook, a reproduce worker) may have stored it while this one waited
+                stored = store.load_results(results_dir, profile, name)
+                if reuse and _result_stored(stored, name, row, profile, seed, config):
+                    continue
+                records = _run_row(experiment, row, profile, recipe, seed, target, data_root, results_dir,
+                                   config, trained, reuse)  # fmt: skip
+                if records:
+                    store.append_results(results_dir, profile, name, records)
+
+
+def _run_lock(
+    results_dir: str | Path, profile: str, name: str, config: Mapping[str, Any]
+) -> contextlib.AbstractContextManager[None]:
+    """One process at a time runs a (row, seed). Not under torchrun, whose ranks must run it together."""
+    if "WORLD_SIZE" in os.environ:
+        return contextlib.nullcontext()
+    return store.locked(Path(results_dir) / profile / "checkpoints" / name / store.config_hash(config)[:16])
 
 
 def run_config(name: str, row: Row, recipe: Mapping[str, Any], profile: str, seed: int) -> dict[str, Any]:

@@ -131,7 +131,7 @@ dpt_zero_shot_depth = register_experiment(Experiment(
         _zero_shot_row("Casser [5] (CS)", "", (32.80, 0.235, 0.422, 21.15, 39.58, 37.18)),
     ),
     metrics=_ZERO_SHOT_METRICS,
-    profiles=recipes.DEPTH_PROFILES,
+    profiles=recipes.ZERO_SHOT_DEPTH_PROFILES,
     claims=tuple(_beats_midas(model, metric.name)
                  for model in ("DPT-Large", "DPT-Hybrid") for metric in _ZERO_SHOT_METRICS),
 ))

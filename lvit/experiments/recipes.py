@@ -105,14 +105,15 @@ SEGMENTATION_PROFILES: dict[str, Recipe] = {
                   lr=0.002, pretrain="imagenet"),
 }  # fmt: skip
 
-# Refinements of a profile for one experiment, merged over the experiment's profile recipe by the runner.
 # Zero-shot transfer: train on indoor + outdoor, test on the held-out tabletop domain, which stands in for
 # the close-range datasets of Table 1 (TUM's δ>1.25, ETH3D's AbsRel); the other columns have no stand-in
 # and stay missing (DIW's WHDR needs human ordinal pairs; KITTI/NYU/Sintel would be trained-on domains).
 _ZERO_SHOT = dict(train_domains=("indoor", "outdoor"), val_domains=("indoor", "outdoor"),
                   metric_domains={"eth3d_abs_rel": "tabletop", "tum_delta_error": "tabletop"})
-EXPERIMENT_RECIPES: dict[str, dict[str, Recipe]] = {
-    "dpt_zero_shot_depth": {"smoke": _ZERO_SHOT, "proxy": _ZERO_SHOT},
+ZERO_SHOT_DEPTH_PROFILES: dict[str, Recipe] = {
+    **DEPTH_PROFILES,
+    "smoke": {**DEPTH_PROFILES["smoke"], **_ZERO_SHOT},
+    "proxy": {**DEPTH_PROFILES["proxy"], **_ZERO_SHOT},
 }
 
 PROFILES_BY_TASK: dict[str, dict[str, Recipe]] = {
