@@ -6,6 +6,7 @@
 #   OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh                       # repository root, GPU machine
 #   TOTAL_S=3600 BENCH=0 OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # an hour of suite, no benchmarks
 #   TOTAL_S=572 BENCH=after OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # suite first, then benchmarks
+#   TOTAL_S=572 BENCH=0 DENSE_SEEDS=3 OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # then 3 dense seeds
 #
 # The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
 # at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
@@ -20,6 +21,8 @@ JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU 
 TRAIN_WORKERS=${TRAIN_WORKERS:-8}  # processes training the classification tables' runs beside the notebooks
 BENCH=${BENCH:-1}         # 1: benchmarks before the suite; after: in the time the suite leaves; 0: none
 SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
+DENSE_SEEDS=${DENSE_SEEDS:-1}  # >1: after the suite (and BENCH=after), the dense tables again at this many seeds
+DENSE_NOTEBOOKS="dpt_read_ablation dpt_zero_shot_depth dpt_segmentation dpt_inference_resolution"
 DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH=${PYTHONPATH:-}:$PWD
@@ -131,14 +134,28 @@ timeout -k 10 "$SUITE_S" python3 -m lvit reproduce --profile proxy --jobs "$JOBS
 suite=$?
 stamp "suite exit $suite (124: deadline)"
 grep -aoE "(ok|FAILED) [a-z_]+ \([0-9]+ s\)" "$LOGS/suite.log"  # progress bars share the lines
-if [ "$suite" != 0 ]; then  # cut short or failed: the report notebook has not run yet
-    pkill -f ipykernel_launcher; pkill -f multiprocessing.spawn; sleep 2  # kernels and training workers
-    stamp "report"
-    timeout $((REPORT_S - 10)) python3 -m lvit reproduce --profile proxy --only report >"$LOGS/report.log" 2>&1
-    stamp "report exit $?"
-fi
+report_if_cut() {  # $1: the exit status of a reproduce call; cut short or failed, its report has not run
+    if [ "$1" != 0 ]; then
+        pkill -f ipykernel_launcher; pkill -f multiprocessing.spawn; sleep 2  # kernels and training workers
+        stamp "report"
+        timeout $((REPORT_S - 10)) python3 -m lvit reproduce --profile proxy --only report >"$LOGS/report.log" 2>&1
+        stamp "report exit $?"
+    fi
+}
+report_if_cut "$suite"
 if [ "$BENCH" = after ]; then  # the suite first; the benchmarks get whatever time is left
-    REPORT_S=10
+    if [ "$DENSE_SEEDS" -le 1 ]; then REPORT_S=10; fi
     run_benchmarks
+fi
+if [ "$DENSE_SEEDS" -gt 1 ] && [ "$suite" = 0 ]; then  # more seeds of the dense tables, as time allows
+    DENSE_S=$(budget 100000)
+    stamp "dense tables with $DENSE_SEEDS seeds (deadline ${DENSE_S}s)"
+    timeout -k 10 "$DENSE_S" python3 -m lvit reproduce --profile proxy --seeds "$DENSE_SEEDS" --jobs "$JOBS" \
+        --train-workers "$TRAIN_WORKERS" --device "$DEVICE" --only $DENSE_NOTEBOOKS report \
+        >"$LOGS/dense_seeds.log" 2>&1
+    dense=$?
+    stamp "dense seeds exit $dense (124: deadline; every (row, seed) finished before it is stored)"
+    grep -aoE "(ok|FAILED) [a-z_]+ \([0-9]+ s\)" "$LOGS/dense_seeds.log"
+    report_if_cut "$dense"
 fi
 stamp "done"

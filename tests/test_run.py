@@ -246,3 +246,19 @@ def test_zero_shot_rows_are_scored_on_a_domain_they_never_train_on(profile):
     held_out = set(recipe["metric_domains"].values())
     assert held_out == {"tabletop"} and not held_out & set(recipe["train_domains"])
     assert set(recipe["metric_domains"]) <= {m.name for m in experiment.metrics}
+
+
+def test_a_training_runs_at_its_recipes_cpu_thread_count_whoever_calls_it(tmp_path, monkeypatch):
+    from lvit.engine.run import pending_work
+
+    threads_seen = []
+    monkeypatch.setattr(runner, "train", lambda *args, **kw: threads_seen.append(torch.get_num_threads()))
+    (training, *_) = pending_work(["localvit_placement"], "smoke", 1, "cpu", tmp_path / "results", tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a reproduce worker's default, not the smoke recipe's
+    try:
+        training.run(tmp_path / "ckpt")  # the patched train returns no history: nothing is stored
+        assert threads_seen == [training.recipe["cpu_threads"]] == [1]  # float sums depend on the count
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

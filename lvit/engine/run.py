@@ -330,9 +330,12 @@ class Training:
         return model
 
     def run(self, ckpt: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
-        model = self.build_model()
-        return model, train(model, self.task, self.recipe, self.seed, self.device, self.data_root, ckpt,
-                            self.desc)
+        # at the recipe's CPU thread count whoever runs it (a notebook, a reproduce worker): float sums
+        # depend on the thread count, so a run's numbers would depend on which process did it
+        with _cpu_threads(self.recipe.get("cpu_threads") if self.device.type == "cpu" else None):
+            model = self.build_model()
+            return model, train(model, self.task, self.recipe, self.seed, self.device, self.data_root, ckpt,
+                                self.desc)
 
 
 def _training(row: Row, task: str, recipe: Mapping[str, Any], seed: int, profile: str, device: torch.device,
