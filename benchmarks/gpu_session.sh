@@ -6,7 +6,7 @@
 #   OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh                       # repository root, GPU machine
 #   TOTAL_S=3600 BENCH=0 OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # an hour of suite, no benchmarks
 #   TOTAL_S=572 BENCH=after OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # suite first, then benchmarks
-#   TOTAL_S=572 BENCH=0 DENSE_SEEDS=3 OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # then 3 dense seeds
+#   TOTAL_S=572 BENCH=after DENSE_SEEDS=3 DENSE_MAX_S=150 OUT=... bash ...  # suite, 3 dense seeds, benchmarks
 #
 # The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
 # at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
@@ -21,7 +21,8 @@ JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU 
 TRAIN_WORKERS=${TRAIN_WORKERS:-8}  # processes training the classification tables' runs beside the notebooks
 BENCH=${BENCH:-1}         # 1: benchmarks before the suite; after: in the time the suite leaves; 0: none
 SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
-DENSE_SEEDS=${DENSE_SEEDS:-1}  # >1: after the suite (and BENCH=after), the dense tables again at this many seeds
+DENSE_SEEDS=${DENSE_SEEDS:-1}  # >1: after the suite, the dense tables again at this many seeds (seed 0 reused)
+DENSE_MAX_S=${DENSE_MAX_S:-100000}  # at most this long, so that BENCH=after keeps some time
 DENSE_NOTEBOOKS="dpt_read_ablation dpt_zero_shot_depth dpt_segmentation dpt_inference_resolution"
 DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -143,12 +144,9 @@ report_if_cut() {  # $1: the exit status of a reproduce call; cut short or faile
     fi
 }
 report_if_cut "$suite"
-if [ "$BENCH" = after ]; then  # the suite first; the benchmarks get whatever time is left
-    if [ "$DENSE_SEEDS" -le 1 ]; then REPORT_S=10; fi
-    run_benchmarks
-fi
-if [ "$DENSE_SEEDS" -gt 1 ] && [ "$suite" = 0 ]; then  # more seeds of the dense tables, as time allows
-    DENSE_S=$(budget 100000)
+# More seeds of the dense tables first: one seed cannot rank the DPT backbones (the collapse is a seed lottery)
+if [ "$DENSE_SEEDS" -gt 1 ] && [ "$suite" = 0 ]; then
+    DENSE_S=$(budget "$DENSE_MAX_S")
     stamp "dense tables with $DENSE_SEEDS seeds (deadline ${DENSE_S}s)"
     timeout -k 10 "$DENSE_S" python3 -m lvit reproduce --profile proxy --seeds "$DENSE_SEEDS" --jobs "$JOBS" \
         --train-workers "$TRAIN_WORKERS" --device "$DEVICE" --only $DENSE_NOTEBOOKS report \
@@ -157,5 +155,9 @@ if [ "$DENSE_SEEDS" -gt 1 ] && [ "$suite" = 0 ]; then  # more seeds of the dense
     stamp "dense seeds exit $dense (124: deadline; every (row, seed) finished before it is stored)"
     grep -aoE "(ok|FAILED) [a-z_]+ \([0-9]+ s\)" "$LOGS/dense_seeds.log"
     report_if_cut "$dense"
+fi
+if [ "$BENCH" = after ]; then  # the suite first; the benchmarks get whatever time is left
+    REPORT_S=10
+    run_benchmarks
 fi
 stamp "done"

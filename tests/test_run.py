@@ -262,3 +262,31 @@ def test_a_training_runs_at_its_recipes_cpu_thread_count_whoever_calls_it(tmp_pa
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_trained_model_is_the_one_whose_validation_top1_was_stored(tmp_path):
+    from lvit.engine.run import trained_model
+    from lvit.engine.tasks import build_task
+
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    df = run_experiment("localvit_placement", "smoke", seeds=[0], rows=["High 9~12"], **dirs)
+    model = trained_model("localvit_placement", "High 9~12", "smoke", 0, dirs["results_dir"])
+    assert not model.training
+    recipe = resolve("localvit_placement", "smoke", None)[1]
+    val = runner._dataset(recipe, "val", dirs["data_root"], torch.device("cpu"))
+    measured = build_task("classification", recipe).evaluate(model, val, torch.device("cpu"), 16)
+    (record,) = (dirs["results_dir"] / "smoke" / "runs").glob("*.json")
+    last = json.loads(record.read_text())["history"][-1]
+    # the loss, not only top-1: a smoke model is at chance, and another model could match its top-1
+    assert measured["loss"] == pytest.approx(last["val_loss"], rel=1e-6)
+    assert measured["top1"] == pytest.approx(df.loc[df["metric"] == "top1", "value"].item(), abs=1e-9)
+
+    with pytest.raises(KeyError, match="stored: High 9~12 \\(seed 0\\)"):
+        trained_model("localvit_placement", "High 9~12", "smoke", 1, dirs["results_dir"])
+    run_experiment("dpt_read_ablation", "smoke", seeds=[0], rows=["Add"], **dirs)
+    with pytest.raises(ValueError, match="not a shared classification run"):
+        trained_model("dpt_read_ablation", "Add", "smoke", 0, dirs["results_dir"])
+    for weights in (dirs["results_dir"] / "smoke" / "runs").glob("*.pt"):
+        weights.unlink()
+    with pytest.raises(FileNotFoundError, match="reuse=False"):
+        trained_model("localvit_placement", "High 9~12", "smoke", 0, dirs["results_dir"])

@@ -702,6 +702,37 @@ def _stored(
     return df[keep].reset_index(drop=True)
 
 
+def trained_model(
+    experiment: str, row: str, profile: str, seed: int = 0, results_dir: str | Path = "results"
+) -> nn.Module:
+    """The model a stored classification (row, seed) ended its training with, in eval mode: built as the
+    profile sized it and loaded (strictly, ``weights_only``) from its shared run's ``runs/<key>.pt``.
+
+    The weights stay on the machine that trained them (they are not committed), and dense runs keep none.
+    """
+    stored = store.latest_results(store.load_results(results_dir, profile, experiment))
+    match = stored[(stored["row"] == row) & (stored["seed"] == seed)]
+    if match.empty:
+        ran = sorted({f"{r} (seed {s})" for r, s in zip(stored["row"], stored["seed"], strict=True)})
+        raise KeyError(f"no stored result of {experiment!r} row {row!r} seed {seed} at {profile!r} in "
+                       f"{results_dir}; stored: {', '.join(ran) or 'none'}")
+    run = match["shared_run"].iloc[0]  # "" for a run that is not shared
+    if not run:
+        raise ValueError(f"{experiment!r} row {row!r} is not a shared classification run: only those keep "
+                         "their weights")
+    record_path = store.shared_run_path(results_dir, profile, run)
+    weights = record_path.with_suffix(".pt")
+    if not weights.exists():
+        raise FileNotFoundError(
+            f"{weights} is not here: weights stay where they were trained (not committed), and runs stored "
+            f"before lvit kept weights have none; train it again with run_experiment({experiment!r}, "
+            f"{profile!r}, [{seed}], rows=[{row!r}], reuse=False)"
+        )
+    record = json.loads(record_path.read_text())
+    model = lvit.create_model(record["model"], **record["kwargs"])
+    return lvit.load_pretrained(model, weights).eval()
+
+
 def _launch_torchrun(
     name: str,
     profile: str,
