@@ -481,8 +481,8 @@ def _pending_trainings(
 
 def _shared_run_stored(training: Training) -> bool:
     """Whether a shared classification run is complete: its weights, then its record, are written."""
-    return store.shared_run_path(training.results_dir, training.profile, training.key).exists() and \
-        store.shared_run_weights_path(training.results_dir, training.profile, training.key).exists()
+    paths = (store.shared_run_path, store.shared_run_weights_path)
+    return all(path(training.results_dir, training.profile, training.key).exists() for path in paths)
 
 
 def _longest_first(trainings: list[Training], results_dir: str | Path, profile: str) -> list[Training]:
@@ -496,15 +496,14 @@ def _longest_first(trainings: list[Training], results_dir: str | Path, profile: 
     return sorted(trainings, key=lambda t: -median.get(t.model, 0.0))  # stable: unknown models keep order
 
 
-def run_pending(work: PendingWork) -> str:
+def run_pending(work: PendingWork) -> None:
     """Do one item of :func:`pending_work` into the result stores (a reproduce worker's entry point:
-    notebooks that need it later read it, or wait on its lock while it runs). Returns what it did."""
+    notebooks that need it later read it, or wait on its lock while it runs)."""
     if isinstance(work, DenseRun):
         run_experiment(work.experiment, work.profile, [work.seed], work.device, work.data_root,
                        work.results_dir, list(work.rows))  # fmt: skip
-        return f"{work.experiment} {', '.join(work.rows)} (seed {work.seed})"
-    train_shared(work)
-    return work.desc
+    else:
+        train_shared(work)
 
 
 def train_shared(training: Training) -> None:
