@@ -270,15 +270,15 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
                 bar.update()
 
     with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
-        with _pending_trainings(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
+        with _pending_work_in_workers(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
             run_wave([n for n in chosen if n != REPORT_NOTEBOOK], bar)
         run_wave([n for n in chosen if n == REPORT_NOTEBOOK], bar)  # last and alone: it reads every result
     return Reproduction(write_report(checked.results_dir), failures)
 
 
 @contextlib.contextmanager
-def _pending_trainings(chosen: Sequence[str], seeds: int | None, checked: NotebookParameters,
-                      row_subset: bool, workers: int, bar: tqdm) -> Iterator[None]:
+def _pending_work_in_workers(chosen: Sequence[str], seeds: int | None, checked: NotebookParameters,
+                             row_subset: bool, workers: int, bar: tqdm) -> Iterator[None]:
     """Do the chosen tables' pending trainings in ``workers`` processes while the body runs.
 
     A worker that fails only costs time: the notebook that needs the run trains it itself and reports any

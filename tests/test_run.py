@@ -208,14 +208,14 @@ def test_reproduce_does_pending_trainings_in_worker_processes(tmp_path):
     from tqdm import tqdm
 
     from lvit.engine.run import pending_work
-    from lvit.reproduce import _pending_trainings, validate_parameters
+    from lvit.reproduce import _pending_work_in_workers, validate_parameters
 
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
     checked = validate_parameters("smoke", 1, "cpu", **{k: str(v) for k, v in dirs.items()})
     names = ["localvit_placement", "dpt_segmentation"]
     # placement's 5 rows, 2 dense runs and their 2 backbones, of which LocalViT-T is placement's "All 1~12"
     assert len(pending_work(names, "smoke", 1, "cpu", **dirs)) == 5 + 2 + 2 - 1
-    with tqdm(disable=True) as bar, _pending_trainings(names, 1, checked, False, 2, bar):
+    with tqdm(disable=True) as bar, _pending_work_in_workers(names, 1, checked, False, 2, bar):
         pass  # the notebooks would run here; leaving waits for the two spawned workers
     assert pending_work(names, "smoke", 1, "cpu", **dirs) == []
     runs = list((dirs["results_dir"] / "smoke" / "runs").glob("*.json"))
