@@ -4,17 +4,22 @@ At the proxy profile the DPT stand-ins with plain-ViT backbones predicted 0 ever
 epoch. DPT's depth head ends ``conv1x1 -> ReLU`` (official code, ``non_negative=True``). If that conv's
 output is negative at every pixel of every image, the ReLU passes no gradient and the model cannot leave the
 constant map. This script builds each stand-in at its proxy size for ``--seeds`` seeds, as the proxy does
-(``torch.manual_seed(seed)`` then the constructor; the backbone here is at its own initialisation, not the
-proxy's classification pretraining), and reports:
+(``torch.manual_seed(seed)`` then the constructor), and reports:
 
 * for how many seeds the depth output is 0 at every pixel of a few validation scenes (dead at init);
 * how much of the backbone's spatial variation reaches the head: the std over positions of the tapped
   tokens, of the finest fusion output, and of the final conv's output (before the ReLU), averaged over
   channels and images, beside the final conv's mean.
 
+The backbone is at its own initialisation, unless ``--pretrained RESULTS_DIR`` names a results root that
+holds the profile's backbone pretrainings (``runs/<key>.pt``, kept by the suite): then each model is built
+exactly as a dense row of the suite builds it, pretrained backbone loaded. Nothing is trained here; a missing
+pretraining stops the script.
+
 CPU, about a minute:
 
     python benchmarks/dpt_init_probe.py --seeds 12
+    python benchmarks/dpt_init_probe.py --seeds 12 --pretrained results      # after the proxy suite ran
 """
 
 from __future__ import annotations
@@ -27,15 +32,33 @@ from typing import Any
 import torch
 
 import lvit
+from lvit import results as store
 from lvit.data import build_dataset
+from lvit.engine.run import Training, backbone_pretraining
 from lvit.experiments.recipes import DEPTH_PROFILES, model_overrides
 
 STAND_INS = ("dpt_tiny", "dpt_small", "dpt_localvit_tiny")
 
 
-def probe(name: str, seed: int, images: torch.Tensor, recipe: dict[str, Any]) -> dict[str, float]:
-    torch.manual_seed(seed)
-    model = lvit.create_model(name, **model_overrides(name, "depth", recipe)).eval()
+def build(
+    name: str, seed: int, recipe: dict[str, Any], profile: str, pretrained: str | None
+) -> torch.nn.Module:
+    """The stand-in at ``seed``'s initialisation; with ``pretrained``, through the suite's own path."""
+    if pretrained is None:
+        torch.manual_seed(seed)
+        return lvit.create_model(name, **model_overrides(name, "depth", recipe))
+    dense = Training(name, model_overrides(name, "depth", recipe), "depth", recipe, seed, profile,
+                     torch.device("cpu"), pretrained, "data")  # fmt: skip
+    pretraining = backbone_pretraining(dense)
+    weights = store.shared_run_weights_path(pretrained, profile, pretraining.key)
+    if not weights.exists():  # build_model would train it: this probe only looks
+        raise SystemExit(f"no stored pretraining of {pretraining.model} at {profile} ({weights}); "
+                         f"run the {profile} suite first")
+    return dense.build_model()
+
+
+def probe(model: torch.nn.Module, images: torch.Tensor) -> dict[str, float]:
+    model.eval()
     with torch.no_grad():
         taps, _ = model.forward_taps(images)
         finest = model.forward_features(images)[-1]
@@ -58,9 +81,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=12)
     parser.add_argument("--images", type=int, default=4, help="validation scenes per forward")
     parser.add_argument("--models", nargs="+", default=list(STAND_INS))
+    parser.add_argument("--profile", default="proxy", choices=sorted(DEPTH_PROFILES))
+    parser.add_argument("--pretrained", metavar="RESULTS_DIR",
+                        help="load the backbones the suite pretrained (default: backbones at initialisation)")
     parser.add_argument("--out", help="write every (model, seed) record as JSON to this path")
     args = parser.parse_args()
-    recipe = dict(DEPTH_PROFILES["proxy"])
+    recipe = dict(DEPTH_PROFILES[args.profile])
     scenes = build_dataset("scenes", "val", {**recipe, "val_samples": args.images})
     images = torch.stack([scenes[i]["image"] for i in range(args.images)])
     records = []
@@ -68,7 +94,8 @@ def main() -> None:
           "pre-ReLU mean (median) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in args.models:
-        runs = [probe(name, seed, images, recipe) for seed in range(args.seeds)]
+        runs = [probe(build(name, seed, recipe, args.profile, args.pretrained), images)
+                for seed in range(args.seeds)]
         records += [dict(model=name, seed=seed, **run) for seed, run in enumerate(runs)]
 
         def median(key: str, runs: list[dict[str, float]] = runs) -> float:
@@ -80,7 +107,8 @@ def main() -> None:
               f"{median('head_mean'):+.4f} |")
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump(dict(torch=torch.__version__, lvit=lvit.__version__, records=records), handle, indent=1)
+            json.dump(dict(torch=torch.__version__, lvit=lvit.__version__, profile=args.profile,
+                           pretrained=args.pretrained, records=records), handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -144,6 +144,11 @@ report_if_cut() {  # $1: the exit status of a reproduce call; cut short or faile
     fi
 }
 report_if_cut "$suite"
+# Is a dense row dead before it trains, with the backbones the suite just pretrained? CPU work, so it runs
+# beside what follows; each stand-in at 12 seeds, built exactly as the suite builds its dense rows.
+timeout -k 5 "$(budget 240)" python3 benchmarks/dpt_init_probe.py --seeds 12 --pretrained results \
+    --out "$BENCH_DIR/dpt_init_probe_pretrained.json" >"$BENCH_DIR/dpt_init_probe_pretrained.log" 2>&1 &
+init_probe=$!
 # More seeds of the dense tables first: one seed cannot rank the DPT backbones (the collapse is a seed lottery)
 if [ "$DENSE_SEEDS" -gt 1 ] && [ "$suite" = 0 ]; then
     DENSE_S=$(budget "$DENSE_MAX_S")
@@ -160,4 +165,7 @@ if [ "$BENCH" = after ]; then  # the suite first; the benchmarks get whatever ti
     REPORT_S=10
     run_benchmarks
 fi
+wait "$init_probe"
+stamp "dpt_init_probe --pretrained exit $? (dead-at-init table with the suite's backbones)"
+grep -E "^\|" "$BENCH_DIR/dpt_init_probe_pretrained.log"
 stamp "done"
