@@ -13,13 +13,16 @@ constant map. This script builds each stand-in at its proxy size for ``--seeds``
 
 The backbone is at its own initialisation, unless ``--pretrained RESULTS_DIR`` names a results root that
 holds the profile's backbone pretrainings (``runs/<key>.pt``, kept by the suite): then each model is built
-exactly as a dense row of the suite builds it, pretrained backbone loaded. Nothing is trained here; a missing
-pretraining stops the script.
+exactly as a dense row of the suite builds it, pretrained backbone loaded. A missing pretraining stops the
+script, unless ``--pretrain-missing`` lets it train that pretraining first (at proxy on CPU: about half an
+hour for ViT-T). ``--readout`` builds the Read-ablation variant (default: each model's own).
 
 CPU, about a minute:
 
     python benchmarks/dpt_init_probe.py --seeds 12
     python benchmarks/dpt_init_probe.py --seeds 12 --pretrained results      # after the proxy suite ran
+    python benchmarks/dpt_init_probe.py --seeds 6 --models dpt_tiny --readout project \
+        --pretrained /tmp/proxy_cpu --pretrain-missing                          # CPU, ~30 min the first time
 """
 
 from __future__ import annotations
@@ -41,19 +44,20 @@ STAND_INS = ("dpt_tiny", "dpt_small", "dpt_localvit_tiny")
 
 
 def build(
-    name: str, seed: int, recipe: dict[str, Any], profile: str, pretrained: str | None
+    name: str, seed: int, recipe: dict[str, Any], profile: str, args: argparse.Namespace
 ) -> torch.nn.Module:
-    """The stand-in at ``seed``'s initialisation; with ``pretrained``, through the suite's own path."""
-    if pretrained is None:
+    """The stand-in at ``seed``'s initialisation; with ``--pretrained``, through the suite's own path."""
+    kwargs = {**({"readout": args.readout} if args.readout else {}), **model_overrides(name, "depth", recipe)}
+    if args.pretrained is None:
         torch.manual_seed(seed)
-        return lvit.create_model(name, **model_overrides(name, "depth", recipe))
-    dense = Training(name, model_overrides(name, "depth", recipe), "depth", recipe, seed, profile,
-                     torch.device("cpu"), pretrained, "data")  # fmt: skip
+        return lvit.create_model(name, **kwargs)
+    dense = Training(name, kwargs, "depth", recipe, seed, profile, torch.device("cpu"), args.pretrained,
+                     "data")  # fmt: skip
     pretraining = backbone_pretraining(dense)
-    weights = store.shared_run_weights_path(pretrained, profile, pretraining.key)
-    if not weights.exists():  # build_model would train it: this probe only looks
-        raise SystemExit(f"no stored pretraining of {pretraining.model} at {profile} ({weights}); "
-                         f"run the {profile} suite first")
+    weights = store.shared_run_weights_path(args.pretrained, profile, pretraining.key)
+    if not weights.exists() and not args.pretrain_missing:  # build_model would train it
+        raise SystemExit(f"no stored pretraining of {pretraining.model} at {profile} ({weights}); run the "
+                         f"{profile} suite first, or pass --pretrain-missing")
     return dense.build_model()
 
 
@@ -84,6 +88,10 @@ def main() -> None:
     parser.add_argument("--profile", default="proxy", choices=sorted(DEPTH_PROFILES))
     parser.add_argument("--pretrained", metavar="RESULTS_DIR",
                         help="load the backbones the suite pretrained (default: backbones at initialisation)")
+    parser.add_argument("--pretrain-missing", action="store_true",
+                        help="with --pretrained: train a missing backbone pretraining there first")
+    parser.add_argument("--readout", choices=("ignore", "add", "project"),
+                        help="the Read-ablation variant (default: each model's own readout)")
     parser.add_argument("--out", help="write every (model, seed) record as JSON to this path")
     args = parser.parse_args()
     recipe = dict(DEPTH_PROFILES[args.profile])
@@ -94,7 +102,7 @@ def main() -> None:
           "pre-ReLU mean (median) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in args.models:
-        runs = [probe(build(name, seed, recipe, args.profile, args.pretrained), images)
+        runs = [probe(build(name, seed, recipe, args.profile, args), images)
                 for seed in range(args.seeds)]
         records += [dict(model=name, seed=seed, **run) for seed, run in enumerate(runs)]
 
@@ -107,8 +115,9 @@ def main() -> None:
               f"{median('head_mean'):+.4f} |")
     if args.out:
         with open(args.out, "w") as handle:
-            json.dump(dict(torch=torch.__version__, lvit=lvit.__version__, profile=args.profile,
-                           pretrained=args.pretrained, records=records), handle, indent=1)
+            meta = dict(torch=torch.__version__, lvit=lvit.__version__, profile=args.profile,
+                        pretrained=args.pretrained, readout=args.readout)
+            json.dump(dict(meta, records=records), handle, indent=1)
 
 
 if __name__ == "__main__":
