@@ -453,10 +453,11 @@ def pending_work(
                 continue
             groups: dict[str, list[str]] = {}
             for label, training in trainings:
+                if training.key not in groups:  # rows of one training share its backbone: look it up once
+                    pretraining = backbone_pretraining(training)
+                    if pretraining is not None and not _shared_run_stored(pretraining):
+                        pretrainings[pretraining.key] = pretraining
                 groups.setdefault(training.key, []).append(label)
-                pretraining = backbone_pretraining(training)
-                if pretraining is not None and not _shared_run_stored(pretraining):
-                    pretrainings[pretraining.key] = pretraining
             dense += [DenseRun(name, tuple(labels), seed, profile, str(target), str(results_dir),
                                str(data_root)) for labels in groups.values()]  # fmt: skip
     rest = [t for key, t in classification.items() if key not in pretrainings]
@@ -720,7 +721,7 @@ def trained_model(
         raise ValueError(f"{experiment!r} row {row!r} is not a shared classification run: only those keep "
                          "their weights")
     record_path = store.shared_run_path(results_dir, profile, run)
-    weights = record_path.with_suffix(".pt")
+    weights = store.shared_run_weights_path(results_dir, profile, run)
     if not weights.exists():
         raise FileNotFoundError(
             f"{weights} is not here: weights stay where they were trained (not committed), and runs stored "
