@@ -7,6 +7,7 @@
 #   TOTAL_S=3600 BENCH=0 OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # an hour of suite, no benchmarks
 #   TOTAL_S=572 BENCH=after OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # suite first, then benchmarks
 #   TOTAL_S=572 BENCH=after DENSE_SEEDS=3 DENSE_MAX_S=150 OUT=... bash ...  # suite, 3 dense seeds, benchmarks
+#   DEVICE=cpu PROFILE=smoke BENCH=0 DENSE_SEEDS=2 JOBS=2 TRAIN_WORKERS=2 OUT=... bash ...  # dry run, CPU
 #
 # The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
 # at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
@@ -25,6 +26,7 @@ DENSE_SEEDS=${DENSE_SEEDS:-1}  # >1: after the suite, the dense tables again at 
 DENSE_MAX_S=${DENSE_MAX_S:-100000}  # at most this long, so that BENCH=after keeps some time
 DENSE_NOTEBOOKS="dpt_read_ablation dpt_zero_shot_depth dpt_segmentation dpt_inference_resolution"
 DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
+PROFILE=${PROFILE:-proxy} # smoke: with DEVICE=cpu BENCH=0, the whole script in minutes on a laptop
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH=${PYTHONPATH:-}:$PWD
 LOGS=$OUT/logs BENCH_DIR=$OUT/bench
@@ -38,7 +40,7 @@ budget() {
 }
 
 archive() {
-    tar czf "$OUT/results_proxy.tgz" --exclude=checkpoints --exclude='*.pt' --exclude='*.lock' results/proxy \
+    tar czf "$OUT/results_$PROFILE.tgz" --exclude=checkpoints --exclude='*.pt' --exclude='*.lock' "results/$PROFILE" \
         2>/dev/null
     cp results/REPORT.md "$OUT/" 2>/dev/null
     tar czf "$OUT/bench.tgz" -C "$OUT" bench && tar czf "$OUT/logs.tgz" -C "$OUT" logs
@@ -129,8 +131,8 @@ run_benchmarks() {
 if [ "$BENCH" = 1 ]; then run_benchmarks; fi
 
 SUITE_S=$(budget 100000)
-stamp "proxy suite: lvit reproduce --profile proxy --jobs $JOBS --train-workers $TRAIN_WORKERS (deadline ${SUITE_S}s)"
-timeout -k 10 "$SUITE_S" python3 -m lvit reproduce --profile proxy --jobs "$JOBS" \
+stamp "$PROFILE suite: lvit reproduce --profile $PROFILE --jobs $JOBS --train-workers $TRAIN_WORKERS (deadline ${SUITE_S}s)"
+timeout -k 10 "$SUITE_S" python3 -m lvit reproduce --profile "$PROFILE" --jobs "$JOBS" \
     --train-workers "$TRAIN_WORKERS" --device "$DEVICE" >"$LOGS/suite.log" 2>&1
 suite=$?
 stamp "suite exit $suite (124: deadline)"
@@ -139,21 +141,21 @@ report_if_cut() {  # $1: the exit status of a reproduce call; cut short or faile
     if [ "$1" != 0 ]; then
         pkill -f ipykernel_launcher; pkill -f multiprocessing.spawn; sleep 2  # kernels and training workers
         stamp "report"
-        timeout $((REPORT_S - 10)) python3 -m lvit reproduce --profile proxy --only report >"$LOGS/report.log" 2>&1
+        timeout $((REPORT_S - 10)) python3 -m lvit reproduce --profile "$PROFILE" --only report >"$LOGS/report.log" 2>&1
         stamp "report exit $?"
     fi
 }
 report_if_cut "$suite"
 # Is a dense row dead before it trains, with the backbones the suite just pretrained? CPU work, so it runs
 # beside what follows; each stand-in at 12 seeds, built exactly as the suite builds its dense rows.
-timeout -k 5 "$(budget 240)" python3 benchmarks/dpt_init_probe.py --seeds 12 --pretrained results \
-    --out "$BENCH_DIR/dpt_init_probe_pretrained.json" >"$BENCH_DIR/dpt_init_probe_pretrained.log" 2>&1 &
+timeout -k 5 "$(budget 240)" python3 benchmarks/dpt_init_probe.py --seeds 12 --profile "$PROFILE" \
+    --pretrained results --out "$BENCH_DIR/dpt_init_probe_pretrained.json" >"$BENCH_DIR/dpt_init_probe_pretrained.log" 2>&1 &
 init_probe=$!
 # More seeds of the dense tables first: one seed cannot rank the DPT backbones (the collapse is a seed lottery)
 if [ "$DENSE_SEEDS" -gt 1 ] && [ "$suite" = 0 ]; then
     DENSE_S=$(budget "$DENSE_MAX_S")
     stamp "dense tables with $DENSE_SEEDS seeds (deadline ${DENSE_S}s)"
-    timeout -k 10 "$DENSE_S" python3 -m lvit reproduce --profile proxy --seeds "$DENSE_SEEDS" --jobs "$JOBS" \
+    timeout -k 10 "$DENSE_S" python3 -m lvit reproduce --profile "$PROFILE" --seeds "$DENSE_SEEDS" --jobs "$JOBS" \
         --train-workers "$TRAIN_WORKERS" --device "$DEVICE" --only $DENSE_NOTEBOOKS report \
         >"$LOGS/dense_seeds.log" 2>&1
     dense=$?
