@@ -38,10 +38,12 @@ AGREEMENT_OPPOSITE = "opposite direction"
 AGREEMENT_TIED = "tied with reference (ours)"
 AGREEMENT_PAPER_TIED = "tied with reference (paper)"
 AGREEMENT_NO_PUBLISHED = "no published value"
+AGREEMENT_COLLAPSED = "every seed collapsed"
 
 CLAIM_HOLDS = "holds"
 CLAIM_FAILS = "does not hold"
 CLAIM_NOT_ENOUGH = "not enough rows"
+CLAIM_COLUMNS = ["claim", "metric", "ours", "paper", "left out"]
 
 # Fixed so that SVG ids, and hence the files, are identical run after run.
 _SVG_HASHSALT = "lvit"
@@ -73,18 +75,33 @@ def _experiment_results(experiment: Experiment, results_df: pd.DataFrame) -> pd.
     return rows
 
 
+def _collapsed(rows: pd.DataFrame) -> pd.Series:
+    """Which result rows come from a collapsed run (:func:`lvit.results.mark_collapsed`; unmarked: none)."""
+    if "collapsed" not in rows:
+        return pd.Series(False, index=rows.index, dtype=bool)
+    return rows["collapsed"].fillna(False).astype(bool)
+
+
 def seed_statistics(experiment: Experiment, results_df: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Mean, sample std and seed count per declared row (missing rows: NaN mean, n = 0), in paper order."""
+    """Mean, sample std and seed count ``n`` per declared row (missing rows: NaN mean, n = 0), in paper order.
+
+    Runs marked ``collapsed`` are counted in ``n_collapsed`` and left out of mean, std and ``n``: their
+    values are a constant map's, the same whatever the model, so averaging them in would rank the rows by
+    how many of their seeds collapsed.
+    """
     rows = _experiment_results(experiment, results_df)
     labels = [r.label for r in experiment.rows]
     if rows.empty:
         values = pd.DataFrame(columns=["row", "value"])
+        collapsed = pd.Series(dtype=bool)
     else:
-        values = rows.loc[rows["metric"] == metric, ["row", "value"]].dropna()
-    grouped = values.groupby("row")["value"]
-    stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count()})
+        values = rows.loc[rows["metric"] == metric].dropna(subset=["value"])
+        collapsed = _collapsed(values)
+    grouped = values.loc[~collapsed].groupby("row")["value"]
+    stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count(),
+                          "n_collapsed": values.loc[collapsed].groupby("row").size()})
     stats = stats.reindex(labels)
-    stats["n"] = stats["n"].fillna(0).astype(int)
+    stats[["n", "n_collapsed"]] = stats[["n", "n_collapsed"]].fillna(0).astype(int)
     stats.index.name = "row"
     return stats
 
@@ -108,13 +125,16 @@ def _printed_tolerance(value: float) -> float:
     return 0.5 * 10.0 ** -_decimals(value) + 1e-12
 
 
-def _format_ours(mean: float, std: float, n: int, decimals: int, built: bool) -> str:
+def _format_ours(mean: float, std: float, n: int, decimals: int, built: bool, n_collapsed: int = 0) -> str:
     if not built:
         return NOT_BUILT
+    if n == 0 and n_collapsed:
+        return f"collapsed (n={n_collapsed})"
     if n == 0 or math.isnan(mean):
         return MISSING
     spread = f"{std:.{decimals}f}" if n > 1 else "–"
-    return f"{mean:.{decimals}f} ± {spread} (n={n})"
+    collapsed = f"; {n_collapsed} collapsed" if n_collapsed else ""
+    return f"{mean:.{decimals}f} ± {spread} (n={n}{collapsed})"
 
 
 def _agreement(published: float, mean: float, ref_published: float, ref_mean: float,
@@ -145,7 +165,8 @@ def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
     """Published vs ours per row (and per metric when ``metric`` is None), in the paper's row order.
 
     Columns: ``metric, row, published, ours`` (text: mean ± std (n=seeds), or "missing"), ``mean, std,
-    n_seeds, delta`` (ours − published; NaN when either is missing) and ``agreement``: the row matches
+    n_seeds, n_collapsed`` (seeds left out, :func:`seed_statistics`), ``delta`` (ours − published; NaN when
+    either is missing) and ``agreement``: the row matches
     the printed value within its rounding, or moves in the same / opposite direction as in the paper
     relative to the reference row (the first row with both a published value and ours), or is tied with it
     in ours or in the paper (a tie has no direction; two collapsed runs tie). Missing rows
@@ -167,17 +188,21 @@ def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
             "metric": name,
             "row": stats.index,
             "published": published.reindex(stats.index).to_numpy(),
-            "ours": [_format_ours(m, s, n, decimals, built[label]) for label, m, s, n
-                     in zip(stats.index, stats["mean"], stats["std"], stats["n"], strict=True)],
+            "ours": [_format_ours(m, s, n, decimals, built[label], k) for label, m, s, n, k
+                     in zip(stats.index, stats["mean"], stats["std"], stats["n"], stats["n_collapsed"],
+                            strict=True)],
             "mean": stats["mean"].to_numpy(dtype=float),
             "std": stats["std"].to_numpy(dtype=float),
             "n_seeds": stats["n"].to_numpy(),
+            "n_collapsed": stats["n_collapsed"].to_numpy(),
         })
         table["delta"] = table["mean"] - table["published"]
         table["agreement"] = [
+            AGREEMENT_COLLAPSED if n == 0 and k else
             _agreement(p, m, published[reference], stats.loc[reference, "mean"], label == reference,
                        built[label])
-            for label, p, m in zip(table["row"], table["published"], table["mean"], strict=True)
+            for label, p, m, n, k in zip(table["row"], table["published"], table["mean"], table["n_seeds"],
+                                         table["n_collapsed"], strict=True)
         ]
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
@@ -215,7 +240,8 @@ def rank_agreement(experiment: Experiment | str, results_df: pd.DataFrame,
 def claim_status(experiment: Experiment | str, results_df: pd.DataFrame) -> pd.DataFrame:
     """Whether each declared claim holds on our means, and (as a check of the declaration) on the paper's.
 
-    A claim reads row means by label; a row it needs that has no result gives "not enough rows".
+    A claim reads row means by label; a row it needs that has no result gives "not enough rows". Our means
+    are over the seeds that did not collapse; ``left out`` names the rows none of whose seeds trained.
     """
     experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
     records = []
@@ -224,10 +250,12 @@ def claim_status(experiment: Experiment | str, results_df: pd.DataFrame) -> pd.D
         ours = {label: float(m) for label, m in stats["mean"].items() if not math.isnan(m)}
         published = {r.label: float(r.published[claim.metric]) for r in experiment.rows
                      if claim.metric in r.published}
+        left_out = stats.index[(stats["n"] == 0) & (stats["n_collapsed"] > 0)]
         records.append({"claim": claim.text, "metric": claim.metric,
                         "ours": _evaluate_claim(claim.holds, ours),
-                        "paper": _evaluate_claim(claim.holds, published)})
-    return pd.DataFrame(records, columns=["claim", "metric", "ours", "paper"])
+                        "paper": _evaluate_claim(claim.holds, published),
+                        "left out": ", ".join(left_out)})
+    return pd.DataFrame(records, columns=CLAIM_COLUMNS)
 
 
 def overview(results_df: pd.DataFrame, profile: str,
@@ -239,11 +267,17 @@ def overview(results_df: pd.DataFrame, profile: str,
         for metric in experiment.metrics:
             table = comparison_table(experiment, results_df, metric.name)
             agreement = rank_agreement(experiment, results_df, metric.name)
+            runs = _seeds_run(table)
             records.append({"experiment": experiment.name, "metric": metric.name,
-                            "rows with results": f"{int((table['n_seeds'] > 0).sum())}/{len(table)}",
-                            "seeds": int(table["n_seeds"].max()), "kendall_tau": round(agreement.tau, 2),
+                            "rows with results": f"{int((runs > 0).sum())}/{len(table)}",
+                            "seeds": int(runs.max()), "kendall_tau": round(agreement.tau, 2),
                             "comparable rows": agreement.n_rows})
     return pd.DataFrame(records)
+
+
+def _seeds_run(table: pd.DataFrame) -> pd.Series:
+    """Seeds run per row of a :func:`comparison_table`, collapsed ones included."""
+    return table["n_seeds"] + table["n_collapsed"]
 
 
 def claims_overview(results_df: pd.DataFrame, profile: str,
@@ -251,7 +285,7 @@ def claims_overview(results_df: pd.DataFrame, profile: str,
     """Every claim of the experiments at ``profile`` with its status on ours and on the paper's numbers."""
     chosen = experiments_at(profile, results_df, experiments)
     frames = [claim_status(e, results_df).assign(experiment=e.name) for e in chosen if e.claims]
-    columns = ["experiment", "claim", "metric", "ours", "paper"]
+    columns = ["experiment", *CLAIM_COLUMNS]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
@@ -261,7 +295,7 @@ def inference_resolution_curve(results_df: pd.DataFrame, metric: str = "mean_abs
     from lvit.experiments.dpt import TRAIN_SIDE, relative_loss
 
     runs_of = results_df["experiment"] == "dpt_inference_resolution"
-    rows = results_df[runs_of & (results_df["metric"] == metric)]
+    rows = results_df[runs_of & (results_df["metric"] == metric) & ~_collapsed(results_df)]
     records = []
     for seed, runs in rows.groupby("seed"):
         values = dict(zip(runs["row"], runs["value"], strict=True))
@@ -321,6 +355,7 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     ax_paper.set(title="paper (published)", xlabel=label)
     seeds = _experiment_results(experiment, results_df)
     seeds = seeds[seeds["metric"] == name] if not seeds.empty else pd.DataFrame(columns=["row", "value"])
+    seeds = seeds[~_collapsed(seeds)]  # a constant map's value, off the scale of the trained seeds
     if not seeds.empty:
         position = {row: i for i, row in enumerate(rows)}
         ax_ours.scatter(seeds["value"], seeds["row"].map(position), color="0.6", s=14, zorder=2,
@@ -328,11 +363,12 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     ax_ours.errorbar(table["mean"], y, xerr=table["std"].fillna(0), fmt="o", color=sns.color_palette()[0],
                      capsize=4, zorder=3, label="mean ± std")
     _label_points(ax_ours, table["mean"], y, lambda value: f"{value:.4g}")
-    for row_y, text in zip(y, table["ours"], strict=True):
-        if text in (MISSING, NOT_BUILT):
-            ax_ours.annotate(text, (0.02, row_y), xycoords=("axes fraction", "data"), va="center",
-                             color="tab:red" if text == MISSING else "0.4")
-    n_seeds = int(table["n_seeds"].max()) if len(table) else 0
+    for row_y, text, n_collapsed in zip(y, table["ours"], table["n_collapsed"], strict=True):
+        note = text if text in (MISSING, NOT_BUILT) else f"{n_collapsed} collapsed" if n_collapsed else ""
+        if note:
+            ax_ours.annotate(note, (0.02, row_y), xycoords=("axes fraction", "data"), va="center",
+                             color="0.4" if text == NOT_BUILT else "tab:red")
+    n_seeds = int(_seeds_run(table).max()) if len(table) else 0
     title = f"ours ({profile}, {n_seeds} seed{'s' if n_seeds != 1 else ''})" if profile else "ours"
     ax_ours.set(title=title, xlabel=label)
     if n_seeds:
@@ -549,9 +585,36 @@ def summary_markdown(experiment: Experiment | str, results_df: pd.DataFrame) -> 
     claims = claim_status(experiment, results_df)
     if not claims.empty:
         parts += ["Claims:", ""]
-        parts += [f"- {c.claim} — ours: **{c.ours}**; paper: {c.paper}" for c in claims.itertuples()]
+        parts += [f"- {c['claim']} — ours: **{c['ours']}**{_left_out_note(c['left out'])}; "
+                  f"paper: {c['paper']}" for c in claims.to_dict("records")]
         parts.append("")
+    collapsed = _collapsed_run_labels(experiment, results_df)
+    if collapsed:
+        parts += [f"**Collapsed:** {', '.join(collapsed)} predicted one constant map for every validation "
+                  "image at the last epoch (`val_constant_fraction` = 1 in the run's history). A constant "
+                  "map scores the same after alignment whatever the model, so these seeds are counted (\"k "
+                  "collapsed\") but left out of the means, the rank agreement and the claims. A collapse "
+                  "can be settled before training: DPT's depth head ends in a 1×1 conv and a ReLU, and where "
+                  "the backbone's features are small the decoder's default initialisation leaves that conv's "
+                  "output nearly constant over the image, so its sign, set by the seed, decides whether any "
+                  "gradient flows (`benchmarks/dpt_init_probe.py`; how often each stand-in starts dead: "
+                  "`benchmarks/RESULTS.md`).", ""]
     return "\n".join(parts)
+
+
+def _left_out_note(rows: str) -> str:
+    return f" (left out, every seed collapsed: {rows})" if rows else ""
+
+
+def _collapsed_run_labels(experiment: Experiment, results_df: pd.DataFrame) -> list[str]:
+    """``row (seed k)`` of each collapsed run of ``experiment``, in paper row order."""
+    rows = _experiment_results(experiment, results_df)
+    if rows.empty:
+        return []
+    runs = rows.loc[_collapsed(rows), ["row", "seed"]].drop_duplicates()
+    order = {r.label: i for i, r in enumerate(experiment.rows)}
+    runs = runs.assign(order=runs["row"].map(order)).sort_values(["order", "seed"], kind="stable")
+    return [f"{row} (seed {seed})" for row, seed in zip(runs["row"], runs["seed"], strict=True)]
 
 
 def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile: str,
@@ -578,17 +641,6 @@ def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile
                   "LocalShapes this is expected at smoke (every row) and of the plain transformers at proxy; "
                   "what was tried to lift the latter (learning rate, warm-up, epochs, less clutter, fewer "
                   "classes) is in `benchmarks/RESULTS.md`.", ""]
-    collapsed = collapsed_runs(report_dir, profile, experiment)
-    if collapsed:
-        parts += [f"**Collapsed:** {', '.join(collapsed)} predicted one constant map for every validation "
-                  "image at the last epoch (`val_constant_fraction` = 1 in the run's history). Their metrics "
-                  "are those of a constant map after alignment, identical for any model that collapses, so "
-                  "they say nothing about the architecture. A collapse can be settled before training: DPT's "
-                  "depth head ends in a 1×1 conv and a ReLU, and where the backbone's features are small the "
-                  "decoder's default initialisation leaves that conv's output nearly constant over the "
-                  "image, so its sign, set by the seed, decides whether any gradient flows "
-                  "(`benchmarks/dpt_init_probe.py`; how often each stand-in starts dead: "
-                  "`benchmarks/RESULTS.md`).", ""]
     provenance = provenance_summary(rows)
     if provenance:
         parts.append("Provenance: " + "; ".join(f"{k}: {v}" for k, v in provenance.items()))
@@ -610,22 +662,6 @@ def rows_at_chance(experiment: Experiment, rows: pd.DataFrame, profile: str) -> 
     return [r.label for r in experiment.rows if r.label in top1.index and top1[r.label] <= ceiling]
 
 
-def collapsed_runs(results_dir: Path, profile: str, experiment: Experiment) -> list[str]:
-    """Depth runs (``row (seed k)``) whose last validation saw only constant predictions: a dead final
-    ReLU (DPT's non-negative head) outputs 0 everywhere, and scale-and-shift alignment then scores the
-    same constant for every such model."""
-    from lvit.results import load_histories
-
-    if experiment.task != "depth":
-        return []
-    histories = load_histories(results_dir, profile, experiment.name)
-    if "val_constant_fraction" not in histories:
-        return []
-    last = histories.groupby(["row", "seed"], sort=False).tail(1)
-    return [f"{row} (seed {seed})" for row, seed, fraction
-            in zip(last["row"], last["seed"], last["val_constant_fraction"], strict=True) if fraction == 1.0]
-
-
 def stale_runs(experiment: Experiment, rows: pd.DataFrame, profile: str) -> int:
     """How many stored (row, seed) runs carry a config hash other than the one declared now."""
     from lvit.engine.run import declared_config_hash
@@ -637,10 +673,11 @@ def stale_runs(experiment: Experiment, rows: pd.DataFrame, profile: str) -> int:
     return int(sum(stored != now for stored, now in zip(runs["config_hash"], declared, strict=True)))
 
 
-def _load(results_dir: Path, profile: str) -> pd.DataFrame:
-    from lvit.results import load_results
+def load_profile_results(results_dir: Path | str, profile: str) -> pd.DataFrame:
+    """Every stored result at ``profile``, each marked whether its run collapsed, as the report reads them."""
+    from lvit.results import load_results, mark_collapsed
 
-    return load_results(results_dir, profile=profile)
+    return mark_collapsed(load_results(results_dir, profile=profile), results_dir)
 
 
 def experiments_at(profile: str, results_df: pd.DataFrame,
@@ -656,15 +693,15 @@ def _profile_summary(experiments: Sequence[Experiment], results_df: pd.DataFrame
     lines = []
     for experiment in experiments:
         tables = {m.name: comparison_table(experiment, results_df, m.name) for m in experiment.metrics}
-        measured = [m for m in experiment.metrics if (tables[m.name]["n_seeds"] > 0).any()]
+        measured = [m for m in experiment.metrics if (_seeds_run(tables[m.name]) > 0).any()]
         primary = (measured or list(experiment.metrics))[0]
-        ran = pd.concat(tables.values()).query("n_seeds > 0")["row"].unique()
+        ran = {row for table in tables.values() for row in table.loc[_seeds_run(table) > 0, "row"]}
         claims = claim_status(experiment, results_df)
         agreement = rank_agreement(experiment, results_df, primary.name)
         lines.append({
             "experiment": f"[{experiment.name}](#{_anchor(_heading(experiment, profile))})",
             "rows with results": f"{len(ran)} of {len(experiment.rows)}",
-            "seeds": int(max(t["n_seeds"].max() for t in tables.values())),
+            "seeds": int(max(_seeds_run(t).max() for t in tables.values())),
             "rank agreement": f"{agreement.describe()}, {primary.label or primary.name}",
             "claims on ours": _claim_counts(claims["ours"]) if len(claims) else "–",
             "out of date": stale_runs(experiment, _experiment_results(experiment, results_df), profile),
@@ -716,7 +753,7 @@ def write_report(results_dir: Path | str, profiles: Iterable[str] | None = None,
     if not profiles:
         parts += ["No results yet: run `lvit reproduce`.", ""]
     for profile in profiles:
-        results = _load(results_dir, profile)
+        results = load_profile_results(results_dir, profile)
         covered = experiments_at(profile, results, experiments)
         figures_dir = results_dir / profile / "figures"
         parts += [f"## Profile {profile}", "", _profile_summary(covered, results, profile), ""]

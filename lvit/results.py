@@ -466,3 +466,27 @@ def load_histories(results_dir: str | Path, profile: str, experiment: str) -> pd
         return pd.DataFrame(columns=[*HISTORY_ID_COLUMNS, "epoch"])
     df = pd.concat(frames, ignore_index=True)
     return df.sort_values(["row", "seed", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def collapsed_runs(results_dir: str | Path, profile: str, experiment: str) -> set[tuple[str, int]]:
+    """The (row, seed) runs whose last validation predicted one constant map for every image
+    (``val_constant_fraction`` = 1 in their history): a depth model whose final ReLU outputs 0 everywhere.
+    Scale-and-shift alignment then scores the same constant whatever the model, so such a run's metrics say
+    nothing about its architecture."""
+    histories = load_histories(results_dir, profile, experiment)
+    if "val_constant_fraction" not in histories:
+        return set()
+    last = histories.groupby(["row", "seed"], sort=False).tail(1)
+    return {(row, int(seed)) for row, seed, fraction
+            in zip(last["row"], last["seed"], last["val_constant_fraction"], strict=True) if fraction == 1.0}
+
+
+def mark_collapsed(df: pd.DataFrame, results_dir: str | Path) -> pd.DataFrame:
+    """``df`` with a boolean column ``collapsed``: whether the result row's run is one of
+    :func:`collapsed_runs` (read from the histories under ``results_dir``)."""
+    flags = pd.Series(False, index=df.index, dtype=bool)
+    for (profile, experiment), group in df.groupby(["profile", "experiment"], sort=False):
+        runs = collapsed_runs(results_dir, str(profile), str(experiment))
+        keys = zip(group["row"], group["seed"].astype(int), strict=True)
+        flags[group.index] = [key in runs for key in keys]
+    return df.assign(collapsed=flags)

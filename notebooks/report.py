@@ -42,10 +42,9 @@ params = validate_parameters(profile=profile, seeds=seeds, device=device, data_r
 import pandas as pd
 from IPython.display import display
 
-from lvit.report import claims_overview, overview, write_report
-from lvit.results import load_results
+from lvit.report import claims_overview, load_profile_results, overview, write_report
 
-results = load_results(params.results_dir, profile=params.profile)
+results = load_profile_results(params.results_dir, params.profile)
 
 # %% [markdown]
 # ## Rank agreement per table

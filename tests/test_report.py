@@ -247,22 +247,102 @@ def test_figure_metrics_are_declared_metrics_and_each_gets_a_png_and_svg(tmp_pat
     assert all(p.stat().st_size > 0 for p in written)
 
 
-def test_collapsed_depth_runs_are_named_in_the_section(tmp_path):
+def _read_ablation_seeds(tmp_path, seeds: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
+    """Stored Read-ablation results at proxy: per row, per seed (mean AbsRel, last val_constant_fraction),
+    each seed's history ending in that fraction; returned as the report loads them."""
+    from lvit.results import append_results, mark_collapsed, write_history
+
+    name = "dpt_read_ablation"
+    records = []
+    for row, runs in seeds.items():
+        for seed, (value, fraction) in enumerate(runs):
+            write_history(tmp_path, "proxy", name, row, seed,
+                          [{"epoch": 1, "val_constant_fraction": 1.0 - fraction},
+                           {"epoch": 2, "val_constant_fraction": fraction}])
+            records.append(_stored_record(row, "mean_abs_rel", value)
+                           | {"experiment": name, "profile": "proxy", "seed": seed})
+    append_results(tmp_path, "proxy", name, records)
+    return mark_collapsed(pd.DataFrame(records), tmp_path)
+
+
+def test_mark_collapsed_flags_runs_whose_last_validation_was_constant(tmp_path):
+    from lvit.results import mark_collapsed
+
+    # Ignore seed 1 ends constant; Ignore seed 0 was constant at epoch 1 but recovered; Add never was
+    marked = _read_ablation_seeds(tmp_path, {"Ignore": [(0.2, 0.0), (8.58, 1.0)], "Add": [(0.3, 0.5)]})
+    flags = {(r, s): c for r, s, c in zip(marked["row"], marked["seed"], marked["collapsed"], strict=True)}
+    assert flags == {("Ignore", 0): False, ("Ignore", 1): True, ("Add", 0): False}
+    elsewhere = mark_collapsed(pd.DataFrame([_stored_record("Low 1~4", "top1", 30.0)]), tmp_path)
+    assert elsewhere["collapsed"].tolist() == [False]  # no history with the column: nothing collapsed
+
+
+def test_collapsed_seeds_are_counted_apart_and_left_out_of_means_and_claims(tmp_path):
     from lvit.experiments import get_experiment
-    from lvit.results import write_history
+    from lvit.report import claim_status, comparison_table, summary_markdown
 
     experiment = get_experiment("dpt_read_ablation")
-    # Ignore collapsed by its last epoch; Add was constant once but recovered; Project never was
-    for row, fractions in {"Ignore": (0.2, 1.0), "Add": (1.0, 0.0), "Project": (0.0, 0.0)}.items():
-        write_history(tmp_path, "proxy", experiment.name, row, 0,
-                      [{"epoch": e + 1, "val_constant_fraction": f} for e, f in enumerate(fractions)])
-    records = [_stored_record(row, "mean_abs_rel", 8.5) | {"experiment": experiment.name, "profile": "proxy"}
-               for row in ("Ignore", "Add", "Project")]
-    section = experiment_section(experiment, pd.DataFrame(records), "proxy", None, tmp_path)
-    collapsed = next(line for line in section.splitlines() if line.startswith("**Collapsed:**"))
-    assert "Ignore (seed 0)" in collapsed and "Add" not in collapsed and "Project" not in collapsed
-    no_histories = experiment_section(experiment, pd.DataFrame(records), "proxy", None, tmp_path / "none")
-    assert "**Collapsed:**" not in no_histories
+    dead = (8.58, 1.0)  # a constant map's AbsRel after alignment, the same for every collapsed model
+    results = _read_ablation_seeds(tmp_path, {"Ignore": [(0.20, 0.0), (0.22, 0.0), dead],
+                                              "Add": [(0.25, 0.0), (0.26, 0.0), (0.24, 0.0)],
+                                              "Project": [dead, (0.18, 0.0), dead]})
+    table = comparison_table(experiment, results, "mean_abs_rel").set_index("row")
+    assert table.loc["Project", "mean"] == pytest.approx(0.18)
+    assert table.loc["Ignore", "mean"] == pytest.approx(0.21)
+    assert table["n_seeds"].tolist() == [2, 3, 1] and table["n_collapsed"].tolist() == [1, 0, 2]
+    assert table.loc["Ignore", "ours"] == "0.2100 ± 0.0141 (n=2; 1 collapsed)"
+    assert claim_status(experiment, results)["ours"].tolist() == ["holds"]
+    # averaged in, the collapses would decide the claim: Project's two dead seeds put it last
+    unmarked = results.drop(columns="collapsed")
+    assert comparison_table(experiment, unmarked, "mean_abs_rel")["n_seeds"].tolist() == [3, 3, 3]
+    assert claim_status(experiment, unmarked)["ours"].tolist() == ["does not hold"]
+    summary = summary_markdown(experiment, results)
+    collapsed = next(line for line in summary.splitlines() if line.startswith("**Collapsed:**"))
+    assert collapsed.startswith("**Collapsed:** Ignore (seed 2), Project (seed 0), Project (seed 2) "
+                                "predicted one constant map")
+    assert "**Collapsed:**" not in summary_markdown(experiment, unmarked)
+
+
+def test_a_row_whose_every_seed_collapsed_is_named_not_ranked(tmp_path):
+    from lvit.experiments import get_experiment
+    from lvit.report import claim_status, comparison_table, overview, summary_markdown
+
+    experiment = get_experiment("dpt_read_ablation")
+    results = _read_ablation_seeds(tmp_path, {"Ignore": [(8.58, 1.0), (8.58, 1.0)],
+                                              "Add": [(0.25, 0.0), (0.27, 0.0)],
+                                              "Project": [(0.18, 0.0), (0.20, 0.0)]})
+    table = comparison_table(experiment, results, "mean_abs_rel").set_index("row")
+    assert table.loc["Ignore", "ours"] == "collapsed (n=2)" and math.isnan(table.loc["Ignore", "mean"])
+    assert table.loc["Ignore", "agreement"] == "every seed collapsed"
+    assert table.loc["Add", "agreement"] == "reference row"  # the first row with a mean to compare
+    claims = claim_status(experiment, results)
+    assert claims[["ours", "left out"]].values.tolist() == [["holds", "Ignore"]]
+    assert "**holds** (left out, every seed collapsed: Ignore)" in \
+        summary_markdown(experiment, results)
+    row = overview(results, "proxy", ["dpt_read_ablation"]).set_index("metric").loc["mean_abs_rel"]
+    assert (row["rows with results"], row["seeds"], row["comparable rows"]) == ("3/3", 2, 2)
+
+
+def test_the_report_marks_collapsed_runs_from_the_stored_histories(tmp_path):
+    from lvit.report import write_report
+
+    _read_ablation_seeds(tmp_path, {"Ignore": [(8.58, 1.0)], "Add": [(0.25, 0.0)], "Project": [(0.18, 0.0)]})
+    report = write_report(tmp_path, ["proxy"]).read_text()
+    mean_table = report[report.index("**Mean** (↓)"):]
+    ignore = next(line for line in mean_table.splitlines() if line.startswith("| Ignore"))
+    assert "| collapsed (n=1) " in ignore and ignore.rstrip(" |").endswith("every seed collapsed")
+    assert "**Collapsed:** Ignore (seed 0) predicted" in report
+
+
+def test_figure_4_leaves_collapsed_seeds_out_of_the_curve():
+    from lvit.report import inference_resolution_curve
+
+    records = [{"experiment": "dpt_inference_resolution", "row": side, "seed": seed, "metric": "mean_abs_rel",
+                "value": value, "collapsed": seed == 1}
+               for seed, values in enumerate([(0.20, 0.22), (8.0, 8.0)]) for side, value
+               in zip(("384", "448"), values, strict=True)]
+    curve = inference_resolution_curve(pd.DataFrame(records))
+    assert curve["seed"].tolist() == [0, 0]
+    assert curve["relative_loss"].tolist() == pytest.approx([0.0, 10.0])
 
 
 def test_rows_at_chance_need_every_seed_within_three_standard_errors(tmp_path):

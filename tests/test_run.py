@@ -290,3 +290,18 @@ def test_trained_model_is_the_one_whose_validation_top1_was_stored(tmp_path):
         weights.unlink()
     with pytest.raises(FileNotFoundError, match="reuse=False"):
         trained_model("localvit_placement", "High 9~12", "smoke", 0, dirs["results_dir"])
+
+
+def test_run_experiment_returns_the_collapse_flag_of_each_run(tmp_path):
+    from lvit.results import history_path
+
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    df = run_experiment("dpt_read_ablation", "smoke", seeds=[0], rows=["Add"], **dirs)
+    assert not df["collapsed"].any()
+    # the same stored run, had its last validation seen one constant map per image
+    path = history_path(dirs["results_dir"], "smoke", "dpt_read_ablation", "Add", 0)
+    history = pd.read_csv(path)
+    history.loc[history.index[-1], "val_constant_fraction"] = 1.0
+    history.to_csv(path, index=False)
+    again = run_experiment("dpt_read_ablation", "smoke", seeds=[0], rows=["Add"], **dirs)
+    assert again["collapsed"].all() and again["value"].tolist() == df["value"].tolist()

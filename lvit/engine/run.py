@@ -590,7 +590,8 @@ def run_experiment(
     """Run ``rows`` (default: every runnable row) of experiment ``name`` at ``profile`` for ``seeds``.
 
     ``seeds`` is a count (seeds 0..n-1) or explicit seeds. Returns the stored result rows of those
-    (row, seed) pairs, newest per metric, reused ones included.
+    (row, seed) pairs, newest per metric, reused ones included, with the ``collapsed`` flag of
+    :func:`lvit.results.mark_collapsed`.
     """
     experiment, recipe, selected = resolve(name, profile, rows)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
@@ -699,7 +700,7 @@ def _stored(
 ) -> pd.DataFrame:
     df = store.latest_results(store.load_results(results_dir, profile, name))
     keep = df["row"].isin([r.label for r in rows]) & df["seed"].isin(list(seeds))
-    return df[keep].reset_index(drop=True)
+    return store.mark_collapsed(df[keep].reset_index(drop=True), results_dir)
 
 
 def trained_model(
