@@ -322,6 +322,22 @@ def test_a_row_whose_every_seed_collapsed_is_named_not_ranked(tmp_path):
     assert (row["rows with results"], row["seeds"], row["comparable rows"]) == ("3/3", 2, 2)
 
 
+def test_a_claim_names_only_the_collapsed_rows_it_needed():
+    from lvit.experiments import get_experiment
+    from lvit.report import claim_status
+
+    experiment = get_experiment("dpt_zero_shot_depth")
+    records = [{"experiment": experiment.name, "row": row, "seed": 0, "metric": "eth3d_abs_rel",
+                "value": value, "collapsed": row == "DPT-Large"}
+               for row, value in (("DPT-Large", 5.8), ("DPT-Hybrid", 0.15))]
+    claims = claim_status(experiment, pd.DataFrame(records)).set_index("claim")
+    midas = claims[claims["metric"] == "eth3d_abs_rel"]
+    left_out = {claim.split(" improves")[0]: row for claim, row in midas["left out"].items()}
+    # both read MiDaS, which lvit does not build; only DPT-Large's claim asked for the collapsed row
+    assert left_out == {"DPT-Large": "DPT-Large", "DPT-Hybrid": ""}
+    assert set(midas["ours"]) == {"not enough rows"}
+
+
 def test_the_report_marks_collapsed_runs_from_the_stored_histories(tmp_path):
     from lvit.report import write_report
 
