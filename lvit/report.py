@@ -391,10 +391,12 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     ax_ours.errorbar(table["mean"], y, xerr=table["std"].fillna(0), fmt="o", color=sns.color_palette()[0],
                      capsize=4, zorder=3, label="mean ± std")
     _label_points(ax_ours, table["mean"], y, lambda value: f"{value:.4g}")
-    for row_y, text, n_collapsed in zip(y, table["ours"], table["n_collapsed"], strict=True):
+    for row_y, text, trained, n_collapsed in zip(y, table["ours"], table["n_seeds"], table["n_collapsed"],
+                                                 strict=True):
         note = text if text in (MISSING, NOT_BUILT) else f"{n_collapsed} collapsed" if n_collapsed else ""
-        if note:
-            ax_ours.annotate(note, (0.02, row_y), xycoords=("axes fraction", "data"), va="center",
+        if note:  # below the row when the row has points of its own
+            ax_ours.annotate(note, (0.02, row_y + (0.32 if trained else 0.0)), va="center",
+                             xycoords=("axes fraction", "data"), fontsize="small" if trained else None,
                              color="0.4" if text == NOT_BUILT else "tab:red")
     n_seeds = int(_seeds_run(table).max()) if len(table) else 0
     title = f"ours ({profile}, {n_seeds} seed{'s' if n_seeds != 1 else ''})" if profile else "ours"

@@ -278,7 +278,7 @@ def test_mark_collapsed_flags_runs_whose_last_validation_was_constant(tmp_path):
 
 def test_collapsed_seeds_are_counted_apart_and_left_out_of_means_and_claims(tmp_path):
     from lvit.experiments import get_experiment
-    from lvit.report import claim_status, comparison_table, summary_markdown
+    from lvit.report import claim_status, comparison_table, plot_comparison, summary_markdown
 
     experiment = get_experiment("dpt_read_ablation")
     dead = (8.58, 1.0)  # a constant map's AbsRel after alignment, the same for every collapsed model
@@ -295,6 +295,11 @@ def test_collapsed_seeds_are_counted_apart_and_left_out_of_means_and_claims(tmp_
     unmarked = results.drop(columns="collapsed")
     assert comparison_table(experiment, unmarked, "mean_abs_rel")["n_seeds"].tolist() == [3, 3, 3]
     assert claim_status(experiment, unmarked)["ours"].tolist() == ["does not hold"]
+    figure = plot_comparison(experiment, results, "mean_abs_rel", profile="proxy")
+    ours = figure.axes[1]
+    plotted_seeds = sorted(ours.collections[0].get_offsets()[:, 0])  # the collapsed 8.58s are not there
+    assert plotted_seeds == pytest.approx([0.18, 0.20, 0.22, 0.24, 0.25, 0.26])
+    assert [t.get_text() for t in ours.texts if "collapsed" in t.get_text()] == ["1 collapsed", "2 collapsed"]
     summary = summary_markdown(experiment, results)
     collapsed = next(line for line in summary.splitlines() if line.startswith("**Collapsed:**"))
     assert collapsed.startswith("**Collapsed:** Ignore (seed 2), Project (seed 0), Project (seed 2) "
