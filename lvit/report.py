@@ -624,10 +624,12 @@ def summary_markdown(experiment: Experiment | str, results_df: pd.DataFrame) -> 
                   "image at the last epoch (`val_constant_fraction` = 1 in the run's history). A constant "
                   "map scores the same after alignment whatever the model, so these seeds are counted (\"k "
                   "collapsed\") but left out of the means, the rank agreement and the claims. A collapse "
-                  "can be settled before training: DPT's depth head ends in a 1×1 conv and a ReLU, and where "
-                  "the backbone's features are small the decoder's default initialisation leaves that conv's "
-                  "output nearly constant over the image, so its sign, set by the seed, decides whether any "
-                  "gradient flows (`benchmarks/dpt_init_probe.py`; how often each stand-in starts dead: "
+                  "can be settled before training (\"dead at initialisation\": the untrained model was "
+                  "already constant on the first validation batch, `init_constant_fraction` = 1): DPT's "
+                  "depth head ends in a 1×1 conv and a ReLU, and where the backbone's features are small the "
+                  "decoder's default initialisation leaves that conv's output nearly constant over the "
+                  "image, so its sign, set by the seed, decides whether any gradient flows "
+                  "(`benchmarks/dpt_init_probe.py`; how often each stand-in starts dead: "
                   "`benchmarks/RESULTS.md`).", ""]
     return "\n".join(parts)
 
@@ -637,14 +639,18 @@ def _left_out_note(rows: str) -> str:
 
 
 def _collapsed_run_labels(experiment: Experiment, results_df: pd.DataFrame) -> list[str]:
-    """``row (seed k)`` of each collapsed run of ``experiment``, in paper row order."""
+    """``row (seed k[, origin])`` of each collapsed run of ``experiment``, in paper row order; the origin
+    (dead at initialisation, or in training) where the run's history recorded its untrained output."""
     rows = _experiment_results(experiment, results_df)
     if rows.empty:
         return []
-    runs = rows.loc[_collapsed(rows), ["row", "seed"]].drop_duplicates()
+    runs = rows.loc[_collapsed(rows)].drop_duplicates(["row", "seed"])
     order = {r.label: i for i, r in enumerate(experiment.rows)}
     runs = runs.assign(order=runs["row"].map(order)).sort_values(["order", "seed"], kind="stable")
-    return [f"{row} (seed {seed})" for row, seed in zip(runs["row"], runs["seed"], strict=True)]
+    at_init = runs["dead_at_init"] if "dead_at_init" in runs else pd.Series(pd.NA, index=runs.index)
+    origin = {True: ", dead at initialisation", False: ", in training"}
+    return [f"{row} (seed {seed}{'' if pd.isna(dead) else origin[bool(dead)]})"
+            for row, seed, dead in zip(runs["row"], runs["seed"], at_init, strict=True)]
 
 
 def experiment_section(experiment: Experiment, results_df: pd.DataFrame, profile: str,

@@ -468,25 +468,36 @@ def load_histories(results_dir: str | Path, profile: str, experiment: str) -> pd
     return df.sort_values(["row", "seed", "epoch"], kind="stable").reset_index(drop=True)
 
 
-def collapsed_runs(results_dir: str | Path, profile: str, experiment: str) -> set[tuple[str, int]]:
-    """The (row, seed) runs whose last validation predicted one constant map for every image
-    (``val_constant_fraction`` = 1 in their history): a depth model whose final ReLU outputs 0 everywhere.
-    Scale-and-shift alignment then scores the same constant whatever the model, so such a run's metrics say
-    nothing about its architecture."""
+def collapse_flags(results_dir: str | Path, profile: str, experiment: str) -> pd.DataFrame:
+    """Per (row, seed) with a history: ``collapsed``, whether its last validation predicted one constant
+    map for every image (``val_constant_fraction`` = 1), and ``dead_at_init``, whether it already did so
+    before its first step (``init_constant_fraction`` = 1 in the first entry; NA where not recorded).
+
+    A collapsed depth model's final ReLU outputs 0 everywhere; scale-and-shift alignment then scores the
+    same constant whatever the model, so such a run's metrics say nothing about its architecture.
+    """
     histories = load_histories(results_dir, profile, experiment)
+    columns = ["row", "seed", "collapsed", "dead_at_init"]
     if "val_constant_fraction" not in histories:
-        return set()
-    last = histories.groupby(["row", "seed"], sort=False).tail(1)
-    return {(row, int(seed)) for row, seed, fraction
-            in zip(last["row"], last["seed"], last["val_constant_fraction"], strict=True) if fraction == 1.0}
+        return pd.DataFrame(columns=columns)
+    runs = histories.groupby(["row", "seed"], sort=False)
+    first, last = runs.head(1).reset_index(drop=True), runs.tail(1).reset_index(drop=True)
+    at_init = first.get("init_constant_fraction", pd.Series(float("nan"), index=first.index))
+    return pd.DataFrame({
+        "row": last["row"], "seed": last["seed"].astype(int),
+        "collapsed": last["val_constant_fraction"] == 1.0,
+        "dead_at_init": pd.array([None if pd.isna(f) else f == 1.0 for f in at_init], dtype="boolean"),
+    })[columns]
 
 
 def mark_collapsed(df: pd.DataFrame, results_dir: str | Path) -> pd.DataFrame:
-    """``df`` with a boolean column ``collapsed``: whether the result row's run is one of
-    :func:`collapsed_runs` (read from the histories under ``results_dir``)."""
-    flags = pd.Series(False, index=df.index, dtype=bool)
+    """``df`` with the columns of :func:`collapse_flags` for each result row's run, read from the histories
+    under ``results_dir``: ``collapsed`` False and ``dead_at_init`` NA where no history says otherwise."""
+    collapsed = pd.Series(False, index=df.index, dtype=bool)
+    dead_at_init = pd.Series(pd.NA, index=df.index, dtype="boolean")
     for (profile, experiment), group in df.groupby(["profile", "experiment"], sort=False):
-        runs = collapsed_runs(results_dir, str(profile), str(experiment))
-        keys = zip(group["row"], group["seed"].astype(int), strict=True)
-        flags[group.index] = [key in runs for key in keys]
-    return df.assign(collapsed=flags)
+        flags = collapse_flags(results_dir, str(profile), str(experiment)).set_index(["row", "seed"])
+        found = flags.reindex(pd.MultiIndex.from_arrays([group["row"], group["seed"].astype(int)]))
+        collapsed[group.index] = found["collapsed"].fillna(False).astype(bool).to_numpy()
+        dead_at_init[group.index] = found["dead_at_init"].astype("boolean").to_numpy()
+    return df.assign(collapsed=collapsed, dead_at_init=dead_at_init)

@@ -252,3 +252,24 @@ def test_determinism_mode_warns_on_ops_without_deterministic_kernel():
     finally:
         loop.seed_everything(0, deterministic=False)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+class _TaskWithDrawingDiagnostic(ClassificationTask):
+    """A diagnostic that draws random numbers, as a measurement of the untrained model may."""
+
+    def init_diagnostics(self, model, dataset, device, batch_size):
+        return {"draws": float(torch.rand(1000).sum())}
+
+
+def test_the_untrained_model_is_measured_into_the_first_entry_without_changing_the_training(tmp_path):
+    plain, measured = _model(), _model()
+    history = fit(plain, ClassificationTask(RECIPE), _dataset(), _dataset(16, 1), _config(tmp_path / "a"))
+    with_init = fit(measured, _TaskWithDrawingDiagnostic(RECIPE), _dataset(), _dataset(16, 1),
+                    _config(tmp_path / "b"))
+    assert "init_draws" in with_init[0] and all("init_draws" not in entry for entry in with_init[1:])
+    assert not any(key.startswith("init_") for key in history[0])
+    # Mixup/CutMix and erasing draw from the same generators: a diagnostic that consumed them would shift
+    # every later draw. The forked RNG leaves the training as it was.
+    assert [e["train_loss"] for e in with_init] == [e["train_loss"] for e in history]
+    for name, value in plain.state_dict().items():
+        torch.testing.assert_close(measured.state_dict()[name], value, rtol=0, atol=0)

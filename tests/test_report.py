@@ -247,17 +247,18 @@ def test_figure_metrics_are_declared_metrics_and_each_gets_a_png_and_svg(tmp_pat
     assert all(p.stat().st_size > 0 for p in written)
 
 
-def _read_ablation_seeds(tmp_path, seeds: dict[str, list[tuple[float, float]]]) -> pd.DataFrame:
-    """Stored Read-ablation results at proxy: per row, per seed (mean AbsRel, last val_constant_fraction),
-    each seed's history ending in that fraction; returned as the report loads them."""
+def _read_ablation_seeds(tmp_path, seeds: dict[str, list[tuple[float, ...]]]) -> pd.DataFrame:
+    """Stored Read-ablation results at proxy: per row, per seed (mean AbsRel, last val_constant_fraction[,
+    init_constant_fraction]), each seed's history ending in that fraction; as the report loads them."""
     from lvit.results import append_results, mark_collapsed, write_history
 
     name = "dpt_read_ablation"
     records = []
     for row, runs in seeds.items():
-        for seed, (value, fraction) in enumerate(runs):
+        for seed, (value, fraction, *at_init) in enumerate(runs):
+            first = {"epoch": 1, "val_constant_fraction": 1.0 - fraction}
             write_history(tmp_path, "proxy", name, row, seed,
-                          [{"epoch": 1, "val_constant_fraction": 1.0 - fraction},
+                          [first | dict(zip(["init_constant_fraction"], at_init, strict=False)),
                            {"epoch": 2, "val_constant_fraction": fraction}])
             records.append(_stored_record(row, "mean_abs_rel", value)
                            | {"experiment": name, "profile": "proxy", "seed": seed})
@@ -266,14 +267,24 @@ def _read_ablation_seeds(tmp_path, seeds: dict[str, list[tuple[float, float]]]) 
 
 
 def test_mark_collapsed_flags_runs_whose_last_validation_was_constant(tmp_path):
+    from lvit.experiments import get_experiment
+    from lvit.report import summary_markdown
     from lvit.results import mark_collapsed
 
-    # Ignore seed 1 ends constant; Ignore seed 0 was constant at epoch 1 but recovered; Add never was
-    marked = _read_ablation_seeds(tmp_path, {"Ignore": [(0.2, 0.0), (8.58, 1.0)], "Add": [(0.3, 0.5)]})
-    flags = {(r, s): c for r, s, c in zip(marked["row"], marked["seed"], marked["collapsed"], strict=True)}
-    assert flags == {("Ignore", 0): False, ("Ignore", 1): True, ("Add", 0): False}
+    # Ignore seed 1 ends constant, as it started; seed 2 ends constant, having started varied; seed 0 was
+    # constant at epoch 1 but recovered; Add never was, and its history predates the init measurement
+    marked = _read_ablation_seeds(tmp_path, {"Ignore": [(0.2, 0.0, 0.0), (8.58, 1.0, 1.0), (8.58, 1.0, 0.0)],
+                                             "Add": [(0.3, 0.5)]})
+    flags = {(r, s): (c, None if pd.isna(d) else d) for r, s, c, d
+             in zip(marked["row"], marked["seed"], marked["collapsed"], marked["dead_at_init"], strict=True)}
+    assert flags == {("Ignore", 0): (False, False), ("Ignore", 1): (True, True), ("Ignore", 2): (True, False),
+                     ("Add", 0): (False, None)}
     elsewhere = mark_collapsed(pd.DataFrame([_stored_record("Low 1~4", "top1", 30.0)]), tmp_path)
     assert elsewhere["collapsed"].tolist() == [False]  # no history with the column: nothing collapsed
+    assert elsewhere["dead_at_init"].isna().all()
+    summary = summary_markdown(get_experiment("dpt_read_ablation"), marked)
+    assert "**Collapsed:** Ignore (seed 1, dead at initialisation), Ignore (seed 2, in training) predicted" \
+        in summary
 
 
 def test_collapsed_seeds_are_counted_apart_and_left_out_of_means_and_claims(tmp_path):

@@ -301,6 +301,9 @@ def test_run_experiment_returns_the_collapse_flag_of_each_run(tmp_path):
     # the same stored run, had its last validation seen one constant map per image
     path = history_path(dirs["results_dir"], "smoke", "dpt_read_ablation", "Add", 0)
     history = pd.read_csv(path)
+    at_init = history["init_constant_fraction"]  # measured on the untrained model, first entry only
+    assert at_init.iloc[1:].isna().all() and 0.0 <= at_init.iloc[0] <= 1.0
+    assert df["dead_at_init"].tolist() == [at_init.iloc[0] == 1.0] * len(df)
     history.loc[history.index[-1], "val_constant_fraction"] = 1.0
     history.to_csv(path, index=False)
     again = run_experiment("dpt_read_ablation", "smoke", seeds=[0], rows=["Add"], **dirs)

@@ -50,3 +50,18 @@ def test_a_model_that_predicts_a_constant_map_is_flagged():
     with pytest.warns(RuntimeWarning, match="constant map for every image"):
         measured = task.evaluate(ConstantInverseDepth(dead), dataset, torch.device("cpu"), 2)
     assert measured["constant_fraction"] == 1.0
+
+
+def test_the_untrained_model_is_judged_dead_on_the_first_validation_batch():
+    depth = torch.tensor([[[1.0, 2.0], [4.0, 4.0]]] * 4)
+    valid = torch.ones(4, 2, 2, dtype=torch.bool)
+    images = torch.arange(4.0)[:, None, None, None].expand(4, 3, 2, 2).contiguous()
+    dataset = [dict(image=images[i], depth=depth[i], valid=valid[i]) for i in range(4)]
+    task = DepthTask(dict(depth_cap=10.0))
+    # images 0 and 1 (the first batch of 2) vary; 2 and 3 are constant
+    maps = torch.stack([1 / depth[0], 1 / depth[0], torch.zeros(2, 2), torch.zeros(2, 2)])
+    model = ConstantInverseDepth(maps)
+    assert task.init_diagnostics(model, dataset, torch.device("cpu"), 2) == {"constant_fraction": 0.0}
+    assert task.evaluate(model, dataset, torch.device("cpu"), 2)["constant_fraction"] == 0.5
+    dead = ConstantInverseDepth(torch.zeros(4, 2, 2))
+    assert task.init_diagnostics(dead, dataset, torch.device("cpu"), 2) == {"constant_fraction": 1.0}

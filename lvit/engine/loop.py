@@ -301,7 +301,8 @@ def fit(
     """Train ``model`` on ``train_set`` with ``task``'s loss, optimizer and schedule; return the history.
 
     Each history entry holds ``epoch, train_loss, lr, images_per_s, wall_s`` and, on rank 0, the task's
-    validation metrics prefixed with ``val_``.
+    validation metrics prefixed with ``val_``; the first also its :meth:`Task.init_diagnostics` prefixed
+    with ``init_`` (not after a resume from within the first epoch, whose untrained model is gone).
     """
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device)
@@ -378,6 +379,13 @@ def fit(
             )
         if dist_info.world > 1:
             dist.barrier()
+
+    eval_batch = config.eval_batch_size or micro_batch
+    init_metrics: dict[str, float] = {}
+    if val_set is not None and dist_info.is_main and (start_epoch, start_step) == (0, 0):
+        # forked RNG: measuring the untrained model must not change what the training draws
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            init_metrics = task.init_diagnostics(model, val_set, device, eval_batch)
 
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)  # type: ignore[attr-defined]
@@ -458,9 +466,11 @@ def fit(
             "wall_s": elapsed,
             "cuda_graph": graphed is not None,
         }
+        if epoch == 0:
+            entry.update({f"init_{k}": v for k, v in init_metrics.items()})
         _raise_if_non_finite(bad_step, ckpt_path)
         if val_set is not None and dist_info.is_main:
-            metrics = task.evaluate(model, val_set, device, batch_size=config.eval_batch_size or micro_batch)
+            metrics = task.evaluate(model, val_set, device, batch_size=eval_batch)
             entry.update({f"val_{k}": v for k, v in metrics.items()})
         history.append(entry)
         checkpoint(epoch + 1, 0, torch.zeros(()))

@@ -73,6 +73,13 @@ class Task:
     ) -> dict[str, float]:
         raise NotImplementedError
 
+    def init_diagnostics(
+        self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int
+    ) -> dict[str, float]:
+        """Measures of the model before its first step; the loop records them as ``init_<name>`` in the
+        history's first entry. None by default."""
+        return {}
+
     def _eval_batches(self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int):
         from lvit.engine.loop import iterate_batches, to_device, training_autocast
 
@@ -230,6 +237,14 @@ class DepthTask(Task):
         )
 
     @torch.no_grad()
+    def init_diagnostics(self, model, dataset, device, batch_size):
+        # Dead before training? DPT's head ends in a ReLU: if it outputs one value (0) at every pixel of
+        # every image of the first validation batch, no gradient reaches the decoder. Recorded so that a run
+        # that ends constant tells whether it started so (benchmarks/dpt_init_probe.py) or got there.
+        output, (depth, _) = next(self._eval_batches(model, dataset, device, batch_size))
+        return {"constant_fraction": float(_constant_maps(self._prediction(output, depth.shape[-2:])).mean())}
+
+    @torch.no_grad()
     def evaluate(self, model, dataset, device, batch_size):
         # Per-image metrics averaged over the images that have valid pixels (an empty mask gives NaN).
         # ``constant_fraction``: images whose prediction is one value everywhere. After scale-and-shift
@@ -242,8 +257,7 @@ class DepthTask(Task):
                 pred, depth, mask, self.recipe.get("depth_cap", 80.0), reduction="none"
             )
             per_image["loss"] = self.loss(output, (depth, mask)).expand(len(depth)).double()
-            flat = pred.flatten(1)
-            per_image["constant_fraction"] = (flat.amax(1) == flat.amin(1)).double()
+            per_image["constant_fraction"] = _constant_maps(pred)
             for key, values in per_image.items():
                 totals[key] = totals.get(key, 0.0) + float(values.nansum())
                 counts[key] = counts.get(key, 0) + int((~values.isnan()).sum())
@@ -253,6 +267,12 @@ class DepthTask(Task):
                           "of a constant prediction (e.g. a final ReLU that outputs 0 everywhere)",
                           RuntimeWarning, stacklevel=2)
         return result
+
+
+def _constant_maps(pred: torch.Tensor) -> torch.Tensor:
+    """Per image of ``(B, H, W)``: 1.0 where the prediction is one value everywhere, else 0.0 (double)."""
+    flat = pred.flatten(1)
+    return (flat.amax(1) == flat.amin(1)).double()
 
 
 class SegmentationTask(Task):
