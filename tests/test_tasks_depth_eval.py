@@ -17,6 +17,12 @@ class ConstantInverseDepth(nn.Module):
         return self.inverse_depths[images[:, 0, 0, 0].long()]
 
 
+def _scenes(depth: torch.Tensor, valid: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """One scene per depth map; image i is filled with i, which is how ConstantInverseDepth picks its map."""
+    images = torch.arange(float(len(depth)))[:, None, None, None].expand(len(depth), 3, 2, 2).contiguous()
+    return [dict(image=images[i], depth=depth[i], valid=valid[i]) for i in range(len(depth))]
+
+
 def test_an_image_without_valid_pixels_does_not_pull_the_mean_down():
     # Image 0 predicts 1/gt exactly (AbsRel 0 after alignment); image 1 predicts a non-affine inverse depth
     # (AbsRel > 0); image 2 has no valid pixel and must be skipped, so the mean is (0 + AbsRel_1) / 2.
@@ -24,8 +30,7 @@ def test_an_image_without_valid_pixels_does_not_pull_the_mean_down():
     valid = torch.ones(3, 2, 2, dtype=torch.bool)
     valid[2] = False
     inverse = torch.stack([1 / depth[0], torch.tensor([[1.0, 1.0], [1.0, 0.5]]), 1 / depth[0]])
-    images = torch.arange(3.0)[:, None, None, None].expand(3, 3, 2, 2).contiguous()
-    dataset = [dict(image=images[i], depth=depth[i], valid=valid[i]) for i in range(3)]
+    dataset = _scenes(depth, valid)
     task = DepthTask(dict(depth_cap=10.0))
     model = ConstantInverseDepth(inverse)
     both = task.evaluate(model, dataset, torch.device("cpu"), batch_size=3)
@@ -39,9 +44,7 @@ def test_a_model_that_predicts_a_constant_map_is_flagged():
     import pytest
 
     depth = torch.tensor([[[1.0, 2.0], [4.0, 4.0]]] * 2)
-    valid = torch.ones(2, 2, 2, dtype=torch.bool)
-    images = torch.arange(2.0)[:, None, None, None].expand(2, 3, 2, 2).contiguous()
-    dataset = [dict(image=images[i], depth=depth[i], valid=valid[i]) for i in range(2)]
+    dataset = _scenes(depth, torch.ones(2, 2, 2, dtype=torch.bool))
     task = DepthTask(dict(depth_cap=10.0))
     varied = torch.stack([1 / depth[0], torch.full((2, 2), 0.5)])  # image 1 is constant, image 0 is not
     measured = task.evaluate(ConstantInverseDepth(varied), dataset, torch.device("cpu"), 2)
@@ -54,9 +57,7 @@ def test_a_model_that_predicts_a_constant_map_is_flagged():
 
 def test_the_untrained_model_is_judged_dead_on_the_first_validation_batch():
     depth = torch.tensor([[[1.0, 2.0], [4.0, 4.0]]] * 4)
-    valid = torch.ones(4, 2, 2, dtype=torch.bool)
-    images = torch.arange(4.0)[:, None, None, None].expand(4, 3, 2, 2).contiguous()
-    dataset = [dict(image=images[i], depth=depth[i], valid=valid[i]) for i in range(4)]
+    dataset = _scenes(depth, torch.ones(4, 2, 2, dtype=torch.bool))
     task = DepthTask(dict(depth_cap=10.0))
     # images 0 and 1 (the first batch of 2) vary; 2 and 3 are constant
     maps = torch.stack([1 / depth[0], 1 / depth[0], torch.zeros(2, 2), torch.zeros(2, 2)])
