@@ -34,7 +34,7 @@ AGREEMENT_MATCH = "matches (within rounding)"
 AGREEMENT_REFERENCE = "reference row"
 AGREEMENT_SAME = "same direction"
 AGREEMENT_OPPOSITE = "opposite direction"
-# Ours equal to the reference row's (e.g. two collapsed runs), or the paper's: no direction to compare.
+# Ours equal to the reference row's, or the paper's: no direction to compare.
 AGREEMENT_TIED = "tied with reference (ours)"
 AGREEMENT_PAPER_TIED = "tied with reference (paper)"
 AGREEMENT_NO_PUBLISHED = "no published value"
@@ -164,13 +164,13 @@ def comparison_table(experiment: Experiment | str, results_df: pd.DataFrame,
                      metric: str | None = None) -> pd.DataFrame:
     """Published vs ours per row (and per metric when ``metric`` is None), in the paper's row order.
 
-    Columns: ``metric, row, published, ours`` (text: mean ± std (n=seeds), or "missing"), ``mean, std,
-    n_seeds, n_collapsed`` (seeds left out, :func:`seed_statistics`), ``delta`` (ours − published; NaN when
-    either is missing) and ``agreement``: the row matches
-    the printed value within its rounding, or moves in the same / opposite direction as in the paper
-    relative to the reference row (the first row with both a published value and ours), or is tied with it
-    in ours or in the paper (a tie has no direction; two collapsed runs tie). Missing rows
-    keep NaN, never 0; published baselines lvit does not build say so.
+    Columns: ``metric, row, published, ours`` (text: mean ± std (n=seeds), "collapsed" or "missing"),
+    ``mean, std, n_seeds, n_collapsed`` (seeds left out, :func:`seed_statistics`), ``delta`` (ours −
+    published; NaN when either is missing) and ``agreement``: the row matches the printed value within its
+    rounding, or moves in the same / opposite direction as in the paper relative to the reference row (the
+    first row with both a published value and ours), or is tied with it in ours or in the paper (a tie has
+    no direction), or every seed of it collapsed. Missing rows keep NaN, never 0; published baselines lvit
+    does not build say so.
     """
     experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
     tables = []

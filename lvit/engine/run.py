@@ -590,8 +590,8 @@ def run_experiment(
     """Run ``rows`` (default: every runnable row) of experiment ``name`` at ``profile`` for ``seeds``.
 
     ``seeds`` is a count (seeds 0..n-1) or explicit seeds. Returns the stored result rows of those
-    (row, seed) pairs, newest per metric, reused ones included, with the ``collapsed`` flag of
-    :func:`lvit.results.mark_collapsed`.
+    (row, seed) pairs, newest per metric, reused ones included, with the ``collapsed`` and ``dead_at_init``
+    flags of :func:`lvit.results.mark_collapsed`.
     """
     experiment, recipe, selected = resolve(name, profile, rows)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
