@@ -23,7 +23,7 @@ import pandas as pd
 import seaborn as sns
 from scipy.stats import kendalltau
 
-from lvit.experiments import Experiment, get_experiment, list_experiments
+from lvit.experiments import Claim, Experiment, get_experiment, list_experiments
 
 MISSING = "missing"
 # A published baseline that lvit does not build (``Row.model == ""``): never run, so not "missing".
@@ -43,7 +43,7 @@ AGREEMENT_COLLAPSED = "every seed collapsed"
 CLAIM_HOLDS = "holds"
 CLAIM_FAILS = "does not hold"
 CLAIM_NOT_ENOUGH = "not enough rows"
-CLAIM_COLUMNS = ["claim", "metric", "ours", "paper", "left out"]
+CLAIM_COLUMNS = ["claim", "metric", "ours", "per seed", "paper", "left out"]
 
 # Fixed so that SVG ids, and hence the files, are identical run after run.
 _SVG_HASHSALT = "lvit"
@@ -242,7 +242,9 @@ def claim_status(experiment: Experiment | str, results_df: pd.DataFrame) -> pd.D
 
     A claim reads row means by label; a row it needs that has no result gives "not enough rows". Our means
     are over the seeds that did not collapse; ``left out`` names the rows none of whose seeds trained that
-    the claim asked for, or all of them when it compared every row.
+    the claim asked for, or all of them when it compared every row. ``per seed`` tests the claim on each
+    seed's own values (rows paired by seed): "2 of 3" holds in two of the three seeds it could be judged
+    on, which tells a margin within the seed spread from one that every seed repeats.
     """
     experiment = get_experiment(experiment) if isinstance(experiment, str) else experiment
     records = []
@@ -255,7 +257,9 @@ def claim_status(experiment: Experiment | str, results_df: pd.DataFrame) -> pd.D
         status = _evaluate_claim(claim.holds, reads)
         left_out = [label for label in stats.index[(stats["n"] == 0) & (stats["n_collapsed"] > 0)]
                     if reads.every_row or label in reads.missing]
+        hold, judged = _per_seed_verdicts(experiment, results_df, claim)
         records.append({"claim": claim.text, "metric": claim.metric, "ours": status,
+                        "per seed": f"{hold} of {judged}" if judged else "",
                         "paper": _evaluate_claim(claim.holds, published), "left out": ", ".join(left_out)})
     return pd.DataFrame(records, columns=CLAIM_COLUMNS)
 
@@ -307,6 +311,18 @@ def inference_resolution_curve(results_df: pd.DataFrame, metric: str = "mean_abs
                     for label, loss in relative_loss(values).items()]
     curve = pd.DataFrame(records, columns=["side", "seed", "relative_loss"])
     return curve.sort_values(["side", "seed"], ignore_index=True)
+
+
+def _per_seed_verdicts(experiment: Experiment, results_df: pd.DataFrame, claim: Claim) -> tuple[int, int]:
+    """(seeds in which the claim holds, seeds in which it could be judged), on each seed's own row values."""
+    rows = _experiment_results(experiment, results_df)
+    if rows.empty:
+        return 0, 0
+    values = rows[(rows["metric"] == claim.metric) & ~_collapsed(rows)].dropna(subset=["value"])
+    verdicts = [_evaluate_claim(claim.holds, dict(zip(runs["row"], runs["value"], strict=True)))
+                for _, runs in values.groupby("seed")]
+    judged = [v for v in verdicts if v != CLAIM_NOT_ENOUGH]
+    return judged.count(CLAIM_HOLDS), len(judged)
 
 
 class _RowReads(dict):
@@ -615,8 +631,8 @@ def summary_markdown(experiment: Experiment | str, results_df: pd.DataFrame) -> 
     claims = claim_status(experiment, results_df)
     if not claims.empty:
         parts += ["Claims:", ""]
-        parts += [f"- {c['claim']} — ours: **{c['ours']}**{_left_out_note(c['left out'])}; "
-                  f"paper: {c['paper']}" for c in claims.to_dict("records")]
+        parts += [f"- {c['claim']} — ours: **{c['ours']}**{_claim_notes(c)}; paper: {c['paper']}"
+                  for c in claims.to_dict("records")]
         parts.append("")
     collapsed = _collapsed_run_labels(experiment, results_df)
     if collapsed:
@@ -634,8 +650,14 @@ def summary_markdown(experiment: Experiment | str, results_df: pd.DataFrame) -> 
     return "\n".join(parts)
 
 
-def _left_out_note(rows: str) -> str:
-    return f" (left out, every seed collapsed: {rows})" if rows else ""
+def _claim_notes(claim: Mapping[str, str]) -> str:
+    """The per-seed count (once more than one seed judges the claim) and the rows left out, in brackets."""
+    notes = []
+    if claim["per seed"] and not claim["per seed"].endswith(" of 1"):
+        notes.append(f"per seed: holds in {claim['per seed']}")
+    if claim["left out"]:
+        notes.append(f"left out, every seed collapsed: {claim['left out']}")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _collapsed_run_labels(experiment: Experiment, results_df: pd.DataFrame) -> list[str]:

@@ -332,7 +332,7 @@ def test_a_row_whose_every_seed_collapsed_is_named_not_ranked(tmp_path):
     assert table.loc["Add", "agreement"] == "reference row"  # the first row with a mean to compare
     claims = claim_status(experiment, results)
     assert claims[["ours", "left out"]].values.tolist() == [["holds", "Ignore"]]
-    assert "**holds** (left out, every seed collapsed: Ignore)" in \
+    assert "**holds** (per seed: holds in 2 of 2; left out, every seed collapsed: Ignore)" in \
         summary_markdown(experiment, results)
     row = overview(results, "proxy", ["dpt_read_ablation"]).set_index("metric").loc["mean_abs_rel"]
     assert (row["rows with results"], row["seeds"], row["comparable rows"]) == ("3/3", 2, 2)
@@ -352,6 +352,23 @@ def test_a_claim_names_only_the_collapsed_rows_it_needed():
     # both read MiDaS, which lvit does not build; only DPT-Large's claim asked for the collapsed row
     assert left_out == {"DPT-Large": "DPT-Large", "DPT-Hybrid": ""}
     assert set(midas["ours"]) == {"not enough rows"}
+
+
+def test_each_claim_is_also_judged_seed_by_seed():
+    from lvit.experiments import get_experiment
+    from lvit.report import claim_status, summary_markdown
+
+    experiment = get_experiment("localvit_placement")  # claims Low 1~4 > Mid 5~8 > High 9~12
+    seeds = {"Low 1~4": [30.0, 31.0, 29.0], "Mid 5~8": [20.0, 32.0, 21.0], "High 9~12": [10.0, 11.0, 12.0]}
+    records = [_stored_record(row, "top1", v) | {"seed": i} for row, values in seeds.items()
+               for i, v in enumerate(values)]
+    results = pd.DataFrame(records)
+    # on the means (30.0 > 24.3 > 11.0) it holds; seed 1 has Mid above Low
+    assert claim_status(experiment, results)[["ours", "per seed"]].values.tolist() == [["holds", "2 of 3"]]
+    assert "— ours: **holds** (per seed: holds in 2 of 3);" in summary_markdown(experiment, results)
+    one_seed = pd.DataFrame([r for r in records if r["seed"] == 0])
+    assert claim_status(experiment, one_seed)["per seed"].tolist() == ["1 of 1"]
+    assert "per seed" not in summary_markdown(experiment, one_seed)
 
 
 def test_the_report_marks_collapsed_runs_from_the_stored_histories(tmp_path):
