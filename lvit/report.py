@@ -804,9 +804,10 @@ def write_report(results_dir: Path | str, profiles: Iterable[str] | None = None,
              "numbers are not comparable with the paper's: what should agree is the *ordering* of the rows. "
              "*agreement* says whether a row matches the printed value within its rounding, or moves in "
              "the paper's direction relative to the reference row (the first with both numbers), or ties "
-             "with it (no direction); Kendall τ "
-             "compares the whole ordering; each claim is tested on our means (and, as a check of its "
-             "declaration, on the paper's). Missing rows are shown as missing, never as zero.", "",
+             "with it (no direction); Kendall τ compares the whole ordering; each claim is tested on our "
+             "means, then on each seed's own values (\"per seed: holds in k of n\"), and, as a check of its "
+             "declaration, on the paper's. A depth seed that collapsed to a constant map is counted but left "
+             "out of the means. Missing rows are shown as missing, never as zero.", "",
              "Profiles: " + (", ".join(f"[`{p}`](#profile-{p})" for p in profiles) or "none"), ""]
     if not profiles:
         parts += ["No results yet: run `lvit reproduce`.", ""]

@@ -45,7 +45,8 @@ params, results = run_notebook_experiment(EXPERIMENT, profile, seeds, device, da
 # *ours* is mean ± std over seeds (n = seeds); *delta* is ours − paper. At the smoke and proxy profiles
 # the data are procedural, so absolute numbers are not comparable with the paper's; what should agree is
 # the ordering: *agreement* says whether each row moves in the paper's direction relative to the first
-# row with both numbers, Kendall τ compares the whole ordering, and each claim is tested on our means.
+# row with both numbers, Kendall τ compares the whole ordering, and each claim is tested on our means
+# and on each seed alone.
 # Params and FLOPs are counted on the paper-size model (224×224) and should match exactly.
 
 # %%
