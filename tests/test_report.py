@@ -316,6 +316,10 @@ def test_collapsed_seeds_are_counted_apart_and_left_out_of_means_and_claims(tmp_
     assert collapsed.startswith("**Collapsed:** Ignore (seed 2), Project (seed 0), Project (seed 2) "
                                 "predicted one constant map")
     assert "**Collapsed:**" not in summary_markdown(experiment, unmarked)
+    latex = latex_table(experiment, results, "proxy")
+    assert r"& 0.0822 & 0.2100 $\pm$ 0.0141$^\dagger$ \\" in latex  # Ignore's mean AbsRel, last column
+    assert r"& 0.0831 & 0.2500 $\pm$ 0.0100 \\" in latex and "collapsed to a constant map" in latex
+    assert "dagger" not in latex_table(experiment, unmarked, "proxy")
 
 
 def test_a_row_whose_every_seed_collapsed_is_named_not_ranked(tmp_path):
