@@ -1,0 +1,153 @@
+"""How many bytes one eager training step moves: ``localvit_tiny`` beside timm's DeiT-T, operator by operator.
+
+Small ViTs train far below a GPU's arithmetic peak: DeiT-T at batch 256 on an H200 (10.9k images/s, about
+3.8 GFLOP each for forward and backward) runs at about 4 % of the bf16 peak, so its step time follows the
+memory its operators read and write more than their FLOPs. A dispatch mode sees every aten operator of the
+forward, the backward (after autograd, so each backward kernel counts) and the AdamW step, and adds up the
+bytes of the tensors each operator reads and writes. Views move nothing and are not counted; a tensor
+counts the bytes its elements span, at most its storage (an expanded tensor is read once).
+
+``DeiT-T bytes / LocalViT-T bytes`` is the throughput ratio of an eager step that is bound by memory
+bandwidth alone; beside the measured ratio (0.50x eager on an H200, ``RESULTS.md``) it says whether the
+extra traffic of the locality path explains the gap. A fused kernel moves less than the operators it
+replaces, so the count is also the budget for fusion: reaching 0.85x needs the locality step to move at most
+1/0.85 of DeiT-T's bytes.
+
+The count is per operator, not per kernel, and the same on every device for the same operator graph: it
+runs on the CPU. On CUDA, cuDNN's batch norm and convolution take the place of the CPU ones and read and
+write the same tensors; autocast's casts are counted where autocast inserts them (``--bf16``: CPU autocast,
+whose cast list differs from CUDA's in places).
+
+    python benchmarks/step_traffic.py --out results/bench/step_traffic.json            # ~1 min on 2 cores
+    python benchmarks/step_traffic.py --bf16 --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn as nn
+from bench_common import environment, write_json
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+import lvit
+
+PHASES = ("forward", "backward", "optimizer")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes an operator touches reading or writing ``tensor``: its elements, at most its storage."""
+    return min(tensor.numel() * tensor.element_size(), tensor.untyped_storage().nbytes())
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Bytes read + written per (phase, operator) by every aten operator that is not a view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.phase = PHASES[0]
+        self.bytes: dict[tuple[str, str], int] = defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+            self.bytes[(self.phase, func.overloadpacket.__name__)] += sum(map(tensor_bytes, tensors))
+        return out
+
+
+def step_traffic(name: str, args: argparse.Namespace) -> dict[tuple[str, str], int]:
+    """Bytes per (phase, operator) of one training step of ``name`` on a fixed random batch, counted after
+    a warm-up step, from which on AdamW's state exists as in every later step."""
+    torch.manual_seed(0)
+    model = lvit.create_model(name, img_size=args.image_size).train().to(memory_format=torch.channels_last)
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (args.batch_size,))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    loss_fn = nn.CrossEntropyLoss()
+    counter = TrafficCounter()
+    for counting in (contextlib.nullcontext(), counter):
+        with counting:
+            counter.phase = "forward"
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                loss = loss_fn(model(images), labels)
+            counter.phase = "backward"
+            loss.backward()
+            counter.phase = "optimizer"
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return dict(counter.bytes)
+
+
+def per_image_mb(traffic: dict[tuple[str, str], int], batch_size: int) -> dict[str, float]:
+    """MB per image moved in each phase, and in the whole step."""
+    totals = {phase: 0.0 for phase in PHASES}
+    for (phase, _), nbytes in traffic.items():
+        totals[phase] += nbytes / 1e6 / batch_size
+    return totals | {"step": sum(totals.values())}
+
+
+def operator_rows(ours: dict[tuple[str, str], int], baseline: dict[tuple[str, str], int],
+                  batch_size: int) -> list[dict[str, Any]]:
+    """MB per image per (phase, operator) in each model, most extra traffic in LocalViT-T first."""
+    rows = [dict(phase=phase, op=op, ours_mb=ours.get((phase, op), 0) / 1e6 / batch_size,
+                 deit_mb=baseline.get((phase, op), 0) / 1e6 / batch_size) for phase, op in ours | baseline]
+    for row in rows:
+        row["extra_mb"] = row["ours_mb"] - row["deit_mb"]
+    return sorted(rows, key=lambda row: -row["extra_mb"])
+
+
+def markdown(totals: dict[str, dict[str, float]], rows: list[dict[str, Any]], env: dict[str, Any],
+             args: argparse.Namespace) -> str:
+    ours, deit = totals["localvit_tiny"], totals["deit_tiny_patch16_224"]
+    lines = [
+        f"### Memory traffic of one eager training step ({env['date'][:10]})",
+        "",
+        f"`step_traffic.py`: {args.image_size}x{args.image_size}, batch {args.batch_size}, channels_last, "
+        f"{'bf16 CPU autocast' if args.bf16 else 'fp32'}, AdamW (foreach); torch {env['torch']}, timm "
+        f"{env['timm']}, lvit {env['lvit']}; MB read + written per image, views not counted",
+        "",
+        "| phase | DeiT-T | LocalViT-T | DeiT-T / LocalViT-T |",
+        "|---|---:|---:|---:|",
+        *[f"| {phase} | {deit[phase]:.1f} | {ours[phase]:.1f} | {deit[phase] / ours[phase]:.3f} |"
+          for phase in (*PHASES, "step")],
+        "",
+        f"Operators with the most extra traffic in LocalViT-T (top {args.top}):",
+        "",
+        "| phase | operator | DeiT-T MB | LocalViT-T MB | extra MB |",
+        "|---|---|---:|---:|---:|",
+        *[f"| {r['phase']} | {r['op']} | {r['deit_mb']:.1f} | {r['ours_mb']:.1f} | {r['extra_mb']:+.1f} |"
+          for r in rows[: args.top]],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="bytes per image barely depend on it")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--bf16", action="store_true", help="CPU bf16 autocast instead of fp32")
+    parser.add_argument("--top", type=int, default=15, help="operator rows to print")
+    parser.add_argument("--out", help="write the results as JSON to this path")
+    args = parser.parse_args()
+    wall = time.monotonic()
+    models = ("deit_tiny_patch16_224", "localvit_tiny")
+    traffic = {name: step_traffic(name, args) for name in models}
+    totals = {name: per_image_mb(traffic[name], args.batch_size) for name in models}
+    rows = operator_rows(traffic["localvit_tiny"], traffic["deit_tiny_patch16_224"], args.batch_size)
+    env = environment("cpu")
+    print(markdown(totals, rows, env, args))
+    write_json(args.out, "step_traffic", env, args, wall, totals_mb_per_image=totals, operators=rows)
+
+
+if __name__ == "__main__":
+    main()
