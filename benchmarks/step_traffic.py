@@ -46,8 +46,13 @@ def tensor_bytes(tensor: torch.Tensor) -> int:
     return min(tensor.numel() * tensor.element_size(), tensor.untyped_storage().nbytes())
 
 
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
+
+
 class TrafficCounter(TorchDispatchMode):
-    """Bytes read + written per (phase, operator) by every aten operator that is not a view."""
+    """Bytes read + written per (phase, operator) by every aten operator that moves data: not a view, and
+    not an operator that hands back its input (dropout in eval mode, a cast to the dtype a tensor has)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -56,9 +61,12 @@ class TrafficCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         out = func(*args, **(kwargs or {}))
-        if not func.is_view:
-            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
-            self.bytes[(self.phase, func.overloadpacket.__name__)] += sum(map(tensor_bytes, tensors))
+        inputs, outputs = _tensors((args, kwargs)), _tensors(out)
+        storages = {t.untyped_storage().data_ptr() for t in inputs}
+        returns_input = not func._schema.is_mutable and all(
+            t.untyped_storage().data_ptr() in storages for t in outputs)
+        if not func.is_view and not returns_input:
+            self.bytes[(self.phase, func.overloadpacket.__name__)] += sum(map(tensor_bytes, inputs + outputs))
         return out
 
 
@@ -84,6 +92,25 @@ def step_traffic(name: str, args: argparse.Namespace) -> dict[tuple[str, str], i
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return dict(counter.bytes)
+
+
+def dpt_inference_traffic(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """``--dpt``: MB per image one eval forward of lvit's and HuggingFace's DPT moves at ``--image-size``
+    (random weights: the bytes do not depend on the values), per model and implementation."""
+    from dpt_vs_hf import HFDepth, hf_config  # transformers: the bench extra
+
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    totals: dict[str, dict[str, float]] = {}
+    for name in ("dpt_hybrid", "dpt_large"):
+        torch.manual_seed(0)
+        models = {"hf": HFDepth(hf_config(name, args.image_size)).eval(),
+                  "lvit": lvit.create_model(name, task="depth", readout="project").eval()}
+        for implementation, model in models.items():
+            counter = TrafficCounter()
+            with torch.inference_mode(), counter:
+                model(images)
+            totals.setdefault(name, {})[implementation] = sum(counter.bytes.values()) / 1e6 / args.batch_size
+    return totals
 
 
 def per_image_mb(traffic: dict[tuple[str, str], int], batch_size: int) -> dict[str, float]:
@@ -137,9 +164,19 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--bf16", action="store_true", help="CPU bf16 autocast instead of fp32")
     parser.add_argument("--top", type=int, default=15, help="operator rows to print")
+    parser.add_argument("--dpt", action="store_true",
+                        help="instead: one eval forward of dpt_hybrid and dpt_large, lvit vs HuggingFace "
+                             "(use --image-size 384 --batch-size 2; needs transformers)")
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args()
     wall = time.monotonic()
+    if args.dpt:
+        dpt = dpt_inference_traffic(args)
+        print("| model | HF MB per image | lvit MB per image | HF / lvit |\n|---|---:|---:|---:|")
+        for name, mb in dpt.items():
+            print(f"| {name} | {mb['hf']:.0f} | {mb['lvit']:.0f} | {mb['hf'] / mb['lvit']:.3f} |")
+        write_json(args.out, "step_traffic_dpt", environment("cpu"), args, wall, mb_per_image=dpt)
+        return
     models = ("deit_tiny_patch16_224", "localvit_tiny")
     traffic = {name: step_traffic(name, args) for name in models}
     totals = {name: per_image_mb(traffic[name], args.batch_size) for name in models}

@@ -1,5 +1,5 @@
-"""benchmarks/step_traffic.py counts the bytes an operator reads and writes: views move nothing, an expanded
-tensor is read once, a slice only as far as it spans."""
+"""benchmarks/step_traffic.py counts the bytes an operator reads and writes: views and operators that hand
+back their input move nothing, an expanded tensor is read once, a slice only as far as it spans."""
 
 import sys
 from pathlib import Path
@@ -22,4 +22,8 @@ def test_bytes_read_and_written_per_operator():
         one.expand(1000) + x  # the expanded operand is 4 bytes of storage
         counter.phase = "backward"
         big[:100] * 1  # the slice spans 100 floats of a 10000-float storage
-    assert counter.bytes == {("forward", "mul"): 8000, ("forward", "add"): 8004, ("backward", "mul"): 800}
+        with torch.inference_mode():  # where eval-mode dropout reaches the dispatcher, and hands x back
+            torch.nn.functional.dropout(x, 0.5, training=False)
+        x.add_(1)  # in place: reads and writes x
+    assert counter.bytes == {("forward", "mul"): 8000, ("forward", "add"): 8004, ("backward", "mul"): 800,
+                             ("backward", "add_"): 8000}
