@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,11 +72,12 @@ class TrafficCounter(TorchDispatchMode):
         return out
 
 
-def step_traffic(name: str, args: argparse.Namespace) -> dict[tuple[str, str], int]:
-    """Bytes per (phase, operator) of one training step of ``name`` on a fixed random batch, counted after
-    a warm-up step, from which on AdamW's state exists as in every later step."""
+def step_traffic(name: str, args: argparse.Namespace, **kwargs: Any) -> dict[tuple[str, str], int]:
+    """Bytes per (phase, operator) of one training step of ``name`` (built with ``kwargs``) on a fixed random
+    batch, counted after a warm-up step, from which on AdamW's state exists as in every later step."""
     torch.manual_seed(0)
-    model = lvit.create_model(name, img_size=args.image_size).train().to(memory_format=torch.channels_last)
+    model = lvit.create_model(name, img_size=args.image_size, **kwargs).train()
+    model = model.to(memory_format=torch.channels_last)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (args.batch_size,))
@@ -111,6 +114,40 @@ def dpt_inference_traffic(args: argparse.Namespace) -> dict[str, dict[str, float
                 model(images)
             totals.setdefault(name, {})[implementation] = sum(counter.bytes.values()) / 1e6 / args.batch_size
     return totals
+
+
+def table_row_ratios(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """``--rows``: the byte ratio (DeiT-T / model, forward + backward) of every model of the LocalViT
+    tables, beside the eager throughput ratio measured for it in ``--measured`` (a ``train_throughput.py``
+    JSON), so that the count can be checked against a GPU row by row."""
+    from train_throughput import BASELINE, table_models
+
+    measured = {}
+    if args.measured:
+        for row in json.loads(Path(args.measured).read_text())["rows"]:
+            if row["mode"] == "eager" and "ratio" in row and row["ratio"] > 0:
+                measured[_model_key(row["model"], row["kwargs"])] = row["ratio"]
+
+    def training_mb(name: str, kwargs: dict[str, Any]) -> float:
+        mb = per_image_mb(step_traffic(name, args, **kwargs), args.batch_size)
+        return mb["forward"] + mb["backward"]
+
+    baseline = training_mb(*BASELINE)
+    rows = []
+    for name, kwargs in table_models():
+        mb = training_mb(name, kwargs)
+        ratio = measured.get(_model_key(name, kwargs))
+        # the measured step time beyond DeiT-T's, per extra MB per image, in % of DeiT-T's step: a purely
+        # bandwidth-bound step would pay 100 / baseline for each
+        cost = 100 * (1 / ratio - 1) / (mb - baseline) if ratio and mb - baseline > 1 else None
+        rows.append(dict(model=name, kwargs=kwargs, mb_per_image=mb, byte_ratio=baseline / mb,
+                         measured_eager_ratio=ratio, percent_per_extra_mb=cost))
+        print(f"{name} {kwargs or ''}: {mb:.1f} MB per image, byte ratio {baseline / mb:.3f}", flush=True)
+    return rows
+
+
+def _model_key(name: str, kwargs: dict[str, Any]) -> str:
+    return f"{name}{sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in kwargs.items())}"
 
 
 def per_image_mb(traffic: dict[tuple[str, str], int], batch_size: int) -> dict[str, float]:
@@ -164,12 +201,28 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--bf16", action="store_true", help="CPU bf16 autocast instead of fp32")
     parser.add_argument("--top", type=int, default=15, help="operator rows to print")
+    parser.add_argument("--rows", action="store_true",
+                        help="instead: the byte ratio of every model of the LocalViT tables (minutes)")
+    parser.add_argument("--measured", metavar="JSON",
+                        help="with --rows: a train_throughput.py JSON whose eager ratios to print beside")
     parser.add_argument("--dpt", action="store_true",
                         help="instead: one eval forward of dpt_hybrid and dpt_large, lvit vs HuggingFace "
                              "(use --image-size 384 --batch-size 2; needs transformers)")
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args()
     wall = time.monotonic()
+    if args.rows:
+        rows = table_row_ratios(args)
+        print("| model | kwargs | MB per image (fwd + bwd) | DeiT-T / model, bytes | measured eager ratio "
+              "| measured % of DeiT-T step per extra MB |")
+        print("|---|---|---:|---:|---:|---:|")
+        for r in rows:
+            measured = f"{r['measured_eager_ratio']:.3f}" if r["measured_eager_ratio"] else "–"
+            cost = f"{r['percent_per_extra_mb']:.3f}" if r["percent_per_extra_mb"] else "–"
+            print(f"| {r['model']} | {r['kwargs'] or ''} | {r['mb_per_image']:.1f} | {r['byte_ratio']:.3f} "
+                  f"| {measured} | {cost} |")
+        write_json(args.out, "step_traffic_rows", environment("cpu"), args, wall, rows=rows)
+        return
     if args.dpt:
         dpt = dpt_inference_traffic(args)
         print("| model | HF MB per image | lvit MB per image | HF / lvit |\n|---|---:|---:|---:|")
