@@ -7,19 +7,22 @@ forward, the backward (after autograd, so each backward kernel counts) and the A
 bytes of the tensors each operator reads and writes. Views move nothing and are not counted; a tensor
 counts the bytes its elements span, at most its storage (an expanded tensor is read once).
 
-``DeiT-T bytes / LocalViT-T bytes`` is the throughput ratio of an eager step that is bound by memory
-bandwidth alone; beside the measured ratio (0.50x eager on an H200, ``RESULTS.md``) it says whether the
-extra traffic of the locality path explains the gap. A fused kernel moves less than the operators it
-replaces, so the count is also the budget for fusion: reaching 0.85x needs the locality step to move at most
-1/0.85 of DeiT-T's bytes.
+``DeiT-T bytes / LocalViT-T bytes`` would be the throughput ratio of an eager step bound by memory
+bandwidth alone. A real step is partly bound by other things, so ``--rows --measured JSON`` checks the count
+against a GPU: for every model of the LocalViT tables it prints the bytes beside the eager ratio a
+``train_throughput.py`` run measured, and the measured time each extra MB costs (``RESULTS.md``: 0.19-0.24 %
+of DeiT-T's step per MB per image on an H200). A fused kernel moves less than the operators it replaces, so
+the count is also the budget for fusion. ``--dpt`` counts one eval forward of lvit's and HuggingFace's DPT.
 
 The count is per operator, not per kernel, and the same on every device for the same operator graph: it
 runs on the CPU. On CUDA, cuDNN's batch norm and convolution take the place of the CPU ones and read and
 write the same tensors; autocast's casts are counted where autocast inserts them (``--bf16``: CPU autocast,
 whose cast list differs from CUDA's in places).
 
-    python benchmarks/step_traffic.py --out results/bench/step_traffic.json            # ~1 min on 2 cores
-    python benchmarks/step_traffic.py --bf16 --batch-size 16
+    python benchmarks/step_traffic.py --out results/bench/step_traffic.json            # 20 s on 2 cores
+    python benchmarks/step_traffic.py --bf16                                             # 3 min
+    python benchmarks/step_traffic.py --rows --measured benchmarks/gpu/train_throughput.json   # 4 min
+    HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --image-size 384 --batch-size 2  # 80 s
 """
 
 from __future__ import annotations
