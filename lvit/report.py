@@ -75,6 +75,14 @@ def _experiment_results(experiment: Experiment, results_df: pd.DataFrame) -> pd.
     return rows
 
 
+def _metric_values(experiment: Experiment, results_df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The experiment's result rows of one metric that have a value (an empty frame when none)."""
+    rows = _experiment_results(experiment, results_df)
+    if rows.empty:
+        return pd.DataFrame(columns=["row", "seed", "value"])
+    return rows.loc[rows["metric"] == metric].dropna(subset=["value"])
+
+
 def _collapsed(rows: pd.DataFrame) -> pd.Series:
     """Which result rows come from a collapsed run (:func:`lvit.results.mark_collapsed`; unmarked: none)."""
     if "collapsed" not in rows:
@@ -89,14 +97,9 @@ def seed_statistics(experiment: Experiment, results_df: pd.DataFrame, metric: st
     values are a constant map's, the same whatever the model, so averaging them in would rank the rows by
     how many of their seeds collapsed.
     """
-    rows = _experiment_results(experiment, results_df)
     labels = [r.label for r in experiment.rows]
-    if rows.empty:
-        values = pd.DataFrame(columns=["row", "value"])
-        collapsed = pd.Series(dtype=bool)
-    else:
-        values = rows.loc[rows["metric"] == metric].dropna(subset=["value"])
-        collapsed = _collapsed(values)
+    values = _metric_values(experiment, results_df, metric)
+    collapsed = _collapsed(values)
     grouped = values.loc[~collapsed].groupby("row")["value"]
     stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1), "n": grouped.count(),
                           "n_collapsed": values.loc[collapsed].groupby("row").size()})
@@ -315,10 +318,8 @@ def inference_resolution_curve(results_df: pd.DataFrame, metric: str = "mean_abs
 
 def _per_seed_verdicts(experiment: Experiment, results_df: pd.DataFrame, claim: Claim) -> tuple[int, int]:
     """(seeds in which the claim holds, seeds in which it could be judged), on each seed's own row values."""
-    rows = _experiment_results(experiment, results_df)
-    if rows.empty:
-        return 0, 0
-    values = rows[(rows["metric"] == claim.metric) & ~_collapsed(rows)].dropna(subset=["value"])
+    values = _metric_values(experiment, results_df, claim.metric)
+    values = values[~_collapsed(values)]
     verdicts = [_evaluate_claim(claim.holds, dict(zip(runs["row"], runs["value"], strict=True)))
                 for _, runs in values.groupby("seed")]
     judged = [v for v in verdicts if v != CLAIM_NOT_ENOUGH]
@@ -349,6 +350,10 @@ class _RowReads(dict):
     def values(self):
         self.every_row = True
         return super().values()
+
+    def keys(self):
+        self.every_row = True
+        return super().keys()
 
 
 def _evaluate_claim(holds, means: Mapping[str, float]) -> str:
@@ -397,8 +402,7 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
     ax_paper.scatter(table["published"], y, color="0.35", s=40, zorder=3)
     _label_points(ax_paper, table["published"], y, _as_printed)
     ax_paper.set(title="paper (published)", xlabel=label)
-    seeds = _experiment_results(experiment, results_df)
-    seeds = seeds[seeds["metric"] == name] if not seeds.empty else pd.DataFrame(columns=["row", "value"])
+    seeds = _metric_values(experiment, results_df, name)
     seeds = seeds[~_collapsed(seeds)]  # a constant map's value, off the scale of the trained seeds
     if not seeds.empty:
         position = {row: i for i, row in enumerate(rows)}
