@@ -123,13 +123,13 @@ def table_row_ratios(args: argparse.Namespace) -> list[dict[str, Any]]:
     """``--rows``: the byte ratio (DeiT-T / model, forward + backward) of every model of the LocalViT
     tables, beside the eager throughput ratio measured for it in ``--measured`` (a ``train_throughput.py``
     JSON), so that the count can be checked against a GPU row by row."""
-    from train_throughput import BASELINE, table_models
+    from train_throughput import BASELINE, model_key, table_models
 
     measured = {}
     if args.measured:
         for row in json.loads(Path(args.measured).read_text())["rows"]:
             if row["mode"] == "eager" and "ratio" in row and row["ratio"] > 0:
-                measured[_model_key(row["model"], row["kwargs"])] = row["ratio"]
+                measured[model_key(row["model"], row["kwargs"])] = row["ratio"]
 
     def training_mb(name: str, kwargs: dict[str, Any]) -> float:
         mb = per_image_mb(step_traffic(name, args, **kwargs), args.batch_size)
@@ -139,7 +139,7 @@ def table_row_ratios(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name, kwargs in table_models():
         mb = training_mb(name, kwargs)
-        ratio = measured.get(_model_key(name, kwargs))
+        ratio = measured.get(model_key(name, kwargs))
         # the measured step time beyond DeiT-T's, per extra MB per image, in % of DeiT-T's step: a purely
         # bandwidth-bound step would pay 100 / baseline for each
         cost = 100 * (1 / ratio - 1) / (mb - baseline) if ratio and mb - baseline > 1 else None
@@ -147,10 +147,6 @@ def table_row_ratios(args: argparse.Namespace) -> list[dict[str, Any]]:
                          measured_eager_ratio=ratio, percent_per_extra_mb=cost))
         print(f"{name} {kwargs or ''}: {mb:.1f} MB per image, byte ratio {baseline / mb:.3f}", flush=True)
     return rows
-
-
-def _model_key(name: str, kwargs: dict[str, Any]) -> str:
-    return f"{name}{sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in kwargs.items())}"
 
 
 def per_image_mb(traffic: dict[tuple[str, str], int], batch_size: int) -> dict[str, float]:

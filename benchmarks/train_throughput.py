@@ -53,6 +53,11 @@ BASELINE: Model = ("deit_tiny_patch16_224", {})
 HEADLINE: Model = ("localvit_tiny", {})
 
 
+def model_key(name: str, kwargs: dict[str, Any]) -> str:
+    """One (model, kwargs) as a string, the same after a JSON round trip (which turns tuples into lists)."""
+    return f"{name}{sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in kwargs.items())}"
+
+
 def table_models() -> Iterator[Model]:
     """Distinct (model, kwargs) pairs of the LocalViT classification tables, declaration order."""
     seen: set[str] = set()
@@ -62,7 +67,7 @@ def table_models() -> Iterator[Model]:
             # rows with no model are published-only baselines that lvit does not build
             candidates += [(row.model, dict(row.model_kwargs)) for row in experiment.rows if row.model]
     for name, kwargs in candidates:
-        key = f"{name}{sorted(kwargs.items())}"
+        key = model_key(name, kwargs)
         if key not in seen:
             seen.add(key)
             yield name, kwargs
