@@ -15,6 +15,7 @@ bypass the convolution, as in the paper.
 from __future__ import annotations
 
 import math
+import os
 from typing import Literal
 
 import torch
@@ -115,6 +116,10 @@ class LocalityFeedForward(nn.Module):
         attn: ``"none"`` (or None), ``"se"`` or ``"eca"`` channel attention after the depth-wise block.
         se_reduction: SE reduction ratio r (hidden = hidden channels // r).
         stride: stride of the depth-wise conv.
+
+    ``fused`` (default False; :func:`set_fused_locality` turns it on) runs ``BN -> act -> DW -> BN -> act``
+    in the Triton kernels of :mod:`lvit.models.locality_triton` when the input is on a GPU and the module is
+    not being traced by ``torch.compile``: same parameters, buffers and arithmetic, fewer passes over memory.
     """
 
     def __init__(
@@ -129,6 +134,9 @@ class LocalityFeedForward(nn.Module):
     ) -> None:
         super().__init__()
         hidden = int(in_dim * mlp_ratio)
+        self.act = act
+        self.fusable = dw and stride == 1  # the kernels implement the 3x3 stride-1 depth-wise conv
+        self.fused = False
         layers: list[nn.Module] = [
             nn.Conv2d(in_dim, hidden, 1, 1, 0, bias=False),
             nn.BatchNorm2d(hidden),
@@ -145,7 +153,28 @@ class LocalityFeedForward(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") \
+                and not torch.compiler.is_compiling():
+            from lvit.models.locality_triton import locality_middle  # imports triton: only where it runs
+
+            expand, bn1, _, dw, bn2, _, *rest = self.conv
+            out = locality_middle(expand(x), bn1, dw, bn2, self.act)
+            for layer in rest:
+                out = layer(out)
+            return x + out
         return x + self.conv(x)
+
+
+def set_fused_locality(model: nn.Module, enabled: bool = True) -> int:
+    """Switch every :class:`LocalityFeedForward` in ``model`` with a 3x3 stride-1 depth-wise conv to the fused
+    Triton kernels (or back); returns how many were switched. Inert on the CPU and under ``torch.compile``,
+    which fuses the eager modules itself."""
+    if enabled:
+        import triton  # noqa: F401  (fail here, clearly, where the kernels cannot run)
+    modules = [m for m in model.modules() if isinstance(m, LocalityFeedForward) and m.fusable]
+    for module in modules:
+        module.fused = enabled
+    return len(modules)
 
 
 def tokens_to_image(

@@ -1,0 +1,365 @@
+"""The middle of the locality feed-forward, ``act(BN(DW3x3(act(BN(h)))))``, as a few Triton kernels.
+
+Why: at DeiT-T width the training step is bound by the bytes it moves, and this middle stretch runs a dozen
+eager kernels over the widest tensor of the block (4x the embedding width), forward and backward:
+``benchmarks/step_traffic.py`` counts it as most of the 2x bytes LocalViT-T moves per image compared with
+DeiT-T. Here each batch norm is folded into a per-channel scale and shift applied on the fly, the activation
+and the depth-wise conv read neighbours straight from the expand conv's output, and the backward recomputes
+activations from the two tensors it keeps (the input ``h`` and the depth-wise output) instead of storing
+five. Forward: one statistics pass, one conv pass (which also gathers the second statistics), one
+activation pass. Backward: one statistics pass, an input-gradient pass (which gathers the first batch
+norm's gradient sums), a weight-gradient pass and a final pass.
+
+Same arithmetic as the eager modules, in fp32 whatever the storage dtype, with the same batch-norm
+semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``,
+momentum update, ``num_batches_tracked``), running statistics in eval. Tensors are channels-last
+``(B, H, W, C)`` views of the ``(B, C, H, W)`` modules' tensors. Variance is ``E[x^2] - E[x]^2`` in fp32,
+which loses digits only when a channel's mean dwarfs its spread (not the case after a bias-free conv).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+ACT_CODES = {"relu6": 0, "hswish": 1}
+BLOCK_P = 32  # positions (b, y, x) per program
+BLOCK_C = 64  # channels per program; contiguous in channels-last memory
+
+
+@triton.jit
+def _act(z, ACT: tl.constexpr):
+    if ACT == 0:
+        return tl.minimum(tl.maximum(z, 0.0), 6.0)
+    return z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+
+
+@triton.jit
+def _act_grad(z, ACT: tl.constexpr):
+    """d act / dz with PyTorch's conventions at the kinks (hardtanh_backward, hardswish_backward)."""
+    if ACT == 0:
+        return tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
+    return tl.where(z <= -3.0, 0.0, tl.where(z < 3.0, z / 3.0 + 0.5, 1.0))
+
+
+@triton.jit
+def _tile(block, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Positions of position block ``block`` and channels of channel block ``program_id(1)``, with the mask of
+    the (position, channel) pairs that exist."""
+    p = block * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return p, c, (p < P)[:, None] & (c < C)[None, :]
+
+
+@triton.jit
+def _load(ptr, p, c, mask, C):
+    return tl.load(ptr + p[:, None] * C + c[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_channels(ptr, C, BLOCK_C: tl.constexpr):
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tl.load(ptr + c, mask=c < C, other=0.0)[None, :]
+
+
+@triton.jit
+def _store_channel_sum(ptr, row, values, C, BLOCK_C: tl.constexpr):
+    """Row ``row`` of a ``(programs, C)`` buffer of per-program partial sums (summed on the host)."""
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    tl.store(ptr + row * C + c, tl.sum(values, 0), mask=c < C)
+
+
+@triton.jit
+def _neighbour(p, dy, dx, H, W, P):
+    """Flat index of the position ``(dy, dx)`` away from each ``p`` and whether it lies in the image."""
+    y = (p // W) % H + dy
+    x = p % W + dx
+    return p + dy * W + dx, (p < P) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
+
+
+@triton.jit
+def _channel_sums_kernel(x_ptr, sum_ptr, sq_ptr, P, C, BLOCKS,
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sum and sum of squares per channel over this program's ``BLOCKS`` position blocks."""
+    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    total_sq = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for i in range(BLOCKS):
+        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
+        x = _load(x_ptr, p, c, mask, C)
+        total += x
+        total_sq += x * x
+    _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
+    _store_channel_sum(sq_ptr, tl.program_id(0), total_sq, C, BLOCK_C)
+
+
+@triton.jit
+def _dw_forward_kernel(h_ptr, scale_ptr, shift_ptr, w_ptr, out_ptr, sum_ptr, sq_ptr, H, W, P, C, BLOCKS,
+                       ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out = DW3x3(act(scale * h + shift))``, zero-padded after the activation as ``nn.Conv2d`` pads its
+    input, and the channel sums of ``out`` (as stored) for the next batch norm."""
+    scale = _load_channels(scale_ptr, C, BLOCK_C)
+    shift = _load_channels(shift_ptr, C, BLOCK_C)
+    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    total_sq = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for i in range(BLOCKS):
+        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for k in tl.static_range(9):
+            q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
+            qmask = inside[:, None] & (c < C)[None, :]
+            a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale + shift, ACT), 0.0)
+            acc += a * tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
+        out = acc.to(out_ptr.dtype.element_ty)
+        tl.store(out_ptr + p[:, None] * C + c[None, :], out, mask=mask)
+        stored = tl.where(mask, out.to(tl.float32), 0.0)
+        total += stored
+        total_sq += stored * stored
+    _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
+    _store_channel_sum(sq_ptr, tl.program_id(0), total_sq, C, BLOCK_C)
+
+
+@triton.jit
+def _scale_shift_act_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, P, C,
+                            ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
+    scale = _load_channels(scale_ptr, C, BLOCK_C)
+    z = _load(x_ptr, p, c, mask, C) * scale + _load_channels(shift_ptr, C, BLOCK_C)
+    tl.store(out_ptr + p[:, None] * C + c[None, :], _act(z, ACT).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, sum_ptr, dot_ptr, P, C,
+                             BLOCKS, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per channel: ``sum(g)`` and ``sum(g * (x - mean))`` with ``g = grad * act'(scale * x + shift)``, the
+    two sums the backward of ``act(BN(x))`` needs."""
+    scale = _load_channels(scale_ptr, C, BLOCK_C)
+    shift = _load_channels(shift_ptr, C, BLOCK_C)
+    mean = _load_channels(mean_ptr, C, BLOCK_C)
+    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for i in range(BLOCKS):
+        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
+        x = _load(x_ptr, p, c, mask, C)
+        g = tl.where(mask, _load(grad_ptr, p, c, mask, C) * _act_grad(x * scale + shift, ACT), 0.0)
+        total += g
+        total_dot += g * tl.where(mask, x - mean, 0.0)
+    _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
+    _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
+
+
+@triton.jit
+def _conv_output_grad(grad_ptr, x_ptr, q, c, qmask, C, scale, shift, ga, gb, gc, ACT: tl.constexpr):
+    """Gradient w.r.t. the depth-wise conv's output ``x`` at positions ``q``, from the gradient of
+    ``act(BN(x))``: ``ga * act'(scale * x + shift) * grad + gb * x + gc`` (``ga, gb, gc`` per channel)."""
+    x = _load(x_ptr, q, c, qmask, C)
+    grad = _load(grad_ptr, q, c, qmask, C)
+    return tl.where(qmask, ga * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc, 0.0)
+
+
+@triton.jit
+def _dw_backward_input_kernel(grad_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr,
+                              H, W, P, C, BLOCKS, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
+                              BLOCK_C: tl.constexpr):
+    """``out = act'(z1) * DW3x3^T(conv output gradient)``, the gradient w.r.t. the first batch norm's output
+    ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``, ``sum(out * (h - mean1))``.
+
+    ``bn2_ptr`` holds five rows of C (scale2, shift2, ga, gb, gc), ``bn1_ptr`` three (scale1, shift1, mean1).
+    """
+    scale2 = _load_channels(bn2_ptr, C, BLOCK_C)
+    shift2 = _load_channels(bn2_ptr + C, C, BLOCK_C)
+    ga = _load_channels(bn2_ptr + 2 * C, C, BLOCK_C)
+    gb = _load_channels(bn2_ptr + 3 * C, C, BLOCK_C)
+    gc = _load_channels(bn2_ptr + 4 * C, C, BLOCK_C)
+    scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
+    shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
+    mean1 = _load_channels(bn1_ptr + 2 * C, C, BLOCK_C)
+    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for i in range(BLOCKS):
+        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        for k in tl.static_range(9):  # the output at p - offset_k read this input p through tap k
+            q, inside = _neighbour(p, 1 - k // 3, 1 - k % 3, H, W, P)
+            qmask = inside[:, None] & (c < C)[None, :]
+            conv_grad = _conv_output_grad(grad_ptr, x2_ptr, q, c, qmask, C, scale2, shift2, ga, gb, gc, ACT)
+            acc += conv_grad * tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
+        h = _load(h_ptr, p, c, mask, C)
+        out = tl.where(mask, acc * _act_grad(h * scale1 + shift1, ACT), 0.0)
+        tl.store(out_ptr + p[:, None] * C + c[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+        total += out
+        total_dot += out * tl.where(mask, h - mean1, 0.0)
+    _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
+    _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
+
+
+@triton.jit
+def _dw_backward_weight_kernel(grad_ptr, x2_ptr, bn2_ptr, h_ptr, bn1_ptr, out_ptr, H, W, P, C, BLOCKS,
+                               ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per channel and tap k: ``sum_p act(z1)[p + offset_k] * (conv output gradient)[p]``, into rows
+    ``9 * program_id(0) + k`` of ``out``. Same ``bn2_ptr``/``bn1_ptr`` rows as the input gradient.
+
+    Each position block is read once: its nine tap sums go into rows 0-8 of one ``(16, BLOCK_C)``
+    accumulator (a power of two, as Triton's shapes must be)."""
+    scale2 = _load_channels(bn2_ptr, C, BLOCK_C)
+    shift2 = _load_channels(bn2_ptr + C, C, BLOCK_C)
+    ga = _load_channels(bn2_ptr + 2 * C, C, BLOCK_C)
+    gb = _load_channels(bn2_ptr + 3 * C, C, BLOCK_C)
+    gc = _load_channels(bn2_ptr + 4 * C, C, BLOCK_C)
+    scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
+    shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
+    tap = tl.arange(0, 16)[:, None]
+    totals = tl.zeros((16, BLOCK_C), dtype=tl.float32)
+    for i in range(BLOCKS):
+        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
+        conv_grad = _conv_output_grad(grad_ptr, x2_ptr, p, c, mask, C, scale2, shift2, ga, gb, gc, ACT)
+        for k in tl.static_range(9):
+            q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
+            qmask = inside[:, None] & (c < C)[None, :]
+            a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale1 + shift1, ACT), 0.0)
+            totals += tl.where(tap == k, tl.sum(a * conv_grad, 0)[None, :], 0.0)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    rows = tl.program_id(0) * 9 + tap
+    tl.store(out_ptr + rows * C + c[None, :], totals, mask=(tap < 9) & (c < C)[None, :])
+
+
+@triton.jit
+def _affine_kernel(g_ptr, x_ptr, coef_ptr, out_ptr, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out = ga * g + gb * x + gc`` per channel (``coef_ptr``: rows ga, gb, gc): a batch norm's input
+    gradient from the gradient of its output."""
+    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
+    out = (_load_channels(coef_ptr, C, BLOCK_C) * _load(g_ptr, p, c, mask, C)
+           + _load_channels(coef_ptr + C, C, BLOCK_C) * _load(x_ptr, p, c, mask, C)
+           + _load_channels(coef_ptr + 2 * C, C, BLOCK_C))
+    tl.store(out_ptr + p[:, None] * C + c[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# --- host side ---------------------------------------------------------------------------------------------
+
+# Position blocks per program in the kernels that sum over positions: enough programs to fill a GPU, few
+# enough rows of partial sums that summing them on the host costs nothing.
+SUM_PROGRAMS = 128
+
+
+def _sum_grid(P: int, C: int) -> tuple[tuple[int, int], int]:
+    blocks = triton.cdiv(P, BLOCK_P)
+    programs = min(blocks, SUM_PROGRAMS)
+    per_program = triton.cdiv(blocks, programs)
+    return (triton.cdiv(blocks, per_program), triton.cdiv(C, BLOCK_C)), per_program
+
+
+def _map_grid(P: int, C: int) -> tuple[int, int]:
+    return triton.cdiv(P, BLOCK_P), triton.cdiv(C, BLOCK_C)
+
+
+def _partial(rows: int, C: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(rows, C, dtype=torch.float32, device=like.device)
+
+
+def _uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
+    return bn.training or bn.running_mean is None
+
+
+def _normalisation(bn: nn.BatchNorm2d, total: torch.Tensor, total_sq: torch.Tensor, count: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(mean, 1/std, batch statistics?) as ``F.batch_norm`` would use them: the running statistics, or the
+    batch's from the per-program channel sums and sums of squares, updating the running statistics exactly
+    as ``nn.BatchNorm2d.forward`` does."""
+    if not _uses_batch_statistics(bn):
+        return bn.running_mean.float(), torch.rsqrt(bn.running_var.float() + bn.eps), False
+    total, total_sq = total.sum(0), total_sq.sum(0)
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
+    return mean, torch.rsqrt(var + bn.eps), True
+
+
+def _input_grad_coefficients(gamma: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                             total: torch.Tensor, dot: torch.Tensor, count: int, batch_stats: bool
+                             ) -> torch.Tensor:
+    """Rows (ga, gb, gc) with ``dL/dx = ga * g + gb * x + gc`` for a batch norm whose output gradient is
+    ``g``, given ``total = sum(g)`` and ``dot = sum(g * (x - mean))``. With batch statistics the mean and
+    variance depend on x, which adds the ``gb``, ``gc`` terms."""
+    ga = gamma * rstd
+    if not batch_stats:
+        return torch.stack([ga, torch.zeros_like(ga), torch.zeros_like(ga)])
+    gb = -ga * rstd * rstd * dot / count
+    return torch.stack([ga, gb, -ga * total / count - gb * mean])
+
+
+class _LocalityMiddle(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, gamma1: torch.Tensor, beta1: torch.Tensor, weight: torch.Tensor,
+                gamma2: torch.Tensor, beta2: torch.Tensor, bn1: nn.BatchNorm2d, bn2: nn.BatchNorm2d,
+                act: int) -> torch.Tensor:
+        B, C, H, W = h.shape
+        x = h.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
+        P = B * H * W
+        w = weight.reshape(C, 9).float().contiguous()
+        grid, blocks = _sum_grid(P, C)
+        total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
+        if _uses_batch_statistics(bn1):  # eval mode normalises with the running statistics
+            _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        mean1, rstd1, batch1 = _normalisation(bn1, total, total_sq, P)
+        scale1 = gamma1.float() * rstd1
+        shift1 = beta1.float() - mean1 * scale1
+        conv = torch.empty_like(x)
+        _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, ACT=act,
+                                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        mean2, rstd2, batch2 = _normalisation(bn2, total, total_sq, P)
+        scale2 = gamma2.float() * rstd2
+        shift2 = beta2.float() - mean2 * scale2
+        out = torch.empty_like(x)
+        _scale_shift_act_kernel[_map_grid(P, C)](conv, scale2, shift2, out, P, C, ACT=act,
+                                                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        ctx.save_for_backward(x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2,
+                              shift2)
+        ctx.batch_stats = (batch1, batch2)
+        ctx.act = act
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2,
+         shift2) = ctx.saved_tensors
+        B, H, W, C = x.shape
+        P = B * H * W
+        grad = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+        grid, blocks = _sum_grid(P, C)
+        meta = dict(ACT=ctx.act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
+        _act_bn_grad_sums_kernel[grid](grad, conv, scale2, shift2, mean2, total, dot, P, C, blocks, **meta)
+        total2, dot2 = total.sum(0), dot.sum(0)
+        coef2 = _input_grad_coefficients(gamma2.float(), mean2, rstd2, total2, dot2, P, ctx.batch_stats[1])
+        bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
+        bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
+        grad_z1 = torch.empty_like(x)
+        _dw_backward_input_kernel[grid](grad, conv, bn2_rows, w, x, bn1_rows, grad_z1, total, dot, H, W, P, C,
+                                        blocks, **meta)
+        total1, dot1 = total.sum(0), dot.sum(0)
+        weight_partial = _partial(grid[0] * 9, C, x)
+        _dw_backward_weight_kernel[grid](grad, conv, bn2_rows, x, bn1_rows, weight_partial, H, W, P, C,
+                                         blocks, **meta)
+        grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3)
+        coef1 = _input_grad_coefficients(gamma1.float(), mean1, rstd1, total1, dot1, P, ctx.batch_stats[0])
+        grad_h = torch.empty_like(x)
+        _affine_kernel[_map_grid(P, C)](grad_z1, x, coef1.contiguous(), grad_h, P, C,
+                                        BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        return (grad_h.permute(0, 3, 1, 2), (rstd1 * dot1).to(gamma1.dtype), total1.to(gamma1.dtype),
+                grad_weight.to(w.dtype), (rstd2 * dot2).to(gamma2.dtype), total2.to(gamma2.dtype),
+                None, None, None)
+
+
+def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn.BatchNorm2d,
+                    act: str) -> torch.Tensor:
+    """``act(bn2(dw(act(bn1(h)))))`` for a 3x3 stride-1 depth-wise ``dw``, with the modules' parameters and
+    batch-norm state, in the Triton kernels above. ``h`` is ``(B, C, H, W)`` on a device Triton runs on."""
+    return _LocalityMiddle.apply(h, bn1.weight, bn1.bias, dw.weight, bn2.weight, bn2.bias, bn1, bn2,
+                                 ACT_CODES[act])

@@ -1,0 +1,104 @@
+"""The fused Triton locality path equals the eager modules: outputs, every gradient, batch-norm state.
+
+On a GPU the kernels run compiled. Without one they run in Triton's interpreter, which has to be chosen
+before triton is first imported (``TRITON_INTERPRET=1``; timm imports triton): so there the kernel tests run
+in a child pytest started with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import lvit
+import lvit.models.locality_triton as fused
+from lvit.models.locality import LocalityFeedForward, set_fused_locality
+
+ON_GPU = torch.cuda.is_available()
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+needs_kernels = pytest.mark.skipif(not (ON_GPU or INTERPRETED), reason="run in the interpreter by the test "
+                                   "test_kernels_in_the_interpreter")
+
+
+@pytest.mark.skipif(ON_GPU or INTERPRETED, reason="the kernels run in this process")
+def test_kernels_in_the_interpreter() -> None:
+    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                           env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True,
+                           cwd=Path(__file__).parents[1], timeout=600)
+    summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else child.stderr[-2000:]
+    assert child.returncode == 0 and " passed" in summary, child.stdout[-4000:] + child.stderr[-2000:]
+
+
+def _randomise_batch_norms(module: nn.Module) -> None:
+    """Away from the (1, 0) / (0, 1) defaults, so a swapped or dropped term shows."""
+    for bn in module.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.5, 0.5)
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+
+
+def _assert_same_state_and_grads(ours: nn.Module, reference: nn.Module) -> None:
+    for (name, p), q in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    for (name, b), c in zip(ours.named_buffers(), reference.buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@needs_kernels
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("act", ["hswish", "relu6"])
+def test_middle_equals_the_eager_modules(act: str, training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two programs per channel block, so the kernels' loops over several position blocks run (on a GPU
+    # that is the usual case: 128 programs for 50k positions).
+    monkeypatch.setattr(fused, "SUM_PROGRAMS", 2)
+    torch.manual_seed(0)
+    ffn = LocalityFeedForward(40, 2.0, act=act).to(DEVICE).train(training)  # 80 channels: 2 blocks, 1 partial
+    _randomise_batch_norms(ffn)
+    middle = ffn.conv[1:6]
+    reference = copy.deepcopy(middle)
+    h = (torch.randn(3, 80, 5, 7, device=DEVICE) * 2 + 0.3).contiguous(memory_format=torch.channels_last)
+    h_ours, h_ref = h.clone().requires_grad_(), h.clone().requires_grad_()
+    grad = torch.randn_like(h)
+    bn1, _, dw, bn2, _ = middle
+    out = fused.locality_middle(h_ours, bn1, dw, bn2, act)
+    out.backward(grad)
+    expected = reference(h_ref)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h_ours.grad, h_ref.grad, rtol=1e-4, atol=1e-5)
+    _assert_same_state_and_grads(middle, reference)
+
+
+@needs_kernels
+def test_fused_localvit_trains_like_the_eager_one() -> None:
+    torch.manual_seed(0)
+    model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=2, num_heads=2,
+                              se_reduction=4, num_classes=5).to(DEVICE)
+    _randomise_batch_norms(model)
+    reference = copy.deepcopy(model)
+    assert set_fused_locality(model) == 2
+    images = torch.randn(4, 3, 48, 48, device=DEVICE)
+    labels = torch.tensor([0, 1, 2, 3], device=DEVICE)
+    for net in (model, reference):
+        nn.functional.cross_entropy(net(images), labels).backward()
+    _assert_same_state_and_grads(model, reference)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(images), reference.eval()(images), rtol=1e-4, atol=1e-5)
+
+
+def test_only_stride_one_depthwise_feed_forwards_are_switched() -> None:
+    model = nn.Sequential(LocalityFeedForward(8, dw=False), LocalityFeedForward(8),
+                          LocalityFeedForward(8, stride=2))
+    assert set_fused_locality(model) == 1
+    assert [m.fused for m in model] == [False, True, False]
+    assert set_fused_locality(model, enabled=False) == 1 and not model[1].fused
