@@ -109,14 +109,24 @@ fi
 
 run_benchmarks() {
     stamp "benchmarks"
-    timeout -k 5 "$(budget 65)" python3 benchmarks/train_throughput.py --max-seconds 45 \
-        --out "$BENCH_DIR/train_throughput.json" >"$BENCH_DIR/train_throughput.log" 2>&1
+    # The fused locality kernels are timed below only if they equal the eager modules on this GPU.
+    local fused=fused
+    if ! timeout -k 5 "$(budget 60)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
+        >"$BENCH_DIR/fused_locality_test.log" 2>&1; then
+        stamp "fused locality kernels FAILED their test: not timed"
+        tail -30 "$BENCH_DIR/fused_locality_test.log"
+        fused=""
+    fi
+    tail -1 "$BENCH_DIR/fused_locality_test.log"
+    timeout -k 5 "$(budget 75)" python3 benchmarks/train_throughput.py --max-seconds 55 \
+        --modes eager $fused compiled --out "$BENCH_DIR/train_throughput.json" \
+        >"$BENCH_DIR/train_throughput.log" 2>&1
     stamp "train_throughput exit $?"
     timeout -k 5 "$(budget 40)" python3 benchmarks/train_throughput.py --image-size 64 --patch-size 8 \
         --modes eager graphed --max-rows 0 --max-seconds 30 --out "$BENCH_DIR/train_throughput_proxy.json" \
         >"$BENCH_DIR/train_throughput_proxy.log" 2>&1
     stamp "train_throughput (proxy geometry, CUDA-graph step) exit $?"
-    timeout -k 5 "$(budget 40)" python3 benchmarks/step_profile.py --by kernel --top 25 \
+    timeout -k 5 "$(budget 40)" python3 benchmarks/step_profile.py --by kernel --top 25 --mode "${fused:-eager}" \
         --out "$BENCH_DIR/step_profile_kernels.json" >"$BENCH_DIR/step_profile_kernels.log" 2>&1
     stamp "step_profile (where LocalViT-T's extra time goes, per CUDA kernel) exit $?"
     timeout -k 5 "$(budget 130)" python3 benchmarks/dpt_vs_hf.py --max-seconds 110 --compile-models \

@@ -7,7 +7,8 @@ each is the median over rounds, and the ratio is the median of the per-round rat
 forward + backward + AdamW steps on a fixed random batch, CUDA-synchronised at both ends only.
 
 Order of work, so that the targets come first if time runs out: the headline pair (``localvit_tiny`` vs
-DeiT-T) eager, then compiled, then every other model of the LocalViT tables, eager, fewer steps.
+DeiT-T) eager, then with the fused locality kernels, then compiled, then every other model of the LocalViT
+tables, eager, fewer steps.
 ``--max-seconds`` bounds the whole run: a model still running at the deadline is interrupted, recorded
 as an error, and the rest skipped; a failure of one model/mode (e.g. torch.compile) is recorded too.
 
@@ -47,6 +48,7 @@ import lvit
 from lvit.engine.graphed import capture_step
 from lvit.engine.loop import training_autocast
 from lvit.experiments import list_experiments
+from lvit.models.locality import set_fused_locality
 
 Model = tuple[str, dict[str, Any]]
 BASELINE: Model = ("deit_tiny_patch16_224", {})
@@ -78,7 +80,8 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     """A function ``run(steps) -> images/s`` training ``model`` on one fixed random batch.
 
     ``mode``: ``eager``; ``compiled`` (``torch.compile``); ``graphed``, the training loop's CUDA-graph step
-    (``lvit.engine.graphed``: forward, loss and backward replayed, the optimizer eager).
+    (``lvit.engine.graphed``: forward, loss and backward replayed, the optimizer eager); ``fused``, eager with
+    the locality feed-forward's Triton kernels (``set_fused_locality``; DeiT-T, which has none, runs eager).
     """
     device = torch.device(args.device)
     name, kwargs = model
@@ -90,6 +93,8 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
+    if mode == "fused":
+        set_fused_locality(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     forward: nn.Module = net
     if mode == "compiled" and args.compile_scope == "blocks" and hasattr(net, "blocks"):
@@ -210,10 +215,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=("eager", "compiled", "graphed"),
-        default=["eager", "compiled"],
+        choices=("eager", "compiled", "graphed", "fused"),
+        default=["eager", "fused", "compiled"],
         help="modes of the headline pair; the other table rows run eager only. graphed: the training "
-        "loop's CUDA-graph step (CUDA only), which the proxy recipes use",
+        "loop's CUDA-graph step (CUDA only), which the proxy recipes use; fused: eager with the locality "
+        "feed-forward's Triton kernels (a GPU, or TRITON_INTERPRET=1 on the CPU)",
     )
     parser.add_argument("--patch-size", type=int, default=None,
                         help="patch size of every model (default: each model's own); the proxy uses "

@@ -28,6 +28,15 @@ needs_kernels = pytest.mark.skipif(not (ON_GPU or INTERPRETED), reason="run in t
                                    "test_kernels_in_the_interpreter")
 
 
+@pytest.fixture(autouse=True)
+def exact_fp32_convolutions() -> None:
+    """cuDNN may run fp32 convolutions in TF32 (10-bit mantissa); the reference must be plain fp32."""
+    allowed = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
 @pytest.mark.skipif(ON_GPU or INTERPRETED, reason="the kernels run in this process")
 def test_kernels_in_the_interpreter() -> None:
     child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],

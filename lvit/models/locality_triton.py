@@ -322,6 +322,7 @@ class _LocalityMiddle(torch.autograd.Function):
         ctx.save_for_backward(x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2,
                               shift2)
         ctx.batch_stats = (batch1, batch2)
+        ctx.weight_dtype = weight.dtype
         ctx.act = act
         return out.permute(0, 3, 1, 2)
 
@@ -353,7 +354,7 @@ class _LocalityMiddle(torch.autograd.Function):
         _affine_kernel[_map_grid(P, C)](grad_z1, x, coef1.contiguous(), grad_h, P, C,
                                         BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
         return (grad_h.permute(0, 3, 1, 2), (rstd1 * dot1).to(gamma1.dtype), total1.to(gamma1.dtype),
-                grad_weight.to(w.dtype), (rstd2 * dot2).to(gamma2.dtype), total2.to(gamma2.dtype),
+                grad_weight.to(ctx.weight_dtype), (rstd2 * dot2).to(gamma2.dtype), total2.to(gamma2.dtype),
                 None, None, None)
 
 
