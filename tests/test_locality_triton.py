@@ -65,21 +65,23 @@ def _assert_same_state_and_grads(ours: nn.Module, reference: nn.Module) -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("act", ["hswish", "relu6"])
-def test_middle_equals_the_eager_modules(act: str, training: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("act", "attn"), [("hswish", "se"), ("relu6", "none"), ("hswish", "none")])
+def test_middle_equals_the_eager_modules(act: str, attn: str, training: bool,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Two programs per channel block, so the kernels' loops over several position blocks run (on a GPU
-    # that is the usual case: 128 programs for 50k positions).
+    # that is the usual case: 128 programs for 50k positions). 35 positions per image: blocks of 32 straddle
+    # images, which the SE gate (one per image) must follow.
     monkeypatch.setattr(fused, "SUM_PROGRAMS", 2)
     torch.manual_seed(0)
-    ffn = LocalityFeedForward(40, 2.0, act=act).to(DEVICE).train(training)  # 80 channels: 2 blocks, 1 partial
-    _randomise_batch_norms(ffn)
-    middle = ffn.conv[1:6]
+    ffn = LocalityFeedForward(40, 2.0, act=act, attn=attn, se_reduction=4).to(DEVICE).train(training)
+    _randomise_batch_norms(ffn)  # 80 hidden channels: a full and a partial channel block
+    middle = ffn.conv[1:7] if attn == "se" else ffn.conv[1:6]
     reference = copy.deepcopy(middle)
     h = (torch.randn(3, 80, 5, 7, device=DEVICE) * 2 + 0.3).contiguous(memory_format=torch.channels_last)
     h_ours, h_ref = h.clone().requires_grad_(), h.clone().requires_grad_()
     grad = torch.randn_like(h)
-    bn1, _, dw, bn2, _ = middle
-    out = fused.locality_middle(h_ours, bn1, dw, bn2, act)
+    bn1, _, dw, bn2, _, *se = middle
+    out = fused.locality_middle(h_ours, bn1, dw, bn2, act, *se)
     out.backward(grad)
     expected = reference(h_ref)
     expected.backward(grad)

@@ -118,8 +118,9 @@ class LocalityFeedForward(nn.Module):
         stride: stride of the depth-wise conv.
 
     ``fused`` (default False; :func:`set_fused_locality` turns it on) runs ``BN -> act -> DW -> BN -> act``
-    in the Triton kernels of :mod:`lvit.models.locality_triton` when the input is on a GPU and the module is
-    not being traced by ``torch.compile``: same parameters, buffers and arithmetic, fewer passes over memory.
+    and SE (not ECA) in the Triton kernels of :mod:`lvit.models.locality_triton` when the input is on a GPU
+    and the module is not being traced by ``torch.compile``: same parameters, buffers and arithmetic, fewer
+    passes over memory.
     """
 
     def __init__(
@@ -153,12 +154,13 @@ class LocalityFeedForward(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") \
-                and not torch.compiler.is_compiling():
+        if self.fused and not torch.compiler.is_compiling() \
+                and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
             from lvit.models.locality_triton import locality_middle  # imports triton: only where it runs
 
             expand, bn1, _, dw, bn2, _, *rest = self.conv
-            out = locality_middle(expand(x), bn1, dw, bn2, self.act)
+            se = rest.pop(0) if isinstance(rest[0], SELayer) else None  # ECA stays an eager module
+            out = locality_middle(expand(x), bn1, dw, bn2, self.act, se)
             for layer in rest:
                 out = layer(out)
             return x + out

@@ -23,8 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from lvit.models.locality import SELayer
 
 ACT_CODES = {"relu6": 0, "hswish": 1}
 BLOCK_P = 32  # positions (b, y, x) per program
@@ -123,17 +126,54 @@ def _dw_forward_kernel(h_ptr, scale_ptr, shift_ptr, w_ptr, out_ptr, sum_ptr, sq_
 
 
 @triton.jit
-def _scale_shift_act_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, P, C,
+def _scale_shift_act_kernel(x_ptr, scale_ptr, shift_ptr, gate_ptr, out_ptr, P, C, HW, HAS_SE: tl.constexpr,
                             ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out = act(scale * x + shift)``, times ``gate[b, c]`` (``(B, C)``) with SE."""
     p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
     scale = _load_channels(scale_ptr, C, BLOCK_C)
-    z = _load(x_ptr, p, c, mask, C) * scale + _load_channels(shift_ptr, C, BLOCK_C)
-    tl.store(out_ptr + p[:, None] * C + c[None, :], _act(z, ACT).to(out_ptr.dtype.element_ty), mask=mask)
+    out = _act(_load(x_ptr, p, c, mask, C) * scale + _load_channels(shift_ptr, C, BLOCK_C), ACT)
+    if HAS_SE:
+        out = out * tl.load(gate_ptr + (p // HW)[:, None] * C + c[None, :], mask=mask, other=0.0)
+    tl.store(out_ptr + p[:, None] * C + c[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, sum_ptr, dot_ptr, P, C,
-                             BLOCKS, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _image_sums_kernel(x_ptr, scale_ptr, shift_ptr, grad_ptr, out_ptr, HW, C, WITH_GRAD: tl.constexpr,
+                       ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out[b, c] = sum over image b's positions of a`` (SE's pooling), or of ``grad * a`` (the gradient of
+    SE's gate), where ``a = act(scale * x + shift)``. One program per image and channel block."""
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    scale = _load_channels(scale_ptr, C, BLOCK_C)
+    shift = _load_channels(shift_ptr, C, BLOCK_C)
+    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for start in range(0, HW, BLOCK_P):
+        s = start + tl.arange(0, BLOCK_P)
+        mask = (s < HW)[:, None] & (c < C)[None, :]
+        p = tl.program_id(0) * HW + s
+        a = tl.where(mask, _act(_load(x_ptr, p, c, mask, C) * scale + shift, ACT), 0.0)
+        if WITH_GRAD:
+            a = a * _load(grad_ptr, p, c, mask, C)
+        total += a
+    _store_channel_sum(out_ptr, tl.program_id(0), total, C, BLOCK_C)
+
+
+@triton.jit
+def _act_output_grad(grad_ptr, se_ptr, q, c, qmask, P, C, HW, HAS_SE: tl.constexpr):
+    """Gradient w.r.t. the second activation's output at positions ``q``. With SE after it, ``grad`` is the
+    gradient of ``a * gate[b]``, and ``se_ptr`` holds two ``(B, C)`` blocks: the gate and the gradient that
+    reaches ``a`` through the pooling, already divided by ``HW``."""
+    grad = _load(grad_ptr, q, c, qmask, C)
+    if HAS_SE:
+        image = (q // HW)[:, None] * C + c[None, :]
+        gate = tl.load(se_ptr + image, mask=qmask, other=0.0)
+        grad = grad * gate + tl.load(se_ptr + (P // HW) * C + image, mask=qmask, other=0.0)
+    return grad
+
+
+@triton.jit
+def _act_bn_grad_sums_kernel(grad_ptr, se_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, sum_ptr, dot_ptr, P, C,
+                             HW, BLOCKS, HAS_SE: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
+                             BLOCK_C: tl.constexpr):
     """Per channel: ``sum(g)`` and ``sum(g * (x - mean))`` with ``g = grad * act'(scale * x + shift)``, the
     two sums the backward of ``act(BN(x))`` needs."""
     scale = _load_channels(scale_ptr, C, BLOCK_C)
@@ -144,7 +184,8 @@ def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, su
     for i in range(BLOCKS):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
         x = _load(x_ptr, p, c, mask, C)
-        g = tl.where(mask, _load(grad_ptr, p, c, mask, C) * _act_grad(x * scale + shift, ACT), 0.0)
+        grad = _act_output_grad(grad_ptr, se_ptr, p, c, mask, P, C, HW, HAS_SE)
+        g = tl.where(mask, grad * _act_grad(x * scale + shift, ACT), 0.0)
         total += g
         total_dot += g * tl.where(mask, x - mean, 0.0)
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
@@ -152,18 +193,19 @@ def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, su
 
 
 @triton.jit
-def _conv_output_grad(grad_ptr, x_ptr, q, c, qmask, C, scale, shift, ga, gb, gc, ACT: tl.constexpr):
+def _conv_output_grad(grad_ptr, se_ptr, x_ptr, q, c, qmask, P, C, HW, scale, shift, ga, gb, gc,
+                      HAS_SE: tl.constexpr, ACT: tl.constexpr):
     """Gradient w.r.t. the depth-wise conv's output ``x`` at positions ``q``, from the gradient of
     ``act(BN(x))``: ``ga * act'(scale * x + shift) * grad + gb * x + gc`` (``ga, gb, gc`` per channel)."""
     x = _load(x_ptr, q, c, qmask, C)
-    grad = _load(grad_ptr, q, c, qmask, C)
+    grad = _act_output_grad(grad_ptr, se_ptr, q, c, qmask, P, C, HW, HAS_SE)
     return tl.where(qmask, ga * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc, 0.0)
 
 
 @triton.jit
-def _dw_backward_input_kernel(grad_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr,
-                              H, W, P, C, BLOCKS, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
-                              BLOCK_C: tl.constexpr):
+def _dw_backward_input_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr,
+                              dot_ptr, H, W, P, C, BLOCKS, HAS_SE: tl.constexpr, ACT: tl.constexpr,
+                              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """``out = act'(z1) * DW3x3^T(conv output gradient)``, the gradient w.r.t. the first batch norm's output
     ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``, ``sum(out * (h - mean1))``.
 
@@ -185,7 +227,8 @@ def _dw_backward_input_kernel(grad_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, 
         for k in tl.static_range(9):  # the output at p - offset_k read this input p through tap k
             q, inside = _neighbour(p, 1 - k // 3, 1 - k % 3, H, W, P)
             qmask = inside[:, None] & (c < C)[None, :]
-            conv_grad = _conv_output_grad(grad_ptr, x2_ptr, q, c, qmask, C, scale2, shift2, ga, gb, gc, ACT)
+            conv_grad = _conv_output_grad(grad_ptr, se_ptr, x2_ptr, q, c, qmask, P, C, H * W, scale2, shift2,
+                                          ga, gb, gc, HAS_SE, ACT)
             acc += conv_grad * tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
         h = _load(h_ptr, p, c, mask, C)
         out = tl.where(mask, acc * _act_grad(h * scale1 + shift1, ACT), 0.0)
@@ -197,8 +240,9 @@ def _dw_backward_input_kernel(grad_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, 
 
 
 @triton.jit
-def _dw_backward_weight_kernel(grad_ptr, x2_ptr, bn2_ptr, h_ptr, bn1_ptr, out_ptr, H, W, P, C, BLOCKS,
-                               ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dw_backward_weight_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, h_ptr, bn1_ptr, out_ptr, H, W, P, C, BLOCKS,
+                               HAS_SE: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
+                               BLOCK_C: tl.constexpr):
     """Per channel and tap k: ``sum_p act(z1)[p + offset_k] * (conv output gradient)[p]``, into rows
     ``9 * program_id(0) + k`` of ``out``. Same ``bn2_ptr``/``bn1_ptr`` rows as the input gradient.
 
@@ -215,7 +259,8 @@ def _dw_backward_weight_kernel(grad_ptr, x2_ptr, bn2_ptr, h_ptr, bn1_ptr, out_pt
     totals = tl.zeros((16, BLOCK_C), dtype=tl.float32)
     for i in range(BLOCKS):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
-        conv_grad = _conv_output_grad(grad_ptr, x2_ptr, p, c, mask, C, scale2, shift2, ga, gb, gc, ACT)
+        conv_grad = _conv_output_grad(grad_ptr, se_ptr, x2_ptr, p, c, mask, P, C, H * W, scale2, shift2,
+                                      ga, gb, gc, HAS_SE, ACT)
         for k in tl.static_range(9):
             q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
             qmask = inside[:, None] & (c < C)[None, :]
@@ -294,14 +339,25 @@ def _input_grad_coefficients(gamma: torch.Tensor, mean: torch.Tensor, rstd: torc
     return torch.stack([ga, gb, -ga * total / count - gb * mean])
 
 
+def _se_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
+             ) -> torch.Tensor:
+    """:class:`~lvit.models.locality.SELayer`'s excitation (Linear, ReLU, Linear, hard sigmoid), in fp32."""
+    with torch.autocast(pooled.device.type, enabled=False):
+        hidden = F.relu(F.linear(pooled, w1.float(), b1.float()))
+        return F.hardsigmoid(F.linear(hidden, w2.float(), b2.float()))
+
+
 class _LocalityMiddle(torch.autograd.Function):
+    """``act(BN2(DW(act(BN1(h)))))``, times SE's gate when ``se_params`` (w1, b1, w2, b2) are given."""
+
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, gamma1: torch.Tensor, beta1: torch.Tensor, weight: torch.Tensor,
-                gamma2: torch.Tensor, beta2: torch.Tensor, bn1: nn.BatchNorm2d, bn2: nn.BatchNorm2d,
-                act: int) -> torch.Tensor:
+                gamma2: torch.Tensor, beta2: torch.Tensor, bn1: nn.BatchNorm2d, bn2: nn.BatchNorm2d, act: int,
+                *se_params: torch.Tensor) -> torch.Tensor:
         B, C, H, W = h.shape
         x = h.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
         P = B * H * W
+        meta = dict(ACT=act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
         w = weight.reshape(C, 9).float().contiguous()
         grid, blocks = _sum_grid(P, C)
         total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
@@ -311,16 +367,22 @@ class _LocalityMiddle(torch.autograd.Function):
         scale1 = gamma1.float() * rstd1
         shift1 = beta1.float() - mean1 * scale1
         conv = torch.empty_like(x)
-        _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, ACT=act,
-                                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, **meta)
         mean2, rstd2, batch2 = _normalisation(bn2, total, total_sq, P)
         scale2 = gamma2.float() * rstd2
         shift2 = beta2.float() - mean2 * scale2
+        pooled = gate = torch.empty(1, dtype=torch.float32, device=x.device)  # stand-ins without SE
+        if se_params:
+            pooled = _partial(B, C, x)
+            _image_sums_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, conv, pooled, H * W, C,
+                                                             WITH_GRAD=False, **meta)
+            pooled /= H * W
+            gate = _se_gate(pooled, *se_params)
         out = torch.empty_like(x)
-        _scale_shift_act_kernel[_map_grid(P, C)](conv, scale2, shift2, out, P, C, ACT=act,
-                                                 BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        _scale_shift_act_kernel[_map_grid(P, C)](conv, scale2, shift2, gate, out, P, C, H * W,
+                                                 HAS_SE=bool(se_params), **meta)
         ctx.save_for_backward(x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2,
-                              shift2)
+                              shift2, pooled, gate, *se_params)
         ctx.batch_stats = (batch1, batch2)
         ctx.weight_dtype = weight.dtype
         ctx.act = act
@@ -328,26 +390,38 @@ class _LocalityMiddle(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2,
-         shift2) = ctx.saved_tensors
+        (x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2, shift2, pooled,
+         gate, *se_params) = ctx.saved_tensors
         B, H, W, C = x.shape
         P = B * H * W
         grad = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         grid, blocks = _sum_grid(P, C)
-        meta = dict(ACT=ctx.act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        meta = dict(ACT=ctx.act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, HAS_SE=bool(se_params))
+        se_rows, se_grads = gate, []
+        if se_params:
+            gate_grad = _partial(B, C, x)
+            _image_sums_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, grad, gate_grad, H * W, C,
+                                                             WITH_GRAD=True, ACT=ctx.act, BLOCK_P=BLOCK_P,
+                                                             BLOCK_C=BLOCK_C)
+            with torch.enable_grad():  # the excitation is a few (B, C) matmuls: recompute it under autograd
+                leaves = [t.detach().requires_grad_() for t in (pooled, *se_params)]
+                pooled_grad, *se_grads = torch.autograd.grad(_se_gate(*leaves), leaves, gate_grad)
+            se_rows = torch.stack([gate, pooled_grad / (H * W)]).contiguous()
+            se_grads = [g.to(p.dtype) for g, p in zip(se_grads, se_params, strict=True)]
         total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
-        _act_bn_grad_sums_kernel[grid](grad, conv, scale2, shift2, mean2, total, dot, P, C, blocks, **meta)
+        _act_bn_grad_sums_kernel[grid](grad, se_rows, conv, scale2, shift2, mean2, total, dot, P, C, H * W,
+                                       blocks, **meta)
         total2, dot2 = total.sum(0), dot.sum(0)
         coef2 = _input_grad_coefficients(gamma2.float(), mean2, rstd2, total2, dot2, P, ctx.batch_stats[1])
         bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
         bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
         grad_z1 = torch.empty_like(x)
-        _dw_backward_input_kernel[grid](grad, conv, bn2_rows, w, x, bn1_rows, grad_z1, total, dot, H, W, P, C,
-                                        blocks, **meta)
+        _dw_backward_input_kernel[grid](grad, se_rows, conv, bn2_rows, w, x, bn1_rows, grad_z1, total, dot,
+                                        H, W, P, C, blocks, **meta)
         total1, dot1 = total.sum(0), dot.sum(0)
         weight_partial = _partial(grid[0] * 9, C, x)
-        _dw_backward_weight_kernel[grid](grad, conv, bn2_rows, x, bn1_rows, weight_partial, H, W, P, C,
-                                         blocks, **meta)
+        _dw_backward_weight_kernel[grid](grad, se_rows, conv, bn2_rows, x, bn1_rows, weight_partial, H, W, P,
+                                         C, blocks, **meta)
         grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3)
         coef1 = _input_grad_coefficients(gamma1.float(), mean1, rstd1, total1, dot1, P, ctx.batch_stats[0])
         grad_h = torch.empty_like(x)
@@ -355,12 +429,14 @@ class _LocalityMiddle(torch.autograd.Function):
                                         BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
         return (grad_h.permute(0, 3, 1, 2), (rstd1 * dot1).to(gamma1.dtype), total1.to(gamma1.dtype),
                 grad_weight.to(ctx.weight_dtype), (rstd2 * dot2).to(gamma2.dtype), total2.to(gamma2.dtype),
-                None, None, None)
+                None, None, None, *se_grads)
 
 
-def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn.BatchNorm2d,
-                    act: str) -> torch.Tensor:
-    """``act(bn2(dw(act(bn1(h)))))`` for a 3x3 stride-1 depth-wise ``dw``, with the modules' parameters and
-    batch-norm state, in the Triton kernels above. ``h`` is ``(B, C, H, W)`` on a device Triton runs on."""
+def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn.BatchNorm2d, act: str,
+                    se: SELayer | None = None) -> torch.Tensor:
+    """``act(bn2(dw(act(bn1(h)))))``, then ``se`` if given, for a 3x3 stride-1 depth-wise ``dw``, with the
+    modules' parameters and batch-norm state, in the Triton kernels above. ``h`` is ``(B, C, H, W)`` on a
+    device Triton runs on."""
+    se_params = (se.fc[0].weight, se.fc[0].bias, se.fc[2].weight, se.fc[2].bias) if se is not None else ()
     return _LocalityMiddle.apply(h, bn1.weight, bn1.bias, dw.weight, bn2.weight, bn2.bias, bn1, bn2,
-                                 ACT_CODES[act])
+                                 ACT_CODES[act], *se_params)
