@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -42,8 +43,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import lvit
+from lvit.models.locality import set_fused_locality
 
 PHASES = ("forward", "backward", "optimizer")
+ALLOCATIONS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -70,25 +73,77 @@ class TrafficCounter(TorchDispatchMode):
         storages = {t.untyped_storage().data_ptr() for t in inputs}
         returns_input = not func._schema.is_mutable and all(
             t.untyped_storage().data_ptr() in storages for t in outputs)
-        if not func.is_view and not returns_input:
+        allocates = func.overloadpacket.__name__ in ALLOCATIONS  # reserves memory, moves none
+        if not func.is_view and not returns_input and not allocates:
             self.bytes[(self.phase, func.overloadpacket.__name__)] += sum(map(tensor_bytes, inputs + outputs))
         return out
 
 
-def step_traffic(name: str, args: argparse.Namespace, **kwargs: Any) -> dict[tuple[str, str], int]:
+class TritonKernelCounter:
+    """Stands in for the Triton kernels of the fused locality path (``set_fused_locality``), which a dispatch
+    mode cannot see: a launch adds the bytes of every tensor it is passed to ``counter`` (each kernel reads or
+    writes each of its tensors once by design; neighbour reads hit the cache) and computes nothing, so the
+    count runs on a CPU without Triton's slow interpreter. Counts only while ``active``."""
+
+    def __init__(self, counter: TrafficCounter) -> None:
+        self.counter = counter
+        self.active = False
+        self.saved: dict[str, Any] = {}
+
+    def __enter__(self) -> TritonKernelCounter:
+        import lvit.models.locality_triton as kernels
+
+        self.module = kernels
+        for name, kernel in vars(kernels).items():
+            if name.endswith("_kernel"):
+                self.saved[name] = kernel
+                setattr(kernels, name, _KernelStandIn(name, self))
+        self.saved_interpret = os.environ.get("TRITON_INTERPRET")
+        os.environ["TRITON_INTERPRET"] = "1"  # the feed-forward takes the fused path on CPU only with it
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, kernel in self.saved.items():
+            setattr(self.module, name, kernel)
+        if self.saved_interpret is None:
+            os.environ.pop("TRITON_INTERPRET")
+        else:
+            os.environ["TRITON_INTERPRET"] = self.saved_interpret
+
+
+class _KernelStandIn:
+    def __init__(self, name: str, owner: TritonKernelCounter) -> None:
+        self.name, self.owner = name, owner
+
+    def __getitem__(self, grid: Any) -> Any:
+        def launch(*args: Any, **meta: Any) -> None:
+            if self.owner.active:
+                nbytes = sum(tensor_bytes(a) for a in args if isinstance(a, torch.Tensor))
+                self.owner.counter.bytes[(self.owner.counter.phase, f"triton:{self.name}")] += nbytes
+
+        return launch
+
+
+def step_traffic(name: str, args: argparse.Namespace, fused: bool = False, **kwargs: Any
+                 ) -> dict[tuple[str, str], int]:
     """Bytes per (phase, operator) of one training step of ``name`` (built with ``kwargs``) on a fixed random
-    batch, counted after a warm-up step, from which on AdamW's state exists as in every later step."""
+    batch, counted after a warm-up step, from which on AdamW's state exists as in every later step. ``fused``:
+    with the locality feed-forward's Triton kernels, counted by :class:`TritonKernelCounter`."""
     torch.manual_seed(0)
     model = lvit.create_model(name, img_size=args.image_size, **kwargs).train()
     model = model.to(memory_format=torch.channels_last)
+    if fused:
+        set_fused_locality(model)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 1000, (args.batch_size,))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     loss_fn = nn.CrossEntropyLoss()
     counter = TrafficCounter()
+    kernels = TritonKernelCounter(counter)
     for counting in (contextlib.nullcontext(), counter):
-        with counting:
+        kernels.active = counting is counter
+        with counting, kernels if fused else contextlib.nullcontext():
             counter.phase = "forward"
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 loss = loss_fn(model(images), labels)
@@ -174,8 +229,10 @@ def markdown(totals: dict[str, dict[str, float]], rows: list[dict[str, Any]], en
         f"### Memory traffic of one eager training step ({env['date'][:10]})",
         "",
         f"`step_traffic.py`: {args.image_size}x{args.image_size}, batch {args.batch_size}, channels_last, "
-        f"{'bf16 CPU autocast' if args.bf16 else 'fp32'}, AdamW (foreach); torch {env['torch']}, timm "
-        f"{env['timm']}, lvit {env['lvit']}; MB read + written per image, views not counted",
+        f"{'bf16 CPU autocast' if args.bf16 else 'fp32'}, AdamW (foreach)"
+        f"{'; LocalViT-T with the fused Triton locality kernels' if args.fused else ''}; "
+        f"torch {env['torch']}, timm {env['timm']}, lvit {env['lvit']}; MB read + written per image, "
+        "views not counted",
         "",
         "| phase | DeiT-T | LocalViT-T | DeiT-T / LocalViT-T |",
         "|---|---:|---:|---:|",
@@ -207,6 +264,10 @@ def main() -> None:
     parser.add_argument("--dpt", action="store_true",
                         help="instead: one eval forward of dpt_hybrid and dpt_large, lvit vs HuggingFace "
                              "(use --image-size 384 --batch-size 2; needs transformers)")
+    parser.add_argument("--fused", action="store_true",
+                        help="LocalViT-T with the locality feed-forward's Triton kernels "
+                             "(set_fused_locality), each launch counted as the bytes of the tensors it is "
+                             "passed")
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args()
     wall = time.monotonic()
@@ -230,7 +291,7 @@ def main() -> None:
         write_json(args.out, "step_traffic_dpt", environment("cpu"), args, wall, mb_per_image=dpt)
         return
     models = ("deit_tiny_patch16_224", "localvit_tiny")
-    traffic = {name: step_traffic(name, args) for name in models}
+    traffic = {name: step_traffic(name, args, fused=args.fused and name == models[1]) for name in models}
     totals = {name: per_image_mb(traffic[name], args.batch_size) for name in models}
     rows = operator_rows(traffic["localvit_tiny"], traffic["deit_tiny_patch16_224"], args.batch_size)
     env = environment("cpu")

@@ -27,3 +27,23 @@ def test_bytes_read_and_written_per_operator():
         x.add_(1)  # in place: reads and writes x
     assert counter.bytes == {("forward", "mul"): 8000, ("forward", "add"): 8004, ("backward", "mul"): 800,
                              ("backward", "add_"): 8000}
+
+
+def test_fused_locality_kernels_are_counted_by_their_tensors():
+    import argparse
+
+    from step_traffic import step_traffic
+
+    import lvit.models.locality_triton as kernels
+
+    args = argparse.Namespace(image_size=32, batch_size=2, bf16=False)
+    tiny = dict(patch_size=8, embed_dim=16, depth=1, num_heads=2, se_reduction=4)
+    eager, fused = (step_traffic("localvit_tiny", args, fused=f, **tiny) for f in (False, True))
+    assert not any(op.startswith("triton:") for _, op in eager)
+    assert ("forward", "hardswish") in eager and not any(op == "hardswish" for _, op in fused)
+    # DW forward: reads the expand output, writes the conv output (both 2 x 16 positions x 64 channels),
+    # reads scale, shift (64 each) and the 64 x 9 weights, writes two rows of partial sums per program
+    hidden, rows = 2 * 16 * 64, kernels._sum_grid(2 * 16, 64)[0][0]
+    floats = 2 * hidden + 2 * 64 + 64 * 9 + 2 * rows * 64
+    assert fused[("forward", "triton:_dw_forward_kernel")] == 4 * floats
+    assert sum(fused.values()) < sum(eager.values())

@@ -138,10 +138,10 @@ def _scale_shift_act_kernel(x_ptr, scale_ptr, shift_ptr, gate_ptr, out_ptr, P, C
 
 
 @triton.jit
-def _image_sums_kernel(x_ptr, scale_ptr, shift_ptr, grad_ptr, out_ptr, HW, C, WITH_GRAD: tl.constexpr,
+def _image_pool_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, HW, C,
                        ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``out[b, c] = sum over image b's positions of a`` (SE's pooling), or of ``grad * a`` (the gradient of
-    SE's gate), where ``a = act(scale * x + shift)``. One program per image and channel block."""
+    """SE's pooling: ``out[b, c] = sum of act(scale * x + shift)`` over image b. One program per image and
+    channel block."""
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     scale = _load_channels(scale_ptr, C, BLOCK_C)
     shift = _load_channels(shift_ptr, C, BLOCK_C)
@@ -150,11 +150,46 @@ def _image_sums_kernel(x_ptr, scale_ptr, shift_ptr, grad_ptr, out_ptr, HW, C, WI
         s = start + tl.arange(0, BLOCK_P)
         mask = (s < HW)[:, None] & (c < C)[None, :]
         p = tl.program_id(0) * HW + s
-        a = tl.where(mask, _act(_load(x_ptr, p, c, mask, C) * scale + shift, ACT), 0.0)
-        if WITH_GRAD:
-            a = a * _load(grad_ptr, p, c, mask, C)
-        total += a
+        total += tl.where(mask, _act(_load(x_ptr, p, c, mask, C) * scale + shift, ACT), 0.0)
     _store_channel_sum(out_ptr, tl.program_id(0), total, C, BLOCK_C)
+
+
+@triton.jit
+def _image_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, out_ptr, B, HW, C,
+                            ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """With SE: the five per-image sums from which the host forms SE's gate gradient and the second batch
+    norm's backward sums in one read of ``grad`` (of ``a * gate``) and ``x``. With ``z = scale * x + shift``,
+    ``a = act(z)``, ``d = act'(z)``, ``xc = x - mean``, rows of ``out`` (each ``(B, C)``): sum(grad * a),
+    sum(grad * d), sum(d), sum(grad * d * xc), sum(d * xc)."""
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    scale = _load_channels(scale_ptr, C, BLOCK_C)
+    shift = _load_channels(shift_ptr, C, BLOCK_C)
+    mean = _load_channels(mean_ptr, C, BLOCK_C)
+    grad_a = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    grad_d = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    d_sum = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    grad_d_xc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    d_xc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for start in range(0, HW, BLOCK_P):
+        s = start + tl.arange(0, BLOCK_P)
+        mask = (s < HW)[:, None] & (c < C)[None, :]
+        p = tl.program_id(0) * HW + s
+        x = _load(x_ptr, p, c, mask, C)
+        grad = _load(grad_ptr, p, c, mask, C)
+        z = x * scale + shift
+        d = tl.where(mask, _act_grad(z, ACT), 0.0)
+        xc = tl.where(mask, x - mean, 0.0)
+        grad_a += grad * tl.where(mask, _act(z, ACT), 0.0)
+        grad_d += grad * d
+        d_sum += d
+        grad_d_xc += grad * d * xc
+        d_xc += d * xc
+    image = tl.program_id(0)
+    _store_channel_sum(out_ptr, image, grad_a, C, BLOCK_C)
+    _store_channel_sum(out_ptr, B + image, grad_d, C, BLOCK_C)
+    _store_channel_sum(out_ptr, 2 * B + image, d_sum, C, BLOCK_C)
+    _store_channel_sum(out_ptr, 3 * B + image, grad_d_xc, C, BLOCK_C)
+    _store_channel_sum(out_ptr, 4 * B + image, d_xc, C, BLOCK_C)
 
 
 @triton.jit
@@ -171,9 +206,8 @@ def _act_output_grad(grad_ptr, se_ptr, q, c, qmask, P, C, HW, HAS_SE: tl.constex
 
 
 @triton.jit
-def _act_bn_grad_sums_kernel(grad_ptr, se_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, sum_ptr, dot_ptr, P, C,
-                             HW, BLOCKS, HAS_SE: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
-                             BLOCK_C: tl.constexpr):
+def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, sum_ptr, dot_ptr, P, C, BLOCKS,
+                             ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Per channel: ``sum(g)`` and ``sum(g * (x - mean))`` with ``g = grad * act'(scale * x + shift)``, the
     two sums the backward of ``act(BN(x))`` needs."""
     scale = _load_channels(scale_ptr, C, BLOCK_C)
@@ -184,8 +218,7 @@ def _act_bn_grad_sums_kernel(grad_ptr, se_ptr, x_ptr, scale_ptr, shift_ptr, mean
     for i in range(BLOCKS):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
         x = _load(x_ptr, p, c, mask, C)
-        grad = _act_output_grad(grad_ptr, se_ptr, p, c, mask, P, C, HW, HAS_SE)
-        g = tl.where(mask, grad * _act_grad(x * scale + shift, ACT), 0.0)
+        g = tl.where(mask, _load(grad_ptr, p, c, mask, C) * _act_grad(x * scale + shift, ACT), 0.0)
         total += g
         total_dot += g * tl.where(mask, x - mean, 0.0)
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
@@ -347,6 +380,29 @@ def _se_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch
         return F.hardsigmoid(F.linear(hidden, w2.float(), b2.float()))
 
 
+def _se_backward(grad: torch.Tensor, conv: torch.Tensor, scale2: torch.Tensor, shift2: torch.Tensor,
+                 mean2: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor, se_params: list[torch.Tensor],
+                 act: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Backward through SE, from one read of ``grad`` and ``conv``: the second batch norm's sums
+    (``sum(g)``, ``sum(g * (x - mean))``), the rows (gate, gradient through the pooling / HW) that the
+    backward kernels read, and the gradients of SE's parameters."""
+    B, H, W, C = conv.shape
+    sums = _partial(5 * B, C, conv).view(5, B, C)
+    per_image = (B, triton.cdiv(C, BLOCK_C))
+    _image_grad_sums_kernel[per_image](grad, conv, scale2, shift2, mean2, sums, B, H * W, C,
+                                       ACT=act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+    gate_grad, grad_d, d_sum, grad_d_xc, d_xc = sums
+    with torch.enable_grad():  # the excitation is a few (B, C) matmuls: recompute it under autograd
+        leaves = [t.detach().requires_grad_() for t in (pooled, *se_params)]
+        pooled_grad, *se_grads = torch.autograd.grad(_se_gate(*leaves), leaves, gate_grad)
+    # the activation's output gradient is grad * gate + pooled_grad / HW, per image and channel
+    through_pool = pooled_grad / (H * W)
+    total = (gate * grad_d + through_pool * d_sum).sum(0)
+    dot = (gate * grad_d_xc + through_pool * d_xc).sum(0)
+    se_grads = [g.to(p.dtype) for g, p in zip(se_grads, se_params, strict=True)]
+    return total, dot, torch.stack([gate, through_pool]).contiguous(), se_grads
+
+
 class _LocalityMiddle(torch.autograd.Function):
     """``act(BN2(DW(act(BN1(h)))))``, times SE's gate when ``se_params`` (w1, b1, w2, b2) are given."""
 
@@ -374,8 +430,7 @@ class _LocalityMiddle(torch.autograd.Function):
         pooled = gate = torch.empty(1, dtype=torch.float32, device=x.device)  # stand-ins without SE
         if se_params:
             pooled = _partial(B, C, x)
-            _image_sums_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, conv, pooled, H * W, C,
-                                                             WITH_GRAD=False, **meta)
+            _image_pool_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, pooled, H * W, C, **meta)
             pooled /= H * W
             gate = _se_gate(pooled, *se_params)
         out = torch.empty_like(x)
@@ -397,21 +452,15 @@ class _LocalityMiddle(torch.autograd.Function):
         grad = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
         grid, blocks = _sum_grid(P, C)
         meta = dict(ACT=ctx.act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, HAS_SE=bool(se_params))
-        se_rows, se_grads = gate, []
-        if se_params:
-            gate_grad = _partial(B, C, x)
-            _image_sums_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, grad, gate_grad, H * W, C,
-                                                             WITH_GRAD=True, ACT=ctx.act, BLOCK_P=BLOCK_P,
-                                                             BLOCK_C=BLOCK_C)
-            with torch.enable_grad():  # the excitation is a few (B, C) matmuls: recompute it under autograd
-                leaves = [t.detach().requires_grad_() for t in (pooled, *se_params)]
-                pooled_grad, *se_grads = torch.autograd.grad(_se_gate(*leaves), leaves, gate_grad)
-            se_rows = torch.stack([gate, pooled_grad / (H * W)]).contiguous()
-            se_grads = [g.to(p.dtype) for g, p in zip(se_grads, se_params, strict=True)]
         total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
-        _act_bn_grad_sums_kernel[grid](grad, se_rows, conv, scale2, shift2, mean2, total, dot, P, C, H * W,
-                                       blocks, **meta)
-        total2, dot2 = total.sum(0), dot.sum(0)
+        if se_params:
+            total2, dot2, se_rows, se_grads = _se_backward(grad, conv, scale2, shift2, mean2, pooled, gate,
+                                                           se_params, ctx.act)
+        else:
+            se_rows, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
+            _act_bn_grad_sums_kernel[grid](grad, conv, scale2, shift2, mean2, total, dot, P, C, blocks,
+                                           ACT=ctx.act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+            total2, dot2 = total.sum(0), dot.sum(0)
         coef2 = _input_grad_coefficients(gamma2.float(), mean2, rstd2, total2, dot2, P, ctx.batch_stats[1])
         bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
         bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
