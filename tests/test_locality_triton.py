@@ -113,3 +113,52 @@ def test_only_stride_one_depthwise_feed_forwards_are_switched() -> None:
     assert set_fused_locality(model) == 1
     assert [m.fused for m in model] == [False, True, False]
     assert set_fused_locality(model, enabled=False) == 1 and not model[1].fused
+
+
+# Kernel arguments that hold activations (bf16 under autocast); every other pointer is fp32.
+ACTIVATION_POINTERS = {"x_ptr", "h_ptr", "x2_ptr", "grad_ptr", "g_ptr", "out_ptr"}
+
+
+def _hopper_register_report(kernel: object, constants: dict[str, object], num_warps: int) -> str:
+    """ptxas's register and spill report for ``kernel`` compiled ahead of time for sm_90 (an H100); needs no
+    GPU, only the ptxas that ships with Triton."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {}
+    for param in inspect.signature(kernel.fn).parameters.values():
+        if "constexpr" in str(param.annotation):
+            signature[param.name] = "constexpr"
+        elif param.name.endswith("_ptr"):
+            signature[param.name] = "*bf16" if param.name in ACTIVATION_POINTERS else "*fp32"
+        else:
+            signature[param.name] = "i32"
+    names = list(signature)
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(names.index(k),): v for k, v in constants.items() if k in signature})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    ptx = Path(os.environ.get("TMPDIR", "/tmp")) / f"lvit_{kernel.fn.__name__}.ptx"
+    ptx.write_text(compiled.asm["ptx"])
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    report = subprocess.run([str(ptxas), "-v", "--gpu-name", "sm_90a", str(ptx), "-o", os.devnull],
+                            capture_output=True, text=True, check=True)
+    return report.stderr
+
+
+@pytest.mark.skipif(INTERPRETED, reason="the interpreter's kernels cannot be compiled")
+def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
+    """A kernel that spills registers to local memory loses much of its bandwidth; the tile sizes and warp
+    counts are chosen so that none does (at bf16, h-swish, with SE: the largest variant)."""
+    # as launched: the nine-tap kernels with TAP_WARPS, the elementwise ones with MAP_BLOCK_P tiles
+    taps = {"_dw_forward_kernel", "_dw_backward_input_kernel", "_dw_backward_weight_kernel"}
+    elementwise = {"_scale_shift_act_kernel", "_affine_kernel"}
+    kernels = {name: k for name, k in vars(fused).items() if name.endswith("_kernel")}
+    assert taps | elementwise <= set(kernels)
+    for name, kernel in kernels.items():
+        block_p = fused.MAP_BLOCK_P if name in elementwise else fused.BLOCK_P
+        constants = dict(BLOCK_P=block_p, BLOCK_C=fused.BLOCK_C, ACT=1, HAS_SE=True)
+        report = _hopper_register_report(kernel, constants, fused.TAP_WARPS if name in taps else 4)
+        assert " 0 bytes spill stores" in report, f"{name}: {report}"

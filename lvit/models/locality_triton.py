@@ -30,23 +30,32 @@ import triton.language as tl
 from lvit.models.locality import SELayer
 
 ACT_CODES = {"relu6": 0, "hswish": 1}
-BLOCK_P = 32  # positions (b, y, x) per program
-BLOCK_C = 64  # channels per program; contiguous in channels-last memory
+BLOCK_P = 16  # positions (b, y, x) per tile
+BLOCK_C = 64  # channels per tile; contiguous in channels-last memory
+# The three kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per
+# thread) ptxas fits them in 110-160 registers without spilling on sm_90; with 4 warps and 32 x 64 tiles they
+# spilled (checked ahead of time with triton.compile for GPUTarget("cuda", 90, 32) and ptxas -v).
+TAP_WARPS = 8
+MAP_BLOCK_P = 64  # the two elementwise kernels take larger tiles: fewer, fuller programs
 
 
 @triton.jit
 def _act(z, ACT: tl.constexpr):
     if ACT == 0:
-        return tl.minimum(tl.maximum(z, 0.0), 6.0)
-    return z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+        out = tl.minimum(tl.maximum(z, 0.0), 6.0)
+    else:
+        out = z * tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+    return out
 
 
 @triton.jit
 def _act_grad(z, ACT: tl.constexpr):
     """d act / dz with PyTorch's conventions at the kinks (hardtanh_backward, hardswish_backward)."""
     if ACT == 0:
-        return tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
-    return tl.where(z <= -3.0, 0.0, tl.where(z < 3.0, z / 3.0 + 0.5, 1.0))
+        grad = tl.where((z > 0.0) & (z < 6.0), 1.0, 0.0)
+    else:
+        grad = tl.where(z <= -3.0, 0.0, tl.where(z < 3.0, z / 3.0 + 0.5, 1.0))
+    return grad
 
 
 @triton.jit
@@ -330,7 +339,7 @@ def _sum_grid(P: int, C: int) -> tuple[tuple[int, int], int]:
 
 
 def _map_grid(P: int, C: int) -> tuple[int, int]:
-    return triton.cdiv(P, BLOCK_P), triton.cdiv(C, BLOCK_C)
+    return triton.cdiv(P, MAP_BLOCK_P), triton.cdiv(C, BLOCK_C)
 
 
 def _partial(rows: int, C: int, like: torch.Tensor) -> torch.Tensor:
@@ -423,7 +432,8 @@ class _LocalityMiddle(torch.autograd.Function):
         scale1 = gamma1.float() * rstd1
         shift1 = beta1.float() - mean1 * scale1
         conv = torch.empty_like(x)
-        _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, **meta)
+        _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, **meta,
+                                 num_warps=TAP_WARPS)
         mean2, rstd2, batch2 = _normalisation(bn2, total, total_sq, P)
         scale2 = gamma2.float() * rstd2
         shift2 = beta2.float() - mean2 * scale2
@@ -435,7 +445,8 @@ class _LocalityMiddle(torch.autograd.Function):
             gate = _se_gate(pooled, *se_params)
         out = torch.empty_like(x)
         _scale_shift_act_kernel[_map_grid(P, C)](conv, scale2, shift2, gate, out, P, C, H * W,
-                                                 HAS_SE=bool(se_params), **meta)
+                                                 HAS_SE=bool(se_params), ACT=act, BLOCK_P=MAP_BLOCK_P,
+                                                 BLOCK_C=BLOCK_C)
         ctx.save_for_backward(x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2,
                               shift2, pooled, gate, *se_params)
         ctx.batch_stats = (batch1, batch2)
@@ -466,16 +477,16 @@ class _LocalityMiddle(torch.autograd.Function):
         bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
         grad_z1 = torch.empty_like(x)
         _dw_backward_input_kernel[grid](grad, se_rows, conv, bn2_rows, w, x, bn1_rows, grad_z1, total, dot,
-                                        H, W, P, C, blocks, **meta)
+                                        H, W, P, C, blocks, **meta, num_warps=TAP_WARPS)
         total1, dot1 = total.sum(0), dot.sum(0)
         weight_partial = _partial(grid[0] * 9, C, x)
         _dw_backward_weight_kernel[grid](grad, se_rows, conv, bn2_rows, x, bn1_rows, weight_partial, H, W, P,
-                                         C, blocks, **meta)
+                                         C, blocks, **meta, num_warps=TAP_WARPS)
         grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3)
         coef1 = _input_grad_coefficients(gamma1.float(), mean1, rstd1, total1, dot1, P, ctx.batch_stats[0])
         grad_h = torch.empty_like(x)
         _affine_kernel[_map_grid(P, C)](grad_z1, x, coef1.contiguous(), grad_h, P, C,
-                                        BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+                                        BLOCK_P=MAP_BLOCK_P, BLOCK_C=BLOCK_C)
         return (grad_h.permute(0, 3, 1, 2), (rstd1 * dot1).to(gamma1.dtype), total1.to(gamma1.dtype),
                 grad_weight.to(ctx.weight_dtype), (rstd2 * dot2).to(gamma2.dtype), total2.to(gamma2.dtype),
                 None, None, None, *se_grads)
