@@ -5,16 +5,23 @@ pieces that run with a Python round trip between them and cannot fuse across the
 models that costs a large share of a step. ``fullgraph=True`` turns any break into an error, and the
 ``eager`` backend keeps the test to dynamo's tracing (no code generation), so the compiled forward must also
 equal the eager one exactly.
+
+Dynamo leaves the autograd engine unable to run in a forked child (``test_engine_loop`` forks trainings), so
+these checks run in a child pytest of their own.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 import torch
+from child_pytest import assert_passes_in_child
 
 import lvit
+
+IN_CHILD = os.environ.get("LVIT_COMPILE_TESTS") == "1"
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,6 +49,12 @@ CASES = [(family, "train") for family in sorted(FAMILIES)] + [
 ]
 
 
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_compile_checks_in_a_child_process() -> None:
+    assert_passes_in_child(__file__, LVIT_COMPILE_TESTS="1")
+
+
+@pytest.mark.skipif(not IN_CHILD, reason="run by test_compile_checks_in_a_child_process")
 @pytest.mark.parametrize(("family", "mode"), CASES)
 def test_model_compiles_without_graph_breaks(family: str, mode: str) -> None:
     name, kwargs, size = FAMILIES[family]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from child_pytest import assert_passes_in_child
 
 import lvit
 import lvit.models.locality_triton as fused
@@ -39,11 +39,7 @@ def exact_fp32_convolutions() -> None:
 
 @pytest.mark.skipif(ON_GPU or INTERPRETED, reason="the kernels run in this process")
 def test_kernels_in_the_interpreter() -> None:
-    child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                           env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True,
-                           cwd=Path(__file__).parents[1], timeout=600)
-    summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else child.stderr[-2000:]
-    assert child.returncode == 0 and " passed" in summary, child.stdout[-4000:] + child.stderr[-2000:]
+    assert_passes_in_child(__file__, TRITON_INTERPRET="1")
 
 
 def _randomise_batch_norms(module: nn.Module) -> None:
