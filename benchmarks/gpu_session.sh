@@ -8,6 +8,7 @@
 #   TOTAL_S=572 BENCH=after OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # suite first, then benchmarks
 #   TOTAL_S=572 BENCH=after DENSE_SEEDS=3 DENSE_MAX_S=150 OUT=... bash ...  # suite, 3 dense seeds, benchmarks
 #   DEVICE=cpu PROFILE=smoke BENCH=0 DENSE_SEEDS=2 JOBS=2 TRAIN_WORKERS=2 OUT=... bash ...  # dry run, CPU
+#   TOTAL_S=170 BENCH=train OUT=... bash ...  # the training-speed benchmarks alone (a second call)
 #
 # The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
 # at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
@@ -20,13 +21,15 @@ TOTAL_S=${TOTAL_S:-570}   # the whole script, archive included
 REPORT_S=${REPORT_S:-55}  # kept back for the report notebook and the archive
 JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU idle between launches
 TRAIN_WORKERS=${TRAIN_WORKERS:-8}  # processes training the classification tables' runs beside the notebooks
-BENCH=${BENCH:-1}         # 1: benchmarks before the suite; after: in the time the suite leaves; 0: none
+BENCH=${BENCH:-1}         # 1: benchmarks before the suite; after: in the time the suite leaves; 0: none;
+                          # train: only the training-speed ones (fused kernels' test, ratios, profile)
 SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
 DENSE_SEEDS=${DENSE_SEEDS:-1}  # >1: after the suite, the dense tables again at this many seeds (seed 0 reused)
 DENSE_MAX_S=${DENSE_MAX_S:-100000}  # at most this long, so that BENCH=after keeps some time
 DENSE_NOTEBOOKS="dpt_read_ablation dpt_zero_shot_depth dpt_segmentation dpt_inference_resolution"
 DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
 PROFILE=${PROFILE:-proxy} # smoke: with DEVICE=cpu BENCH=0, the whole script in minutes on a laptop
+if [ "$BENCH" = train ]; then SANITY=0; fi  # the benchmarks check what they time themselves
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH=${PYTHONPATH:-}:$PWD
 LOGS=$OUT/logs BENCH_DIR=$OUT/bench
@@ -107,10 +110,9 @@ PYTHON
     fi
 fi
 
-run_benchmarks() {
-    stamp "benchmarks"
-    # The fused locality kernels are timed below only if they equal the eager modules on this GPU.
-    local fused=fused
+training_speed_benchmarks() {  # the training-throughput target first: the fused kernels, then the ratios
+    # The fused locality kernels are timed only if they equal the eager modules on this GPU.
+    local fused="fused compiled-fused"
     if ! timeout -k 5 "$(budget 60)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
         >"$BENCH_DIR/fused_locality_test.log" 2>&1; then
         stamp "fused locality kernels FAILED their test: not timed"
@@ -118,17 +120,23 @@ run_benchmarks() {
         fused=""
     fi
     tail -1 "$BENCH_DIR/fused_locality_test.log"
-    timeout -k 5 "$(budget 75)" python3 benchmarks/train_throughput.py --max-seconds 55 \
+    timeout -k 5 "$(budget 120)" python3 benchmarks/train_throughput.py --max-seconds 100 \
         --modes eager $fused compiled --out "$BENCH_DIR/train_throughput.json" \
         >"$BENCH_DIR/train_throughput.log" 2>&1
     stamp "train_throughput exit $?"
+    timeout -k 5 "$(budget 40)" python3 benchmarks/step_profile.py --by kernel --top 25 \
+        --mode "$([ -n "$fused" ] && echo fused || echo eager)" \
+        --out "$BENCH_DIR/step_profile_kernels.json" >"$BENCH_DIR/step_profile_kernels.log" 2>&1
+    stamp "step_profile (where LocalViT-T's extra time goes, per CUDA kernel) exit $?"
+}
+
+run_benchmarks() {
+    stamp "benchmarks"
+    training_speed_benchmarks
     timeout -k 5 "$(budget 40)" python3 benchmarks/train_throughput.py --image-size 64 --patch-size 8 \
         --modes eager graphed --max-rows 0 --max-seconds 30 --out "$BENCH_DIR/train_throughput_proxy.json" \
         >"$BENCH_DIR/train_throughput_proxy.log" 2>&1
     stamp "train_throughput (proxy geometry, CUDA-graph step) exit $?"
-    timeout -k 5 "$(budget 40)" python3 benchmarks/step_profile.py --by kernel --top 25 --mode "${fused:-eager}" \
-        --out "$BENCH_DIR/step_profile_kernels.json" >"$BENCH_DIR/step_profile_kernels.log" 2>&1
-    stamp "step_profile (where LocalViT-T's extra time goes, per CUDA kernel) exit $?"
     timeout -k 5 "$(budget 130)" python3 benchmarks/dpt_vs_hf.py --max-seconds 110 --compile-models \
         --out "$BENCH_DIR/dpt_vs_hf.json" >"$BENCH_DIR/dpt_vs_hf.log" 2>&1
     stamp "dpt_vs_hf exit $?"
@@ -138,6 +146,11 @@ run_benchmarks() {
     tail -q -n 40 "$BENCH_DIR"/*.log | grep -E "^\|" | cut -c1-170
 }
 
+if [ "$BENCH" = train ]; then  # the training-speed benchmarks alone, e.g. in a second call of a session
+    training_speed_benchmarks
+    tail -q -n 40 "$BENCH_DIR"/*.log | grep -E "^\|" | cut -c1-170
+    exit 0
+fi
 if [ "$BENCH" = 1 ]; then run_benchmarks; fi
 
 SUITE_S=$(budget 100000)

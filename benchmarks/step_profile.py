@@ -89,7 +89,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mode", choices=("eager", "compiled", "fused"), default="eager",
+    parser.add_argument("--mode", choices=("eager", "compiled", "fused", "compiled-fused"), default="eager",
                         help="compiled: each transformer block compiled, as train_throughput.py's default; "
                              "fused: eager with the locality feed-forward's Triton kernels")
     parser.add_argument("--batch-size", type=int, default=256)

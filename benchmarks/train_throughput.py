@@ -7,8 +7,8 @@ each is the median over rounds, and the ratio is the median of the per-round rat
 forward + backward + AdamW steps on a fixed random batch, CUDA-synchronised at both ends only.
 
 Order of work, so that the targets come first if time runs out: the headline pair (``localvit_tiny`` vs
-DeiT-T) eager, then with the fused locality kernels, then compiled, then every other model of the LocalViT
-tables, eager, fewer steps.
+DeiT-T) eager, then with the fused locality kernels, eager and compiled around them, then compiled, then
+every other model of the LocalViT tables, eager, fewer steps.
 ``--max-seconds`` bounds the whole run: a model still running at the deadline is interrupted, recorded
 as an error, and the rest skipped; a failure of one model/mode (e.g. torch.compile) is recorded too.
 
@@ -81,7 +81,8 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
 
     ``mode``: ``eager``; ``compiled`` (``torch.compile``); ``graphed``, the training loop's CUDA-graph step
     (``lvit.engine.graphed``: forward, loss and backward replayed, the optimizer eager); ``fused``, eager with
-    the locality feed-forward's Triton kernels (``set_fused_locality``; DeiT-T, which has none, runs eager).
+    the locality feed-forward's Triton kernels (``set_fused_locality``; DeiT-T, which has none, runs eager);
+    ``compiled-fused``, compiled around those kernels (the fused feed-forward is a graph break).
     """
     device = torch.device(args.device)
     name, kwargs = model
@@ -93,14 +94,15 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    if mode == "fused":
+    if mode in ("fused", "compiled-fused"):
         set_fused_locality(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     forward: nn.Module = net
-    if mode == "compiled" and args.compile_scope == "blocks" and hasattr(net, "blocks"):
+    compiled = mode in ("compiled", "compiled-fused")
+    if compiled and args.compile_scope == "blocks" and hasattr(net, "blocks"):
         for block in net.blocks:
             block.compile()
-    elif mode == "compiled":
+    elif compiled:
         forward = torch.compile(net)  # type: ignore[assignment]
     loss_fn = nn.CrossEntropyLoss()
     graphed = None
@@ -215,11 +217,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=("eager", "compiled", "graphed", "fused"),
-        default=["eager", "fused", "compiled"],
+        choices=("eager", "compiled", "graphed", "fused", "compiled-fused"),
+        default=["eager", "fused", "compiled-fused", "compiled"],
         help="modes of the headline pair; the other table rows run eager only. graphed: the training "
         "loop's CUDA-graph step (CUDA only), which the proxy recipes use; fused: eager with the locality "
-        "feed-forward's Triton kernels (a GPU, or TRITON_INTERPRET=1 on the CPU)",
+        "feed-forward's Triton kernels (a GPU, or TRITON_INTERPRET=1 on the CPU); compiled-fused: compiled "
+        "around them",
     )
     parser.add_argument("--patch-size", type=int, default=None,
                         help="patch size of every model (default: each model's own); the proxy uses "

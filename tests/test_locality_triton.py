@@ -158,3 +158,22 @@ def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
         constants = dict(BLOCK_P=block_p, BLOCK_C=fused.BLOCK_C, ACT=1, HAS_SE=True)
         report = _hopper_register_report(kernel, constants, fused.TAP_WARPS if name in taps else 4)
         assert " 0 bytes spill stores" in report, f"{name}: {report}"
+
+
+@needs_kernels
+def test_compiled_model_runs_the_fused_kernels_between_its_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=1, num_heads=2,
+                              se_reduction=4, num_classes=5).to(DEVICE)
+    reference = copy.deepcopy(model)
+    set_fused_locality(model)
+    calls = []
+    kernels = fused.locality_middle
+    monkeypatch.setattr(fused, "locality_middle", lambda *args: calls.append(1) or kernels(*args))
+    images = torch.randn(4, 3, 48, 48, device=DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    compiled(images).sum().backward()
+    reference(images).sum().backward()
+    assert calls == [1]  # dynamo did not trace the feed-forward into its graph: the kernels ran
+    _assert_same_state_and_grads(model, reference)

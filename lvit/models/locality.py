@@ -118,9 +118,9 @@ class LocalityFeedForward(nn.Module):
         stride: stride of the depth-wise conv.
 
     ``fused`` (default False; :func:`set_fused_locality` turns it on) runs ``BN -> act -> DW -> BN -> act``
-    and SE (not ECA) in the Triton kernels of :mod:`lvit.models.locality_triton` when the input is on a GPU
-    and the module is not being traced by ``torch.compile``: same parameters, buffers and arithmetic, fewer
-    passes over memory.
+    and SE (not ECA) in the Triton kernels of :mod:`lvit.models.locality_triton` when the input is on a GPU:
+    same parameters, buffers and arithmetic, fewer passes over memory. Under ``torch.compile`` the fused
+    feed-forward is a graph break: compiled graphs run around it.
     """
 
     def __init__(
@@ -154,23 +154,26 @@ class LocalityFeedForward(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and not torch.compiler.is_compiling() \
-                and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            from lvit.models.locality_triton import locality_middle  # imports triton: only where it runs
-
-            expand, bn1, _, dw, bn2, _, *rest = self.conv
-            se = rest.pop(0) if isinstance(rest[0], SELayer) else None  # ECA stays an eager module
-            out = locality_middle(expand(x), bn1, dw, bn2, self.act, se)
-            for layer in rest:
-                out = layer(out)
-            return x + out
+        if self.fused and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            return x + self._fused_conv(x)
         return x + self.conv(x)
+
+    @torch.compiler.disable  # launches its own Triton kernels: a compiled caller runs it between its graphs
+    def _fused_conv(self, x: torch.Tensor) -> torch.Tensor:
+        from lvit.models.locality_triton import locality_middle  # imports triton: only where it runs
+
+        expand, bn1, _, dw, bn2, _, *rest = self.conv
+        se = rest.pop(0) if isinstance(rest[0], SELayer) else None  # ECA stays an eager module
+        out = locality_middle(expand(x), bn1, dw, bn2, self.act, se)
+        for layer in rest:
+            out = layer(out)
+        return out
 
 
 def set_fused_locality(model: nn.Module, enabled: bool = True) -> int:
     """Switch every :class:`LocalityFeedForward` in ``model`` with a 3x3 stride-1 depth-wise conv to the fused
-    Triton kernels (or back); returns how many were switched. Inert on the CPU and under ``torch.compile``,
-    which fuses the eager modules itself."""
+    Triton kernels (or back); returns how many were switched. Inert on the CPU (outside Triton's
+    interpreter)."""
     if enabled:
         import triton  # noqa: F401  (fail here, clearly, where the kernels cannot run)
     modules = [m for m in model.modules() if isinstance(m, LocalityFeedForward) and m.fusable]
