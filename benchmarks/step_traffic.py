@@ -12,7 +12,9 @@ bandwidth alone. A real step is partly bound by other things, so ``--rows --meas
 against a GPU: for every model of the LocalViT tables it prints the bytes beside the eager ratio a
 ``train_throughput.py`` run measured, and the measured time each extra MB costs (``RESULTS.md``: 0.19-0.24 %
 of DeiT-T's step per MB per image on an H200). A fused kernel moves less than the operators it replaces, so
-the count is also the budget for fusion. ``--dpt`` counts one eval forward of lvit's and HuggingFace's DPT.
+the count is also the budget for fusion. ``--fused`` counts LocalViT-T with lvit's fused locality kernels
+(``set_fused_locality``), each Triton launch as the bytes of the tensors it is passed. ``--dpt`` counts one
+eval forward of lvit's and HuggingFace's DPT.
 
 The count is per operator, not per kernel, and the same on every device for the same operator graph: it
 runs on the CPU. On CUDA, cuDNN's batch norm and convolution take the place of the CPU ones and read and
@@ -21,6 +23,7 @@ whose cast list differs from CUDA's in places).
 
     python benchmarks/step_traffic.py --out results/bench/step_traffic.json            # 20 s on 2 cores
     python benchmarks/step_traffic.py --bf16                                             # 3 min
+    python benchmarks/step_traffic.py --fused                                            # 25 s
     python benchmarks/step_traffic.py --rows --measured benchmarks/gpu/train_throughput.json   # 4 min
     HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --image-size 384 --batch-size 2  # 80 s
 """

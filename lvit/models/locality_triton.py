@@ -1,14 +1,17 @@
-"""The middle of the locality feed-forward, ``act(BN(DW3x3(act(BN(h)))))``, as a few Triton kernels.
+"""The middle of the locality feed-forward, ``SE(act(BN(DW3x3(act(BN(h))))))``, as a few Triton kernels.
 
 Why: at DeiT-T width the training step is bound by the bytes it moves, and this middle stretch runs a dozen
 eager kernels over the widest tensor of the block (4x the embedding width), forward and backward:
 ``benchmarks/step_traffic.py`` counts it as most of the 2x bytes LocalViT-T moves per image compared with
 DeiT-T. Here each batch norm is folded into a per-channel scale and shift applied on the fly, the activation
-and the depth-wise conv read neighbours straight from the expand conv's output, and the backward recomputes
-activations from the two tensors it keeps (the input ``h`` and the depth-wise output) instead of storing
-five. Forward: one statistics pass, one conv pass (which also gathers the second statistics), one
-activation pass. Backward: one statistics pass, an input-gradient pass (which gathers the first batch
-norm's gradient sums), a weight-gradient pass and a final pass.
+and the depth-wise conv read neighbours straight from the expand conv's output, SE's gate multiplies inside
+the activation pass, and the backward recomputes activations from the two tensors it keeps (the input ``h``
+and the depth-wise output) instead of storing five.
+
+Forward: a statistics pass over ``h``; the conv pass, which also gathers the second statistics; with SE, a
+pooling pass; the activation pass. Backward: a sums pass (per image with SE: the gate's gradient and the
+second batch norm's sums together); the input-gradient pass, which gathers the first batch norm's sums;
+the weight-gradient pass; the final pass. SE's excitation MLP is a few ``(B, C)`` matmuls in PyTorch.
 
 Same arithmetic as the eager modules, in fp32 whatever the storage dtype, with the same batch-norm
 semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``,
