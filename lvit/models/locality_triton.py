@@ -248,6 +248,15 @@ def _conv_output_grad(grad_ptr, se_ptr, x_ptr, q, c, qmask, P, C, HW, scale, shi
 
 
 @triton.jit
+def _load_rows5(ptr, C, BLOCK_C: tl.constexpr):
+    """The five per-channel rows the backward kernels read about the second batch norm: scale, shift and the
+    input-gradient coefficients ga, gb, gc."""
+    return (_load_channels(ptr, C, BLOCK_C), _load_channels(ptr + C, C, BLOCK_C),
+            _load_channels(ptr + 2 * C, C, BLOCK_C), _load_channels(ptr + 3 * C, C, BLOCK_C),
+            _load_channels(ptr + 4 * C, C, BLOCK_C))
+
+
+@triton.jit
 def _dw_backward_input_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr,
                               dot_ptr, H, W, P, C, BLOCKS, HAS_SE: tl.constexpr, ACT: tl.constexpr,
                               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -256,11 +265,7 @@ def _dw_backward_input_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, b
 
     ``bn2_ptr`` holds five rows of C (scale2, shift2, ga, gb, gc), ``bn1_ptr`` three (scale1, shift1, mean1).
     """
-    scale2 = _load_channels(bn2_ptr, C, BLOCK_C)
-    shift2 = _load_channels(bn2_ptr + C, C, BLOCK_C)
-    ga = _load_channels(bn2_ptr + 2 * C, C, BLOCK_C)
-    gb = _load_channels(bn2_ptr + 3 * C, C, BLOCK_C)
-    gc = _load_channels(bn2_ptr + 4 * C, C, BLOCK_C)
+    scale2, shift2, ga, gb, gc = _load_rows5(bn2_ptr, C, BLOCK_C)
     scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
     shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
     mean1 = _load_channels(bn1_ptr + 2 * C, C, BLOCK_C)
@@ -293,11 +298,7 @@ def _dw_backward_weight_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, h_ptr, bn1_ptr
 
     Each position block is read once: its nine tap sums go into rows 0-8 of one ``(16, BLOCK_C)``
     accumulator (a power of two, as Triton's shapes must be)."""
-    scale2 = _load_channels(bn2_ptr, C, BLOCK_C)
-    shift2 = _load_channels(bn2_ptr + C, C, BLOCK_C)
-    ga = _load_channels(bn2_ptr + 2 * C, C, BLOCK_C)
-    gb = _load_channels(bn2_ptr + 3 * C, C, BLOCK_C)
-    gc = _load_channels(bn2_ptr + 4 * C, C, BLOCK_C)
+    scale2, shift2, ga, gb, gc = _load_rows5(bn2_ptr, C, BLOCK_C)
     scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
     shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
     tap = tl.arange(0, 16)[:, None]
