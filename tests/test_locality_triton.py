@@ -144,7 +144,8 @@ def _hopper_register_report(kernel: object, constants: dict[str, object], num_wa
     return report.stderr
 
 
-@pytest.mark.skipif(INTERPRETED, reason="the interpreter's kernels cannot be compiled")
+@pytest.mark.skipif(INTERPRETED or ON_GPU, reason="the interpreter's kernels cannot be compiled; on a GPU "
+                    "the other tests compile them for real, and its time is dearer than a CPU's")
 def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
     """A kernel that spills registers to local memory loses much of its bandwidth; the tile sizes and warp
     counts are chosen so that none does (at bf16, h-swish, with SE: the largest variant)."""
