@@ -76,6 +76,12 @@ def _load(ptr, p, c, mask, C):
 
 
 @triton.jit
+def _store(ptr, p, c, mask, C, values):
+    """Store ``values`` (fp32) at positions ``p``, channels ``c``, in ``ptr``'s dtype."""
+    tl.store(ptr + p[:, None] * C + c[None, :], values.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _load_channels(ptr, C, BLOCK_C: tl.constexpr):
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     return tl.load(ptr + c, mask=c < C, other=0.0)[None, :]
@@ -128,9 +134,8 @@ def _dw_forward_kernel(h_ptr, scale_ptr, shift_ptr, w_ptr, out_ptr, sum_ptr, sq_
             qmask = inside[:, None] & (c < C)[None, :]
             a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale + shift, ACT), 0.0)
             acc += a * tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
-        out = acc.to(out_ptr.dtype.element_ty)
-        tl.store(out_ptr + p[:, None] * C + c[None, :], out, mask=mask)
-        stored = tl.where(mask, out.to(tl.float32), 0.0)
+        _store(out_ptr, p, c, mask, C, acc)
+        stored = tl.where(mask, acc.to(out_ptr.dtype.element_ty).to(tl.float32), 0.0)  # the values stored
         total += stored
         total_sq += stored * stored
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
@@ -146,7 +151,7 @@ def _scale_shift_act_kernel(x_ptr, scale_ptr, shift_ptr, gate_ptr, out_ptr, P, C
     out = _act(_load(x_ptr, p, c, mask, C) * scale + _load_channels(shift_ptr, C, BLOCK_C), ACT)
     if HAS_SE:
         out = out * tl.load(gate_ptr + (p // HW)[:, None] * C + c[None, :], mask=mask, other=0.0)
-    tl.store(out_ptr + p[:, None] * C + c[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    _store(out_ptr, p, c, mask, C, out)
 
 
 @triton.jit
@@ -282,7 +287,7 @@ def _dw_backward_input_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, b
             acc += conv_grad * tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
         h = _load(h_ptr, p, c, mask, C)
         out = tl.where(mask, acc * _act_grad(h * scale1 + shift1, ACT), 0.0)
-        tl.store(out_ptr + p[:, None] * C + c[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+        _store(out_ptr, p, c, mask, C, out)
         total += out
         total_dot += out * tl.where(mask, h - mean1, 0.0)
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
@@ -325,7 +330,7 @@ def _affine_kernel(g_ptr, x_ptr, coef_ptr, out_ptr, P, C, BLOCK_P: tl.constexpr,
     out = (_load_channels(coef_ptr, C, BLOCK_C) * _load(g_ptr, p, c, mask, C)
            + _load_channels(coef_ptr + C, C, BLOCK_C) * _load(x_ptr, p, c, mask, C)
            + _load_channels(coef_ptr + 2 * C, C, BLOCK_C))
-    tl.store(out_ptr + p[:, None] * C + c[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+    _store(out_ptr, p, c, mask, C, out)
 
 
 # --- host side ---------------------------------------------------------------------------------------------
