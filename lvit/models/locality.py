@@ -190,7 +190,9 @@ def tokens_to_image(
     Patch tokens are row-major, as timm's ``PatchEmbed`` flattens them. Without ``grid_size`` the grid is
     taken to be square, as the official code does (``p = sqrt(N)``).
     """
-    prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+    # one split, not two slices: its backward is one cat, where each slice's backward writes a zero-filled
+    # copy of the whole sequence and autograd then adds the two
+    prefix, patches = x.split([num_prefix_tokens, x.shape[1] - num_prefix_tokens], dim=1)
     if grid_size is None:
         side = math.isqrt(patches.shape[1])
         if side * side != patches.shape[1]:

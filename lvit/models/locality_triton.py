@@ -10,8 +10,9 @@ and the depth-wise output) instead of storing five.
 
 Forward: a statistics pass over ``h``; the conv pass, which also gathers the second statistics; with SE, a
 pooling pass; the activation pass. Backward: a sums pass (per image with SE: the gate's gradient and the
-second batch norm's sums together); the input-gradient pass, which gathers the first batch norm's sums;
-the weight-gradient pass; the final pass. SE's excitation MLP is a few ``(B, C)`` matmuls in PyTorch.
+second batch norm's sums together); the depth-wise conv's gradient pass (input and weight gradients from
+one read, gathering the first batch norm's sums); the final pass. SE's excitation MLP is a few ``(B, C)``
+matmuls in PyTorch.
 
 Same arithmetic as the eager modules, in fp32 whatever the storage dtype, with the same batch-norm
 semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``,
@@ -35,7 +36,7 @@ from lvit.models.locality import SELayer
 ACT_CODES = {"relu6": 0, "hswish": 1}
 BLOCK_P = 16  # positions (b, y, x) per tile
 BLOCK_C = 64  # channels per tile; contiguous in channels-last memory
-# The three kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per
+# The two kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per
 # thread) ptxas fits them in 110-160 registers without spilling on sm_90; with 4 warps and 32 x 64 tiles they
 # spilled (checked ahead of time with triton.compile for GPUTarget("cuda", 90, 32) and ptxas -v).
 TAP_WARPS = 8
@@ -103,6 +104,12 @@ def _neighbour(p, dy, dx, H, W, P):
 
 
 @triton.jit
+def _tap_weight(w_ptr, c, k, C):
+    """Tap ``k`` (row-major in the 3x3 window) of the depth-wise weights ``(C, 9)``, as a row."""
+    return tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
+
+
+@triton.jit
 def _channel_sums_kernel(x_ptr, sum_ptr, sq_ptr, P, C, BLOCKS,
                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Sum and sum of squares per channel over this program's ``BLOCKS`` position blocks."""
@@ -133,7 +140,7 @@ def _dw_forward_kernel(h_ptr, scale_ptr, shift_ptr, w_ptr, out_ptr, sum_ptr, sq_
             q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
             qmask = inside[:, None] & (c < C)[None, :]
             a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale + shift, ACT), 0.0)
-            acc += a * tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
+            acc += a * _tap_weight(w_ptr, c, k, C)
         _store(out_ptr, p, c, mask, C, acc)
         stored = tl.where(mask, acc.to(out_ptr.dtype.element_ty).to(tl.float32), 0.0)  # the values stored
         total += stored
@@ -262,64 +269,59 @@ def _load_rows5(ptr, C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _dw_backward_input_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr,
-                              dot_ptr, H, W, P, C, BLOCKS, HAS_SE: tl.constexpr, ACT: tl.constexpr,
-                              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``out = act'(z1) * DW3x3^T(conv output gradient)``, the gradient w.r.t. the first batch norm's output
-    ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``, ``sum(out * (h - mean1))``.
+def _dw_backward_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr,
+                        weight_ptr, H, W, P, C, BLOCKS, HAS_SE: tl.constexpr, ACT: tl.constexpr,
+                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Both gradients of the depth-wise conv from one read of the tensors they need (the input gradient and
+    the weight gradient each read all three, so two kernels would read them twice):
 
-    ``bn2_ptr`` holds five rows of C (scale2, shift2, ga, gb, gc), ``bn1_ptr`` three (scale1, shift1, mean1).
+    - ``out = act'(z1) * DW3x3^T(conv output gradient)``, the gradient w.r.t. the first batch norm's output
+      ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``, ``sum(out * (h - mean1))``;
+    - per channel and tap k, ``sum_p act(z1)[p + offset_k] * (conv output gradient)[p]``, into rows
+      ``9 * program_id(0) + k`` of ``weight_ptr``. Each position block's nine tap sums go into rows 0-8 of one
+      ``(16, BLOCK_C)`` accumulator (a power of two, as Triton's shapes must be).
+
+    The conv output gradient at ``p`` is the input gradient's centre tap and ``h`` at ``p`` the weight
+    gradient's, so each is computed once. ``bn2_ptr`` holds five rows of C (scale2, shift2, ga, gb, gc),
+    ``bn1_ptr`` three (scale1, shift1, mean1).
     """
     scale2, shift2, ga, gb, gc = _load_rows5(bn2_ptr, C, BLOCK_C)
     scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
     shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
     mean1 = _load_channels(bn1_ptr + 2 * C, C, BLOCK_C)
+    tap = tl.arange(0, 16)[:, None]
+    totals = tl.zeros((16, BLOCK_C), dtype=tl.float32)
     total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in range(BLOCKS):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for k in tl.static_range(9):  # the output at p - offset_k read this input p through tap k
-            q, inside = _neighbour(p, 1 - k // 3, 1 - k % 3, H, W, P)
-            qmask = inside[:, None] & (c < C)[None, :]
-            conv_grad = _conv_output_grad(grad_ptr, se_ptr, x2_ptr, q, c, qmask, P, C, H * W, scale2, shift2,
-                                          ga, gb, gc, HAS_SE, ACT)
-            acc += conv_grad * tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
+        conv_grad = _conv_output_grad(grad_ptr, se_ptr, x2_ptr, p, c, mask, P, C, H * W, scale2, shift2,
+                                      ga, gb, gc, HAS_SE, ACT)
         h = _load(h_ptr, p, c, mask, C)
-        out = tl.where(mask, acc * _act_grad(h * scale1 + shift1, ACT), 0.0)
+        z1 = h * scale1 + shift1
+        acc = conv_grad * _tap_weight(w_ptr, c, 4, C)
+        totals += tl.where(tap == 4, tl.sum(tl.where(mask, _act(z1, ACT), 0.0) * conv_grad, 0)[None, :], 0.0)
+        for k in tl.static_range(9):
+            if k != 4:  # the centre tap is done above
+                # input gradient: the output at p - offset_k read this input p through tap k
+                q, inside = _neighbour(p, 1 - k // 3, 1 - k % 3, H, W, P)
+                qmask = inside[:, None] & (c < C)[None, :]
+                acc += _conv_output_grad(grad_ptr, se_ptr, x2_ptr, q, c, qmask, P, C, H * W, scale2, shift2,
+                                         ga, gb, gc, HAS_SE, ACT) * _tap_weight(w_ptr, c, k, C)
+                # weight gradient: this output p read the input p + offset_k through tap k
+                q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
+                qmask = inside[:, None] & (c < C)[None, :]
+                a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale1 + shift1, ACT), 0.0)
+                totals += tl.where(tap == k, tl.sum(a * conv_grad, 0)[None, :], 0.0)
+        out = tl.where(mask, acc * _act_grad(z1, ACT), 0.0)
         _store(out_ptr, p, c, mask, C, out)
         total += out
         total_dot += out * tl.where(mask, h - mean1, 0.0)
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
     _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
-
-
-@triton.jit
-def _dw_backward_weight_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, h_ptr, bn1_ptr, out_ptr, H, W, P, C, BLOCKS,
-                               HAS_SE: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
-                               BLOCK_C: tl.constexpr):
-    """Per channel and tap k: ``sum_p act(z1)[p + offset_k] * (conv output gradient)[p]``, into rows
-    ``9 * program_id(0) + k`` of ``out``. Same ``bn2_ptr``/``bn1_ptr`` rows as the input gradient.
-
-    Each position block is read once: its nine tap sums go into rows 0-8 of one ``(16, BLOCK_C)``
-    accumulator (a power of two, as Triton's shapes must be)."""
-    scale2, shift2, ga, gb, gc = _load_rows5(bn2_ptr, C, BLOCK_C)
-    scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
-    shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
-    tap = tl.arange(0, 16)[:, None]
-    totals = tl.zeros((16, BLOCK_C), dtype=tl.float32)
-    for i in range(BLOCKS):
-        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
-        conv_grad = _conv_output_grad(grad_ptr, se_ptr, x2_ptr, p, c, mask, P, C, H * W, scale2, shift2,
-                                      ga, gb, gc, HAS_SE, ACT)
-        for k in tl.static_range(9):
-            q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
-            qmask = inside[:, None] & (c < C)[None, :]
-            a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale1 + shift1, ACT), 0.0)
-            totals += tl.where(tap == k, tl.sum(a * conv_grad, 0)[None, :], 0.0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rows = tl.program_id(0) * 9 + tap
-    tl.store(out_ptr + rows * C + c[None, :], totals, mask=(tap < 9) & (c < C)[None, :])
+    tl.store(weight_ptr + rows * C + c[None, :], totals, mask=(tap < 9) & (c < C)[None, :])
 
 
 @triton.jit
@@ -485,12 +487,10 @@ class _LocalityMiddle(torch.autograd.Function):
         bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
         bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
         grad_z1 = torch.empty_like(x)
-        _dw_backward_input_kernel[grid](grad, se_rows, conv, bn2_rows, w, x, bn1_rows, grad_z1, total, dot,
-                                        H, W, P, C, blocks, **meta, num_warps=TAP_WARPS)
-        total1, dot1 = total.sum(0), dot.sum(0)
         weight_partial = _partial(grid[0] * 9, C, x)
-        _dw_backward_weight_kernel[grid](grad, se_rows, conv, bn2_rows, x, bn1_rows, weight_partial, H, W, P,
-                                         C, blocks, **meta, num_warps=TAP_WARPS)
+        _dw_backward_kernel[grid](grad, se_rows, conv, bn2_rows, w, x, bn1_rows, grad_z1, total, dot,
+                                  weight_partial, H, W, P, C, blocks, **meta, num_warps=TAP_WARPS)
+        total1, dot1 = total.sum(0), dot.sum(0)
         grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3)
         coef1 = _input_grad_coefficients(gamma1.float(), mean1, rstd1, total1, dot1, P, ctx.batch_stats[0])
         grad_h = torch.empty_like(x)
