@@ -18,6 +18,7 @@ import timm
 import torch
 
 import lvit
+from lvit.results import git_state
 
 T = TypeVar("T")
 
@@ -60,14 +61,17 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def environment(device: str, **extra: Any) -> dict[str, Any]:
-    """Device, library versions, date and precision: the header of every JSON result."""
+    """Device, library versions, code state, date and precision: the header of every JSON result."""
     cuda = device.startswith("cuda")
+    sha, dirty = git_state()
     return dict(
         device=torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
         torch=torch.__version__,
         timm=timm.__version__,
         **extra,
         lvit=lvit.__version__,
+        git_sha=sha,
+        dirty=dirty,
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         precision="bf16 autocast" if cuda else "fp32",
         cpu_threads=torch.get_num_threads(),
