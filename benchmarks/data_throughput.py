@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import lvit
 from lvit.data import LocalShapes, Scenes
 from lvit.experiments.recipes import CLASSIFICATION_PROFILES, DEPTH_PROFILES, model_overrides
+from lvit.results import git_state
 
 
 def rate(fn: Callable[[int], int], samples: int, warmup: int, device: str) -> float:
@@ -210,6 +211,7 @@ def main() -> None:
     wall = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
+    sha, dirty = git_state()
     env = dict(
         device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         cpu=platform.processor() or platform.machine(),
@@ -218,6 +220,8 @@ def main() -> None:
         torch=torch.__version__,
         timm=timm.__version__,
         lvit=lvit.__version__,
+        git_sha=sha,
+        dirty=dirty,
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     print(

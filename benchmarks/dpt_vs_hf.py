@@ -331,6 +331,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     wall = time.monotonic()
+    env = environment(args.device, transformers=transformers.__version__)  # code state at the start
     allow_tf32()
     bench = Bench(args)
     for name in args.models:
@@ -347,7 +348,6 @@ def main() -> None:
         bench.step(name, "fast_batch", lambda name=name: bench.fast_batch(name))
     for name in args.compile_models:
         bench.step(name, "compiled", lambda name=name: bench.compiled(name))
-    env = environment(args.device, transformers=transformers.__version__)
     print(markdown(bench.results, env, args))
     write_json(args.out, "dpt_vs_hf", env, args, wall, results=bench.results)
 

@@ -274,6 +274,7 @@ def main() -> None:
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args()
     wall = time.monotonic()
+    env = environment("cpu")  # the code state and date at the start, before anything can change them
     if args.rows:
         rows = table_row_ratios(args)
         print("| model | kwargs | MB per image (fwd + bwd) | DeiT-T / model, bytes | measured eager ratio "
@@ -284,20 +285,19 @@ def main() -> None:
             cost = f"{r['percent_per_extra_mb']:.3f}" if r["percent_per_extra_mb"] else "–"
             print(f"| {r['model']} | {r['kwargs'] or ''} | {r['mb_per_image']:.1f} | {r['byte_ratio']:.3f} "
                   f"| {measured} | {cost} |")
-        write_json(args.out, "step_traffic_rows", environment("cpu"), args, wall, rows=rows)
+        write_json(args.out, "step_traffic_rows", env, args, wall, rows=rows)
         return
     if args.dpt:
         dpt = dpt_inference_traffic(args)
         print("| model | HF MB per image | lvit MB per image | HF / lvit |\n|---|---:|---:|---:|")
         for name, mb in dpt.items():
             print(f"| {name} | {mb['hf']:.0f} | {mb['lvit']:.0f} | {mb['hf'] / mb['lvit']:.3f} |")
-        write_json(args.out, "step_traffic_dpt", environment("cpu"), args, wall, mb_per_image=dpt)
+        write_json(args.out, "step_traffic_dpt", env, args, wall, mb_per_image=dpt)
         return
     models = ("deit_tiny_patch16_224", "localvit_tiny")
     traffic = {name: step_traffic(name, args, fused=args.fused and name == models[1]) for name in models}
     totals = {name: per_image_mb(traffic[name], args.batch_size) for name in models}
     rows = operator_rows(traffic["localvit_tiny"], traffic["deit_tiny_patch16_224"], args.batch_size)
-    env = environment("cpu")
     print(markdown(totals, rows, env, args))
     write_json(args.out, "step_traffic", env, args, wall, totals_mb_per_image=totals, operators=rows)
 
