@@ -8,7 +8,7 @@
 #   TOTAL_S=572 BENCH=after OUT=/tmp/gpu_out bash benchmarks/gpu_session.sh  # suite first, then benchmarks
 #   TOTAL_S=572 BENCH=after DENSE_SEEDS=3 DENSE_MAX_S=150 OUT=... bash ...  # suite, 3 dense seeds, benchmarks
 #   DEVICE=cpu PROFILE=smoke BENCH=0 DENSE_SEEDS=2 JOBS=2 TRAIN_WORKERS=2 OUT=... bash ...  # dry run, CPU
-#   TOTAL_S=170 BENCH=train OUT=... bash ...  # the training-speed benchmarks alone (a second call)
+#   TOTAL_S=170 BENCH=train OUT=... bash ...  # the speed benchmarks alone (a second call)
 #
 # The sanity step trains every model family for a few smoke steps on the GPU; if that fails the session stops
 # at once (exit 3), so a bug costs seconds of GPU time, not the lease. Each step's time limit is cut to what
@@ -22,14 +22,17 @@ REPORT_S=${REPORT_S:-55}  # kept back for the report notebook and the archive
 JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU idle between launches
 TRAIN_WORKERS=${TRAIN_WORKERS:-8}  # processes training the classification tables' runs beside the notebooks
 BENCH=${BENCH:-1}         # 1: benchmarks before the suite; after: in the time the suite leaves; 0: none;
-                          # train: only the training-speed ones (fused kernels' test, ratios, profile)
+                          # train: the training-speed ones (fused kernels' test, ratios, profile), then
+                          # DPT at batch 32 in what is left
 SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
 DENSE_SEEDS=${DENSE_SEEDS:-1}  # >1: after the suite, the dense tables again at this many seeds (seed 0 reused)
 DENSE_MAX_S=${DENSE_MAX_S:-100000}  # at most this long, so that BENCH=after keeps some time
 DENSE_NOTEBOOKS="dpt_read_ablation dpt_zero_shot_depth dpt_segmentation dpt_inference_resolution"
 DEVICE=${DEVICE:-cuda}    # cpu: a dry run of the plumbing
 PROFILE=${PROFILE:-proxy} # smoke: with DEVICE=cpu BENCH=0, the whole script in minutes on a laptop
-if [ "$BENCH" = train ]; then SANITY=0; fi  # the benchmarks check what they time themselves
+if [ "$BENCH" = train ]; then  # the benchmarks check what they time themselves, and no report is written
+    SANITY=0 REPORT_S=${REPORT_S_TRAIN:-15}
+fi
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH=${PYTHONPATH:-}:$PWD
 LOGS=$OUT/logs BENCH_DIR=$OUT/bench
@@ -131,6 +134,15 @@ training_speed_benchmarks() {  # the training-throughput target first: the fused
     stamp "step_profile (where LocalViT-T's extra time goes, per CUDA kernel) exit $?"
 }
 
+dpt_batch_benchmark() {  # the DPT batch-32 target in what is left: eager pair, channels_last, compiled
+    local left
+    left=$(budget 100)
+    if [ "$left" -lt 45 ]; then stamp "dpt_vs_hf (batch 32) skipped: ${left} s left"; return; fi
+    timeout -k 5 "$left" python3 benchmarks/dpt_vs_hf.py --models dpt_hybrid --graph-models --compile-models \
+        --max-seconds $((left - 10)) --out "$BENCH_DIR/dpt_vs_hf_batch.json" >"$BENCH_DIR/dpt_vs_hf_batch.log" 2>&1
+    stamp "dpt_vs_hf (batch 32: eager, channels_last eager, compiled channels_last) exit $?"
+}
+
 run_benchmarks() {
     stamp "benchmarks"
     training_speed_benchmarks
@@ -147,8 +159,9 @@ run_benchmarks() {
     tail -q -n 40 "$BENCH_DIR"/*.log | grep -E "^\|" | cut -c1-170
 }
 
-if [ "$BENCH" = train ]; then  # the training-speed benchmarks alone, e.g. in a second call of a session
+if [ "$BENCH" = train ]; then  # the speed targets alone, e.g. in a second call of a session
     training_speed_benchmarks
+    dpt_batch_benchmark
     tail -q -n 40 "$BENCH_DIR"/*.log | grep -E "^\|" | cut -c1-170
     exit 0
 fi
