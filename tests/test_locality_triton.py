@@ -65,8 +65,8 @@ def _assert_same_state_and_grads(ours: nn.Module, reference: nn.Module) -> None:
 def test_middle_equals_the_eager_modules(act: str, attn: str, training: bool,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Two programs per channel block, so the kernels' loops over several position blocks run (on a GPU
-    # that is the usual case: 128 programs for 50k positions). 35 positions per image: blocks of 32 straddle
-    # images, which the SE gate (one per image) must follow.
+    # that is the usual case: 128 programs for 50k positions). 35 positions per image: blocks of BLOCK_P and
+    # MAP_BLOCK_P positions straddle images, which the SE gate (one per image) must follow.
     monkeypatch.setattr(fused, "SUM_PROGRAMS", 2)
     torch.manual_seed(0)
     ffn = LocalityFeedForward(40, 2.0, act=act, attn=attn, se_reduction=4).to(DEVICE).train(training)

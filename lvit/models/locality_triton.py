@@ -37,8 +37,9 @@ ACT_CODES = {"relu6": 0, "hswish": 1}
 BLOCK_P = 16  # positions (b, y, x) per tile
 BLOCK_C = 64  # channels per tile; contiguous in channels-last memory
 # The two kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per
-# thread) ptxas fits them in 110-160 registers without spilling on sm_90; with 4 warps and 32 x 64 tiles they
-# spilled (checked ahead of time with triton.compile for GPUTarget("cuda", 90, 32) and ptxas -v).
+# thread) ptxas fits them in 113 (forward) and 214 (backward) registers without spilling on sm_90; with 4
+# warps and 32 x 64 tiles they spilled (checked ahead of time with triton.compile for GPUTarget("cuda", 90,
+# 32) and ptxas -v).
 TAP_WARPS = 8
 MAP_BLOCK_P = 64  # the two elementwise kernels take larger tiles: fewer, fuller programs
 
