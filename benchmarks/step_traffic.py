@@ -61,6 +61,10 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
     return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
 
 
+# the counts run on the CPU: a custom op's own kernel is its CPU one
+CPU_KERNEL = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
 class TrafficCounter(TorchDispatchMode):
     """Bytes read + written per (phase, operator) by every aten operator that moves data: not a view, and
     not an operator that hands back its input (dropout in eval mode, a cast to the dtype a tensor has)."""
@@ -71,6 +75,9 @@ class TrafficCounter(TorchDispatchMode):
         self.bytes: dict[tuple[str, str], int] = defaultdict(int)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func.namespace == "lvit":  # the fused locality path's custom ops: count what runs inside them
+            with self:
+                return func.redispatch(CPU_KERNEL, *args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         inputs, outputs = _tensors((args, kwargs)), _tensors(out)
         storages = {t.untyped_storage().data_ptr() for t in inputs}

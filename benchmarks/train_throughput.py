@@ -82,7 +82,7 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     ``mode``: ``eager``; ``compiled`` (``torch.compile``); ``graphed``, the training loop's CUDA-graph step
     (``lvit.engine.graphed``: forward, loss and backward replayed, the optimizer eager); ``fused``, eager with
     the locality feed-forward's Triton kernels (``set_fused_locality``; DeiT-T, which has none, runs eager);
-    ``compiled-fused``, compiled around those kernels (the fused feed-forward is a graph break).
+    ``compiled-fused``, compiled with those kernels as custom ops in the graph.
     """
     device = torch.device(args.device)
     name, kwargs = model

@@ -162,19 +162,42 @@ def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
 
 
 @needs_kernels
-def test_compiled_model_runs_the_fused_kernels_between_its_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_traces_the_fused_kernels_into_one_graph() -> None:
+    """The kernels are custom ops: dynamo keeps them in its graph (no graph break), AOTAutograd traces their
+    fake shapes and autograd formula, and the compiled step updates the same gradients and batch-norm state
+    as the eager modules."""
     torch.manual_seed(0)
-    model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=1, num_heads=2,
+    model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=2, num_heads=2,
                               se_reduction=4, num_classes=5).to(DEVICE)
+    _randomise_batch_norms(model)
     reference = copy.deepcopy(model)
     set_fused_locality(model)
-    calls = []
-    kernels = fused.locality_middle
-    monkeypatch.setattr(fused, "locality_middle", lambda *args: calls.append(1) or kernels(*args))
+    graphs = []
+    after_dynamo = torch._dynamo.lookup_backend("inductor" if ON_GPU else "aot_eager")
+
+    def recording_backend(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]) -> object:
+        graphs.append(graph)
+        return after_dynamo(graph, example_inputs)
+
     images = torch.randn(4, 3, 48, 48, device=DEVICE)
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend="eager")
-    compiled(images).sum().backward()
+    torch.compile(model, backend=recording_backend)(images).sum().backward()
     reference(images).sum().backward()
-    assert calls == [1]  # dynamo did not trace the feed-forward into its graph: the kernels ran
+    assert len(graphs) == 1, f"{len(graphs)} graphs: the fused feed-forward broke the graph"
+    ops = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
+    assert ops.count(torch.ops.lvit.locality_middle.default) == 2
     _assert_same_state_and_grads(model, reference)
+
+
+@needs_kernels
+@pytest.mark.parametrize("attn", ["se", "none"])
+def test_custom_ops_pass_torch_library_opcheck(attn: str) -> None:
+    """Schema, fake shapes and strides, autograd registration and AOT dispatch, as torch checks them."""
+    torch.manual_seed(0)
+    ffn = LocalityFeedForward(16, 2.0, attn=attn, se_reduction=4).to(DEVICE)
+    h = torch.randn(2, 32, 4, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    bn1, _, dw, bn2, _, *se = ffn.conv[1:7]
+    se_params = [p.detach() for p in se[0].parameters()] if attn == "se" else []
+    args = (h.requires_grad_(), dw.weight.detach().requires_grad_(), torch.rand(4, 32, device=DEVICE) + 0.5,
+            torch.rand(4, 32, device=DEVICE) + 0.5, [1e-5, 1e-5], [True, False], 1, se_params)
+    torch.library.opcheck(torch.ops.lvit.locality_middle.default, args)

@@ -41,6 +41,8 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     eager, fused = (step_traffic("localvit_tiny", args, fused=f, **tiny) for f in (False, True))
     assert not any(op.startswith("triton:") for _, op in eager)
     assert ("forward", "hardswish") in eager and not any(op == "hardswish" for _, op in fused)
+    # the kernels' custom ops are counted by what runs inside them, not once more as operators of their own
+    assert not any("locality_middle" in op for _, op in fused)
     # DW forward: reads the expand output, writes the conv output (both 2 x 16 positions x 64 channels),
     # reads scale, shift (64 each) and the 64 x 9 weights, writes two rows of partial sums per program
     hidden, rows = 2 * 16 * 64, kernels._sum_grid(2 * 16, 64)[0][0]

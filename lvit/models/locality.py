@@ -119,8 +119,8 @@ class LocalityFeedForward(nn.Module):
 
     ``fused`` (default False; :func:`set_fused_locality` turns it on) runs ``BN -> act -> DW -> BN -> act``
     and SE (not ECA) in the Triton kernels of :mod:`lvit.models.locality_triton` when the input is on a GPU:
-    same parameters, buffers and arithmetic, fewer passes over memory. Under ``torch.compile`` the fused
-    feed-forward is a graph break: compiled graphs run around it.
+    same parameters, buffers and arithmetic, fewer passes over memory. The kernels are custom ops, so
+    ``torch.compile`` traces the fused feed-forward without a graph break and compiles the rest around them.
     """
 
     def __init__(
@@ -158,7 +158,6 @@ class LocalityFeedForward(nn.Module):
             return x + self._fused_conv(x)
         return x + self.conv(x)
 
-    @torch.compiler.disable  # launches its own Triton kernels: a compiled caller runs it between its graphs
     def _fused_conv(self, x: torch.Tensor) -> torch.Tensor:
         from lvit.models.locality_triton import locality_middle  # imports triton: only where it runs
 

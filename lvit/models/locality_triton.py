@@ -12,7 +12,8 @@ Forward: a statistics pass over ``h``; the conv pass, which also gathers the sec
 pooling pass; the activation pass. Backward: a sums pass (per image with SE: the gate's gradient and the
 second batch norm's sums together); the depth-wise conv's gradient pass (input and weight gradients from
 one read, gathering the first batch norm's sums); the final pass. SE's excitation MLP is a few ``(B, C)``
-matmuls in PyTorch.
+matmuls in PyTorch. Forward and backward are custom ops (``lvit::locality_middle``,
+``lvit::locality_middle_backward``), so ``torch.compile`` keeps them in its graph instead of breaking it.
 
 Same arithmetic as the eager modules, in fp32 whatever the storage dtype, with the same batch-norm
 semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``,
@@ -362,22 +363,25 @@ def _uses_batch_statistics(bn: nn.BatchNorm2d) -> bool:
     return bn.training or bn.running_mean is None
 
 
-def _normalisation(bn: nn.BatchNorm2d, total: torch.Tensor, total_sq: torch.Tensor, count: int
-                   ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(mean, 1/std, batch statistics?) as ``F.batch_norm`` would use them: the running statistics, or the
-    batch's from the per-program channel sums and sums of squares, updating the running statistics exactly
-    as ``nn.BatchNorm2d.forward`` does."""
-    if not _uses_batch_statistics(bn):
-        return bn.running_mean.float(), torch.rsqrt(bn.running_var.float() + bn.eps), False
-    total, total_sq = total.sum(0), total_sq.sum(0)
-    mean = total / count
-    var = (total_sq / count - mean * mean).clamp_min(0.0)
-    if bn.training and bn.track_running_stats:
-        bn.num_batches_tracked.add_(1)
-        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-        bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
-    return mean, torch.rsqrt(var + bn.eps), True
+def _bhwc(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` -> the contiguous ``(B, H, W, C)`` tensor the kernels index (no copy when ``t`` is
+    channels-last already)."""
+    return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+
+
+def _batch_moments(total: torch.Tensor, total_sq: torch.Tensor, count: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's mean and biased variance per channel, from per-program sums and sums of squares."""
+    mean = total.sum(0) / count
+    return mean, (total_sq.sum(0) / count - mean * mean).clamp_min(0.0)
+
+
+def _scale_shift(gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch norm as ``scale * x + shift`` per channel; also returns 1/std."""
+    rstd = torch.rsqrt(var + eps)
+    scale = gamma * rstd
+    return rstd, scale, beta - mean * scale
 
 
 def _input_grad_coefficients(gamma: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
@@ -393,12 +397,43 @@ def _input_grad_coefficients(gamma: torch.Tensor, mean: torch.Tensor, rstd: torc
     return torch.stack([ga, gb, -ga * total / count - gb * mean])
 
 
-def _se_gate(pooled: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor
-             ) -> torch.Tensor:
-    """:class:`~lvit.models.locality.SELayer`'s excitation (Linear, ReLU, Linear, hard sigmoid), in fp32."""
+def _se_hidden(pooled: torch.Tensor, se_params: list[torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:class:`~lvit.models.locality.SELayer`'s excitation (Linear, ReLU, Linear, hard sigmoid) in fp32, up to
+    the hard sigmoid: (first pre-activation, hidden, second pre-activation)."""
+    w1, b1, w2, b2 = (p.float() for p in se_params)
     with torch.autocast(pooled.device.type, enabled=False):
-        hidden = F.relu(F.linear(pooled, w1.float(), b1.float()))
-        return F.hardsigmoid(F.linear(hidden, w2.float(), b2.float()))
+        pre = F.linear(pooled, w1, b1)
+        hidden = F.relu(pre)
+        return pre, hidden, F.linear(hidden, w2, b2)
+
+
+def _se_gate_backward(gate_grad: torch.Tensor, pooled: torch.Tensor, se_params: list[torch.Tensor]
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The excitation's backward by hand (a custom op's kernel runs below autograd): gradients w.r.t. the
+    pooled input and the four parameters, with PyTorch's conventions at the kinks (the hard sigmoid passes
+    the gradient on ``-3 < z < 3`` only, the ReLU on ``pre > 0``)."""
+    pre, hidden, z = _se_hidden(pooled, se_params)
+    w1, w2 = se_params[0].float(), se_params[2].float()
+    with torch.autocast(pooled.device.type, enabled=False):
+        grad_z = gate_grad * ((z > -3) & (z < 3)) / 6
+        grad_pre = (grad_z @ w2) * (pre > 0)
+        grads = [grad_pre.t() @ pooled, grad_pre.sum(0), grad_z.t() @ hidden, grad_z.sum(0)]
+        return grad_pre @ w1, [g.to(p.dtype) for g, p in zip(grads, se_params, strict=True)]
+
+
+def _se_forward(conv: torch.Tensor, scale2: torch.Tensor, shift2: torch.Tensor, se_params: list[torch.Tensor],
+                act: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SE's (pooled input, gate), each ``(B, C)``; one-element stand-ins without SE."""
+    if not se_params:  # two tensors, as a custom op's outputs may not alias each other; zeros, as its
+        # outputs must be deterministic (torch.library.opcheck compares two runs)
+        return tuple(torch.zeros(1, dtype=torch.float32, device=conv.device) for _ in range(2))
+    B, H, W, C = conv.shape
+    pooled = _partial(B, C, conv)
+    _image_pool_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, pooled, H * W, C, ACT=act,
+                                                     BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+    pooled /= H * W
+    return pooled, F.hardsigmoid(_se_hidden(pooled, se_params)[2])
 
 
 def _se_backward(grad: torch.Tensor, conv: torch.Tensor, scale2: torch.Tensor, shift2: torch.Tensor,
@@ -413,93 +448,147 @@ def _se_backward(grad: torch.Tensor, conv: torch.Tensor, scale2: torch.Tensor, s
     _image_grad_sums_kernel[per_image](grad, conv, scale2, shift2, mean2, sums, B, H * W, C,
                                        ACT=act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
     gate_grad, grad_d, d_sum, grad_d_xc, d_xc = sums
-    with torch.enable_grad():  # the excitation is a few (B, C) matmuls: recompute it under autograd
-        leaves = [t.detach().requires_grad_() for t in (pooled, *se_params)]
-        pooled_grad, *se_grads = torch.autograd.grad(_se_gate(*leaves), leaves, gate_grad)
+    pooled_grad, se_grads = _se_gate_backward(gate_grad, pooled, se_params)
     # the activation's output gradient is grad * gate + pooled_grad / HW, per image and channel
     through_pool = pooled_grad / (H * W)
     total = (gate * grad_d + through_pool * d_sum).sum(0)
     dot = (gate * grad_d_xc + through_pool * d_xc).sum(0)
-    se_grads = [g.to(p.dtype) for g, p in zip(se_grads, se_params, strict=True)]
     return total, dot, torch.stack([gate, through_pool]).contiguous(), se_grads
 
 
-class _LocalityMiddle(torch.autograd.Function):
-    """``act(BN2(DW(act(BN1(h)))))``, times SE's gate when ``se_params`` (w1, b1, w2, b2) are given."""
+# The kernels are wrapped as two custom ops (forward, backward) so that torch.compile traces through them:
+# the graph keeps them as opaque calls and compiles the rest of the block around them. Ops may not mutate
+# module state, so the batch norms' running statistics are updated by the caller, from the moments the
+# forward returns. Arguments: ``affine`` rows (gamma1, beta1, gamma2, beta2) in fp32; ``moments`` rows
+# (mean1, var1, mean2, var2), read for a batch norm that normalises with its running statistics
+# (``batch[i]`` False); ``act`` a code of ACT_CODES; ``se_params`` SE's (w1, b1, w2, b2), or empty.
+@torch.library.custom_op("lvit::locality_middle", mutates_args=())
+def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+                    eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, depth-wise output, the moments used (as ``moments``), SE's pooled input, SE's gate)."""
+    B, C, H, W = h.shape
+    x = _bhwc(h)
+    P = B * H * W
+    w = weight.reshape(C, 9).float().contiguous()
+    grid, blocks = _sum_grid(P, C)
+    total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
+    mean1, var1 = moments[0], moments[1]
+    if batch[0]:
+        _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        mean1, var1 = _batch_moments(total, total_sq, P)
+    _, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
+    conv = torch.empty_like(x)
+    _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, ACT=act,
+                             BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=TAP_WARPS)
+    mean2, var2 = _batch_moments(total, total_sq, P) if batch[1] else (moments[2], moments[3])
+    _, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
+    pooled, gate = _se_forward(conv, scale2, shift2, se_params, act)
+    out = torch.empty_like(x)
+    _scale_shift_act_kernel[_map_grid(P, C)](conv, scale2, shift2, gate, out, P, C, H * W,
+                                             HAS_SE=bool(se_params), ACT=act, BLOCK_P=MAP_BLOCK_P,
+                                             BLOCK_C=BLOCK_C)
+    used = torch.stack([mean1, var1, mean2, var2])
+    return out.permute(0, 3, 1, 2), conv.permute(0, 3, 1, 2), used, pooled, gate
 
-    @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, gamma1: torch.Tensor, beta1: torch.Tensor, weight: torch.Tensor,
-                gamma2: torch.Tensor, beta2: torch.Tensor, bn1: nn.BatchNorm2d, bn2: nn.BatchNorm2d, act: int,
-                *se_params: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = h.shape
-        x = h.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
-        P = B * H * W
-        meta = dict(ACT=act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
-        w = weight.reshape(C, 9).float().contiguous()
-        grid, blocks = _sum_grid(P, C)
-        total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
-        if _uses_batch_statistics(bn1):  # eval mode normalises with the running statistics
-            _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
-        mean1, rstd1, batch1 = _normalisation(bn1, total, total_sq, P)
-        scale1 = gamma1.float() * rstd1
-        shift1 = beta1.float() - mean1 * scale1
-        conv = torch.empty_like(x)
-        _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, **meta,
-                                 num_warps=TAP_WARPS)
-        mean2, rstd2, batch2 = _normalisation(bn2, total, total_sq, P)
-        scale2 = gamma2.float() * rstd2
-        shift2 = beta2.float() - mean2 * scale2
-        pooled = gate = torch.empty(1, dtype=torch.float32, device=x.device)  # stand-ins without SE
-        if se_params:
-            pooled = _partial(B, C, x)
-            _image_pool_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, pooled, H * W, C, **meta)
-            pooled /= H * W
-            gate = _se_gate(pooled, *se_params)
-        out = torch.empty_like(x)
-        _scale_shift_act_kernel[_map_grid(P, C)](conv, scale2, shift2, gate, out, P, C, H * W,
-                                                 HAS_SE=bool(se_params), ACT=act, BLOCK_P=MAP_BLOCK_P,
-                                                 BLOCK_C=BLOCK_C)
-        ctx.save_for_backward(x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2,
-                              shift2, pooled, gate, *se_params)
-        ctx.batch_stats = (batch1, batch2)
-        ctx.weight_dtype = weight.dtype
-        ctx.act = act
-        return out.permute(0, 3, 1, 2)
 
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (x, conv, w, gamma1, gamma2, mean1, rstd1, scale1, shift1, mean2, rstd2, scale2, shift2, pooled,
-         gate, *se_params) = ctx.saved_tensors
-        B, H, W, C = x.shape
-        P = B * H * W
-        grad = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-        grid, blocks = _sum_grid(P, C)
-        meta = dict(ACT=ctx.act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, HAS_SE=bool(se_params))
-        total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
-        if se_params:
-            total2, dot2, se_rows, se_grads = _se_backward(grad, conv, scale2, shift2, mean2, pooled, gate,
-                                                           se_params, ctx.act)
-        else:
-            se_rows, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
-            _act_bn_grad_sums_kernel[grid](grad, conv, scale2, shift2, mean2, total, dot, P, C, blocks,
-                                           ACT=ctx.act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
-            total2, dot2 = total.sum(0), dot.sum(0)
-        coef2 = _input_grad_coefficients(gamma2.float(), mean2, rstd2, total2, dot2, P, ctx.batch_stats[1])
-        bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
-        bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
-        grad_z1 = torch.empty_like(x)
-        weight_partial = _partial(grid[0] * 9, C, x)
-        _dw_backward_kernel[grid](grad, se_rows, conv, bn2_rows, w, x, bn1_rows, grad_z1, total, dot,
-                                  weight_partial, H, W, P, C, blocks, **meta, num_warps=TAP_WARPS)
-        total1, dot1 = total.sum(0), dot.sum(0)
-        grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3)
-        coef1 = _input_grad_coefficients(gamma1.float(), mean1, rstd1, total1, dot1, P, ctx.batch_stats[0])
-        grad_h = torch.empty_like(x)
-        _affine_kernel[_map_grid(P, C)](grad_z1, x, coef1.contiguous(), grad_h, P, C,
-                                        BLOCK_P=MAP_BLOCK_P, BLOCK_C=BLOCK_C)
-        return (grad_h.permute(0, 3, 1, 2), (rstd1 * dot1).to(gamma1.dtype), total1.to(gamma1.dtype),
-                grad_weight.to(ctx.weight_dtype), (rstd2 * dot2).to(gamma2.dtype), total2.to(gamma2.dtype),
-                None, None, None, *se_grads)
+@_middle_forward.register_fake
+def _middle_forward_shapes(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+                           eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
+                           ) -> tuple[torch.Tensor, ...]:
+    se_shape = h.shape[:2] if se_params else (1,)
+    return (torch.empty_like(h, memory_format=torch.channels_last),
+            torch.empty_like(h, memory_format=torch.channels_last), torch.empty_like(moments),
+            h.new_empty(se_shape, dtype=torch.float32), h.new_empty(se_shape, dtype=torch.float32))
+
+
+@torch.library.custom_op("lvit::locality_middle_backward", mutates_args=())
+def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor, weight: torch.Tensor,
+                     affine: torch.Tensor, moments: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor,
+                     eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Gradients w.r.t. (h, weight, affine, se_params), from the forward's inputs and saved outputs."""
+    x, conv, grad = _bhwc(h), _bhwc(conv), _bhwc(grad_out)
+    B, H, W, C = x.shape
+    P = B * H * W
+    mean1, var1, mean2, var2 = moments
+    rstd1, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
+    rstd2, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
+    grid, blocks = _sum_grid(P, C)
+    total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
+    if se_params:
+        total2, dot2, se_rows, se_grads = _se_backward(grad, conv, scale2, shift2, mean2, pooled, gate,
+                                                       se_params, act)
+    else:
+        se_rows, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
+        _act_bn_grad_sums_kernel[grid](grad, conv, scale2, shift2, mean2, total, dot, P, C, blocks,
+                                       ACT=act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        total2, dot2 = total.sum(0), dot.sum(0)
+    coef2 = _input_grad_coefficients(affine[2], mean2, rstd2, total2, dot2, P, batch[1])
+    bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
+    bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
+    grad_z1 = torch.empty_like(x)
+    weight_partial = _partial(grid[0] * 9, C, x)
+    _dw_backward_kernel[grid](grad, se_rows, conv, bn2_rows, weight.reshape(C, 9).float().contiguous(), x,
+                              bn1_rows, grad_z1, total, dot, weight_partial, H, W, P, C, blocks, ACT=act,
+                              BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, HAS_SE=bool(se_params), num_warps=TAP_WARPS)
+    total1, dot1 = total.sum(0), dot.sum(0)
+    grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3)
+    coef1 = _input_grad_coefficients(affine[0], mean1, rstd1, total1, dot1, P, batch[0])
+    grad_h = torch.empty_like(x)
+    _affine_kernel[_map_grid(P, C)](grad_z1, x, coef1.contiguous(), grad_h, P, C,
+                                    BLOCK_P=MAP_BLOCK_P, BLOCK_C=BLOCK_C)
+    grad_affine = torch.stack([rstd1 * dot1, total1, rstd2 * dot2, total2])
+    return grad_h.permute(0, 3, 1, 2), grad_weight.to(weight.dtype), grad_affine, se_grads
+
+
+@_middle_backward.register_fake
+def _middle_backward_shapes(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor, weight: torch.Tensor,
+                            affine: torch.Tensor, moments: torch.Tensor, pooled: torch.Tensor,
+                            gate: torch.Tensor, eps: list[float], batch: list[bool], act: int,
+                            se_params: list[torch.Tensor]) -> tuple[Any, ...]:
+    return (torch.empty_like(h, memory_format=torch.channels_last), torch.empty_like(weight),
+            torch.empty_like(affine), [torch.empty_like(p) for p in se_params])
+
+
+def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
+    h, weight, affine, _, eps, batch, act, se_params = inputs
+    _, conv, moments, pooled, gate = output
+    ctx.mark_non_differentiable(conv, moments, pooled, gate)
+    # else autograd passes a zero-filled gradient for each of those four; the node only runs when ``out`` has
+    # a gradient, the one differentiable output
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(h, conv, weight, affine, moments, pooled, gate, *se_params)
+    ctx.eps, ctx.batch, ctx.act = eps, batch, act
+
+
+def _middle_gradients(ctx: Any, grad_out: torch.Tensor, *_non_differentiable: None) -> tuple[Any, ...]:
+    h, conv, weight, affine, moments, pooled, gate, *se_params = ctx.saved_tensors
+    grad_h, grad_weight, grad_affine, se_grads = _middle_backward(
+        grad_out, h, conv, weight, affine, moments, pooled, gate, ctx.eps, ctx.batch, ctx.act, se_params)
+    return grad_h, grad_weight, grad_affine, None, None, None, None, se_grads
+
+
+_middle_forward.register_autograd(_middle_gradients, setup_context=_save_for_backward)
+
+
+def _running_moments(bn: nn.BatchNorm2d, device: torch.device) -> list[torch.Tensor]:
+    """The running mean and variance ``bn`` normalises with in eval mode; zeros (unread) where it uses the
+    batch's."""
+    if _uses_batch_statistics(bn):
+        return [torch.zeros(bn.num_features, dtype=torch.float32, device=device)] * 2
+    return [bn.running_mean.float(), bn.running_var.float()]
+
+
+def _update_running_statistics(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    """What ``nn.BatchNorm2d.forward`` does to its buffers in training, given the batch's mean and biased
+    variance: the momentum update, with the unbiased variance, and ``num_batches_tracked``."""
+    if not (bn.training and bn.track_running_stats):
+        return
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+    bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
 
 
 def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn.BatchNorm2d, act: str,
@@ -507,6 +596,13 @@ def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn
     """``act(bn2(dw(act(bn1(h)))))``, then ``se`` if given, for a 3x3 stride-1 depth-wise ``dw``, with the
     modules' parameters and batch-norm state, in the Triton kernels above. ``h`` is ``(B, C, H, W)`` on a
     device Triton runs on."""
-    se_params = (se.fc[0].weight, se.fc[0].bias, se.fc[2].weight, se.fc[2].bias) if se is not None else ()
-    return _LocalityMiddle.apply(h, bn1.weight, bn1.bias, dw.weight, bn2.weight, bn2.bias, bn1, bn2,
-                                 ACT_CODES[act], *se_params)
+    se_params = [se.fc[0].weight, se.fc[0].bias, se.fc[2].weight, se.fc[2].bias] if se is not None else []
+    affine = torch.stack([bn1.weight, bn1.bias, bn2.weight, bn2.bias]).float()
+    moments = torch.stack([*_running_moments(bn1, h.device), *_running_moments(bn2, h.device)])
+    out, _, used, _, _ = _middle_forward(h, dw.weight, affine, moments, [bn1.eps, bn2.eps],
+                                         [_uses_batch_statistics(bn1), _uses_batch_statistics(bn2)],
+                                         ACT_CODES[act], se_params)
+    count = h.shape[0] * h.shape[2] * h.shape[3]
+    _update_running_statistics(bn1, used[0], used[1], count)
+    _update_running_statistics(bn2, used[2], used[3], count)
+    return out
