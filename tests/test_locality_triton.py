@@ -198,6 +198,11 @@ def test_custom_ops_pass_torch_library_opcheck(attn: str) -> None:
     h = torch.randn(2, 32, 4, 5, device=DEVICE).contiguous(memory_format=torch.channels_last)
     bn1, _, dw, bn2, _, *se = ffn.conv[1:7]
     se_params = [p.detach() for p in se[0].parameters()] if attn == "se" else []
-    args = (h.requires_grad_(), dw.weight.detach().requires_grad_(), torch.rand(4, 32, device=DEVICE) + 0.5,
-            torch.rand(4, 32, device=DEVICE) + 0.5, [1e-5, 1e-5], [True, False], 1, se_params)
+    weight, affine = dw.weight.detach(), torch.rand(4, 32, device=DEVICE) + 0.5
+    settings = ([1e-5, 1e-5], [True, False], 1)  # eps, batch statistics?, act
+    args = (h.requires_grad_(), weight.requires_grad_(), affine, affine.clone(), *settings, se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle.default, args)
+    _, conv, moments, pooled, gate = torch.ops.lvit.locality_middle(*args)
+    backward_args = (torch.randn_like(h), h.detach(), conv, weight.detach(), affine, moments, pooled, gate,
+                     *settings, se_params)
+    torch.library.opcheck(torch.ops.lvit.locality_middle_backward.default, backward_args)

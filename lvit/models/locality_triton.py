@@ -533,7 +533,7 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor
                               bn1_rows, grad_z1, total, dot, weight_partial, H, W, P, C, blocks, ACT=act,
                               BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, HAS_SE=bool(se_params), num_warps=TAP_WARPS)
     total1, dot1 = total.sum(0), dot.sum(0)
-    grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3)
+    grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3).contiguous()
     coef1 = _input_grad_coefficients(affine[0], mean1, rstd1, total1, dot1, P, batch[0])
     grad_h = torch.empty_like(x)
     _affine_kernel[_map_grid(P, C)](grad_z1, x, coef1.contiguous(), grad_h, P, C,
