@@ -59,15 +59,26 @@ def _assert_same_state_and_grads(ours: nn.Module, reference: nn.Module) -> None:
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
+# Other tiles than the defaults, as benchmarks/locality_kernels.py --tiles may time them: every tile size
+# must give the same result (narrower channel blocks, fewer positions, other warp counts).
+OTHER_TILES = {"sums": fused.Tiles(32, 32, 2), "per_image": fused.Tiles(8, 32, 2),
+               "dw_forward": fused.Tiles(8, 32, 4), "dw_backward": fused.Tiles(16, 32, 4),
+               "map": fused.Tiles(16, 32, 2)}
+
+
 @needs_kernels
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize(("act", "attn"), [("hswish", "se"), ("relu6", "none"), ("hswish", "none")])
-def test_middle_equals_the_eager_modules(act: str, attn: str, training: bool,
+@pytest.mark.parametrize(("act", "attn", "training", "tiles"), [
+    ("hswish", "se", True, fused.TILES), ("hswish", "se", False, fused.TILES),
+    ("relu6", "none", True, fused.TILES), ("relu6", "none", False, fused.TILES),
+    ("hswish", "none", True, fused.TILES), ("hswish", "none", False, fused.TILES),
+    ("hswish", "se", True, OTHER_TILES)], ids=lambda v: "other-tiles" if v is OTHER_TILES else None)
+def test_middle_equals_the_eager_modules(act: str, attn: str, training: bool, tiles: dict[str, fused.Tiles],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     # Two programs per channel block, so the kernels' loops over several position blocks run (on a GPU
-    # that is the usual case: 128 programs for 50k positions). 35 positions per image: blocks of BLOCK_P and
-    # MAP_BLOCK_P positions straddle images, which the SE gate (one per image) must follow.
+    # that is the usual case: 128 programs for 50k positions). 35 positions per image: blocks of positions
+    # straddle images, which the SE gate (one per image) must follow.
     monkeypatch.setattr(fused, "SUM_PROGRAMS", 2)
+    monkeypatch.setattr(fused, "TILES", tiles)
     torch.manual_seed(0)
     ffn = LocalityFeedForward(40, 2.0, act=act, attn=attn, se_reduction=4).to(DEVICE).train(training)
     _randomise_batch_norms(ffn)  # 80 hidden channels: a full and a partial channel block
@@ -149,15 +160,16 @@ def _hopper_register_report(kernel: object, constants: dict[str, object], num_wa
 def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
     """A kernel that spills registers to local memory loses much of its bandwidth; the tile sizes and warp
     counts are chosen so that none does (at bf16, h-swish, with SE: the largest variant)."""
-    # as launched: the nine-tap kernels with TAP_WARPS, the elementwise ones with MAP_BLOCK_P tiles
-    taps = {"_dw_forward_kernel", "_dw_backward_kernel"}
-    elementwise = {"_scale_shift_act_kernel", "_affine_kernel"}
+    launched_with = {"_channel_sums_kernel": "sums", "_act_bn_grad_sums_kernel": "sums",
+                     "_image_pool_kernel": "per_image", "_image_grad_sums_kernel": "per_image",
+                     "_dw_forward_kernel": "dw_forward", "_dw_backward_kernel": "dw_backward",
+                     "_scale_shift_act_kernel": "map", "_affine_kernel": "map"}
     kernels = {name: k for name, k in vars(fused).items() if name.endswith("_kernel")}
-    assert taps | elementwise <= set(kernels)
+    assert set(kernels) == set(launched_with)
     for name, kernel in kernels.items():
-        block_p = fused.MAP_BLOCK_P if name in elementwise else fused.BLOCK_P
-        constants = dict(BLOCK_P=block_p, BLOCK_C=fused.BLOCK_C, ACT=1, HAS_SE=True)
-        report = _hopper_register_report(kernel, constants, fused.TAP_WARPS if name in taps else 4)
+        tiles = fused.TILES[launched_with[name]]
+        constants = dict(BLOCK_P=tiles.positions, BLOCK_C=tiles.channels, ACT=1, HAS_SE=True)
+        report = _hopper_register_report(kernel, constants, tiles.warps)
         assert " 0 bytes spill stores" in report, f"{name}: {report}"
 
 

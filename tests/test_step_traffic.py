@@ -45,12 +45,13 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     assert not any("locality_middle" in op for _, op in fused)
     # DW forward: reads the expand output, writes the conv output (both 2 x 16 positions x 64 channels),
     # reads scale, shift (64 each) and the 64 x 9 weights, writes two rows of partial sums per program
-    hidden, rows = 2 * 16 * 64, kernels._sum_grid(2 * 16, 64)[0][0]
+    hidden, rows = 2 * 16 * 64, kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_forward"])[0][0]
     floats = 2 * hidden + 2 * 64 + 64 * 9 + 2 * rows * 64
     assert fused[("forward", "triton:_dw_forward_kernel")] == 4 * floats
     # DW backward, both gradients in one pass: reads the output gradient, the conv output and the expand
     # output, writes the gradient w.r.t. the first batch norm's output; plus SE's (gate, pooled-gradient)
     # rows (2 x 2 images x 64), the eight per-channel rows and the weights, and 2 + 9 rows of partial sums
+    rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_backward"])[0][0]
     floats = 4 * hidden + 2 * 2 * 64 + 8 * 64 + 64 * 9 + (2 + 9) * rows * 64
     assert fused[("backward", "triton:_dw_backward_kernel")] == 4 * floats
     assert sum(fused.values()) < sum(eager.values())

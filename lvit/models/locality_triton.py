@@ -24,7 +24,7 @@ which loses digits only when a channel's mean dwarfs its spread (not the case af
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -35,14 +35,32 @@ import triton.language as tl
 from lvit.models.locality import SELayer
 
 ACT_CODES = {"relu6": 0, "hswish": 1}
-BLOCK_P = 16  # positions (b, y, x) per tile
-BLOCK_C = 64  # channels per tile; contiguous in channels-last memory
-# The two kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per
-# thread) ptxas fits them in 113 (forward) and 214 (backward) registers without spilling on sm_90; with 4
-# warps and 32 x 64 tiles they spilled (checked ahead of time with triton.compile for GPUTarget("cuda", 90,
-# 32) and ptxas -v).
-TAP_WARPS = 8
-MAP_BLOCK_P = 64  # the two elementwise kernels take larger tiles: fewer, fuller programs
+
+
+class Tiles(NamedTuple):
+    """How a kernel's launch cuts the ``(positions, channels)`` plane: a tile of ``positions`` (b, y, x) by
+    ``channels`` (contiguous in channels-last memory) per step, run by ``warps`` warps."""
+
+    positions: int
+    channels: int
+    warps: int
+
+    def meta(self) -> dict[str, int]:
+        return dict(BLOCK_P=self.positions, BLOCK_C=self.channels, num_warps=self.warps)
+
+
+# Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU. The two
+# kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per thread)
+# ptxas fits them in 113 (forward) and 214 (backward) registers without spilling on sm_90; with 4 warps and
+# 32 x 64 tiles they spilled (checked ahead of time with triton.compile for GPUTarget("cuda", 90, 32) and
+# ptxas -v). The elementwise kernels take larger tiles: fewer, fuller programs.
+TILES = {
+    "sums": Tiles(16, 64, 4),  # the per-channel sums over all positions
+    "per_image": Tiles(16, 64, 4),  # SE's per-image pooling and sums
+    "dw_forward": Tiles(16, 64, 8),
+    "dw_backward": Tiles(16, 64, 8),
+    "map": Tiles(64, 64, 4),  # the two elementwise kernels
+}
 
 
 @triton.jit
@@ -344,15 +362,21 @@ def _affine_kernel(g_ptr, x_ptr, coef_ptr, out_ptr, P, C, BLOCK_P: tl.constexpr,
 SUM_PROGRAMS = 128
 
 
-def _sum_grid(P: int, C: int) -> tuple[tuple[int, int], int]:
-    blocks = triton.cdiv(P, BLOCK_P)
+def _sum_grid(P: int, C: int, tiles: Tiles) -> tuple[tuple[int, int], int]:
+    """(grid, position blocks per program) of a kernel that sums over positions; ``grid[0]`` programs per
+    channel block write one row of partial sums each."""
+    blocks = triton.cdiv(P, tiles.positions)
     programs = min(blocks, SUM_PROGRAMS)
     per_program = triton.cdiv(blocks, programs)
-    return (triton.cdiv(blocks, per_program), triton.cdiv(C, BLOCK_C)), per_program
+    return (triton.cdiv(blocks, per_program), triton.cdiv(C, tiles.channels)), per_program
 
 
-def _map_grid(P: int, C: int) -> tuple[int, int]:
-    return triton.cdiv(P, MAP_BLOCK_P), triton.cdiv(C, BLOCK_C)
+def _map_grid(P: int, C: int, tiles: Tiles) -> tuple[int, int]:
+    return triton.cdiv(P, tiles.positions), triton.cdiv(C, tiles.channels)
+
+
+def _image_grid(B: int, C: int, tiles: Tiles) -> tuple[int, int]:
+    return B, triton.cdiv(C, tiles.channels)
 
 
 def _partial(rows: int, C: int, like: torch.Tensor) -> torch.Tensor:
@@ -430,8 +454,9 @@ def _se_forward(conv: torch.Tensor, scale2: torch.Tensor, shift2: torch.Tensor, 
         return tuple(torch.zeros(1, dtype=torch.float32, device=conv.device) for _ in range(2))
     B, H, W, C = conv.shape
     pooled = _partial(B, C, conv)
-    _image_pool_kernel[(B, triton.cdiv(C, BLOCK_C))](conv, scale2, shift2, pooled, H * W, C, ACT=act,
-                                                     BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+    tiles = TILES["per_image"]
+    _image_pool_kernel[_image_grid(B, C, tiles)](conv, scale2, shift2, pooled, H * W, C, ACT=act,
+                                                 **tiles.meta())
     pooled /= H * W
     return pooled, F.hardsigmoid(_se_hidden(pooled, se_params)[2])
 
@@ -444,9 +469,9 @@ def _se_backward(grad: torch.Tensor, conv: torch.Tensor, scale2: torch.Tensor, s
     backward kernels read, and the gradients of SE's parameters."""
     B, H, W, C = conv.shape
     sums = _partial(5 * B, C, conv).view(5, B, C)
-    per_image = (B, triton.cdiv(C, BLOCK_C))
-    _image_grad_sums_kernel[per_image](grad, conv, scale2, shift2, mean2, sums, B, H * W, C,
-                                       ACT=act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+    tiles = TILES["per_image"]
+    _image_grad_sums_kernel[_image_grid(B, C, tiles)](grad, conv, scale2, shift2, mean2, sums, B, H * W, C,
+                                                      ACT=act, **tiles.meta())
     gate_grad, grad_d, d_sum, grad_d_xc, d_xc = sums
     pooled_grad, se_grads = _se_gate_backward(gate_grad, pooled, se_params)
     # the activation's output gradient is grad * gate + pooled_grad / HW, per image and channel
@@ -471,23 +496,25 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
     x = _bhwc(h)
     P = B * H * W
     w = weight.reshape(C, 9).float().contiguous()
-    grid, blocks = _sum_grid(P, C)
-    total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
     mean1, var1 = moments[0], moments[1]
     if batch[0]:
-        _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+        grid, blocks = _sum_grid(P, C, TILES["sums"])
+        total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
+        _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, **TILES["sums"].meta())
         mean1, var1 = _batch_moments(total, total_sq, P)
     _, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
     conv = torch.empty_like(x)
+    grid, blocks = _sum_grid(P, C, TILES["dw_forward"])
+    total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
     _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, ACT=act,
-                             BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, num_warps=TAP_WARPS)
+                             **TILES["dw_forward"].meta())
     mean2, var2 = _batch_moments(total, total_sq, P) if batch[1] else (moments[2], moments[3])
     _, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
     pooled, gate = _se_forward(conv, scale2, shift2, se_params, act)
     out = torch.empty_like(x)
-    _scale_shift_act_kernel[_map_grid(P, C)](conv, scale2, shift2, gate, out, P, C, H * W,
-                                             HAS_SE=bool(se_params), ACT=act, BLOCK_P=MAP_BLOCK_P,
-                                             BLOCK_C=BLOCK_C)
+    _scale_shift_act_kernel[_map_grid(P, C, TILES["map"])](conv, scale2, shift2, gate, out, P, C, H * W,
+                                                           HAS_SE=bool(se_params), ACT=act,
+                                                           **TILES["map"].meta())
     used = torch.stack([mean1, var1, mean2, var2])
     return out.permute(0, 3, 1, 2), conv.permute(0, 3, 1, 2), used, pooled, gate
 
@@ -514,30 +541,31 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor
     mean1, var1, mean2, var2 = moments
     rstd1, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
     rstd2, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
-    grid, blocks = _sum_grid(P, C)
-    total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
     if se_params:
         total2, dot2, se_rows, se_grads = _se_backward(grad, conv, scale2, shift2, mean2, pooled, gate,
                                                        se_params, act)
     else:
         se_rows, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
+        grid, blocks = _sum_grid(P, C, TILES["sums"])
+        total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
         _act_bn_grad_sums_kernel[grid](grad, conv, scale2, shift2, mean2, total, dot, P, C, blocks,
-                                       ACT=act, BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C)
+                                       ACT=act, **TILES["sums"].meta())
         total2, dot2 = total.sum(0), dot.sum(0)
     coef2 = _input_grad_coefficients(affine[2], mean2, rstd2, total2, dot2, P, batch[1])
     bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
     bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
     grad_z1 = torch.empty_like(x)
-    weight_partial = _partial(grid[0] * 9, C, x)
+    grid, blocks = _sum_grid(P, C, TILES["dw_backward"])
+    total, dot, weight_partial = _partial(grid[0], C, x), _partial(grid[0], C, x), _partial(grid[0] * 9, C, x)
     _dw_backward_kernel[grid](grad, se_rows, conv, bn2_rows, weight.reshape(C, 9).float().contiguous(), x,
                               bn1_rows, grad_z1, total, dot, weight_partial, H, W, P, C, blocks, ACT=act,
-                              BLOCK_P=BLOCK_P, BLOCK_C=BLOCK_C, HAS_SE=bool(se_params), num_warps=TAP_WARPS)
+                              HAS_SE=bool(se_params), **TILES["dw_backward"].meta())
     total1, dot1 = total.sum(0), dot.sum(0)
     grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3).contiguous()
     coef1 = _input_grad_coefficients(affine[0], mean1, rstd1, total1, dot1, P, batch[0])
     grad_h = torch.empty_like(x)
-    _affine_kernel[_map_grid(P, C)](grad_z1, x, coef1.contiguous(), grad_h, P, C,
-                                    BLOCK_P=MAP_BLOCK_P, BLOCK_C=BLOCK_C)
+    _affine_kernel[_map_grid(P, C, TILES["map"])](grad_z1, x, coef1.contiguous(), grad_h, P, C,
+                                                  **TILES["map"].meta())
     grad_affine = torch.stack([rstd1 * dot1, total1, rstd2 * dot2, total2])
     return grad_h.permute(0, 3, 1, 2), grad_weight.to(weight.dtype), grad_affine, se_grads
 
