@@ -7,6 +7,7 @@ in a child pytest started with it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import subprocess
@@ -225,3 +226,27 @@ def test_custom_ops_pass_torch_library_opcheck(attn: str) -> None:
     backward_args = (torch.randn_like(h), h.detach(), conv, weight.detach(), affine, moments, pooled, gate,
                      *settings, se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle_backward.default, backward_args)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replays_the_fused_step() -> None:
+    """The training loop's CUDA-graph step (lvit.engine.graphed) captures the fused kernels: replays on new
+    batches give the eager modules' gradients and batch-norm state, step after step."""
+    from lvit.engine.graphed import capture_step
+
+    torch.manual_seed(0)
+    model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=2, num_heads=2,
+                              se_reduction=4, num_classes=5).to(DEVICE)
+    _randomise_batch_norms(model)
+    reference = copy.deepcopy(model)
+    set_fused_locality(model)
+    loss_fn = nn.CrossEntropyLoss()
+    batches = [(torch.randn(4, 3, 48, 48, device=DEVICE), torch.randint(0, 5, (4,), device=DEVICE))
+               for _ in range(3)]
+    graphed = capture_step(model, loss_fn, *batches[0], contextlib.nullcontext)
+    assert graphed is not None, "capture failed: see the warning"
+    for images, labels in batches:
+        graphed(images, labels)
+        reference.zero_grad(set_to_none=True)
+        loss_fn(reference(images), labels).backward()
+        _assert_same_state_and_grads(model, reference)
