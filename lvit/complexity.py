@@ -92,12 +92,25 @@ def _counted_modules(model: nn.Module) -> Iterator[tuple[nn.Module, Hook]]:
             yield module, hook
 
 
-@torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> int:
     """Multiply-accumulates of one forward pass of a single image of ``input_size`` (C, H, W), by the
     paper's convention (module docstring). The model is run in eval mode and restored afterwards."""
-    counts: list[int] = []
-    handles = [module.register_forward_hook(lambda mod, i, o, hook=hook: counts.append(hook(mod, i, o)))
+    return sum(count_macs_by_part(model, input_size).values())
+
+
+@torch.no_grad()
+def count_macs_by_part(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> dict[str, int]:
+    """:func:`count_macs` split by the model's top-level children (``model.named_children()``, e.g. DPT's
+    backbone, reassemble, fusion and head), in the order they first count; MACs of counted modules outside
+    every child under ``""``."""
+    part_of = {id(m): name for name, child in model.named_children() for m in child.modules()}
+    counts: dict[str, int] = {}
+
+    def record(module: nn.Module, hook: Hook, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        part = part_of.get(id(module), "")
+        counts[part] = counts.get(part, 0) + hook(module, inputs, out)
+
+    handles = [module.register_forward_hook(lambda mod, i, o, hook=hook: record(mod, hook, i, o))
                for module, hook in _counted_modules(model)]
     was_training = model.training
     param = next(model.parameters())
@@ -108,7 +121,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return sum(counts)
+    return counts
 
 
 # --- `lvit complexity` ---------------------------------------------------------------------------------

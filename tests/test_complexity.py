@@ -12,7 +12,7 @@ from timm.models.vision_transformer import Attention
 
 import lvit
 from lvit.cli import main
-from lvit.complexity import complexity_rows, count_macs, count_params, matches_printed
+from lvit.complexity import complexity_rows, count_macs, count_macs_by_part, count_params, matches_printed
 from lvit.experiments import list_experiments
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -48,6 +48,16 @@ def test_counting_rules_by_hand() -> None:
     n, d = 5, 8
     attention = (n * d * 3 * d + 3 * d) + 2 * n * n * d + (n * d * d + d)  # qkv + q@k, attn@v + proj
     assert count_macs(_Tiny(), (3, 5, 5)) == conv + bn + relu6 + pool + fc + attention
+
+
+def test_macs_by_part_split_the_total_by_top_level_child() -> None:
+    tiny = _Tiny()
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), tiny)  # the conv keeps the 1x3x5x5 shape _Tiny expects
+    parts = count_macs_by_part(model, (3, 5, 5))
+    assert list(parts) == ["0", "1"]
+    assert parts["0"] == 5 * 5 * 3 * 3 + 5 * 5 * 3  # 1x1 conv MACs + bias adds
+    assert parts["1"] == count_macs(tiny, (3, 5, 5))
+    assert sum(parts.values()) == count_macs(model, (3, 5, 5))
 
 
 def test_linear_bias_is_counted_once_per_feature_not_per_token() -> None:
