@@ -99,14 +99,21 @@ def test_middle_equals_the_eager_modules(act: str, attn: str, training: bool, ti
     _assert_same_state_and_grads(middle, reference)
 
 
-@needs_kernels
-def test_fused_localvit_trains_like_the_eager_one() -> None:
+def _fused_localvit_and_reference() -> tuple[nn.Module, nn.Module]:
+    """A 2-block LocalViT (48x48, 5 classes) with random batch-norm state, switched to the fused kernels,
+    and an eager copy of it made before the switch."""
     torch.manual_seed(0)
     model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=2, num_heads=2,
                               se_reduction=4, num_classes=5).to(DEVICE)
     _randomise_batch_norms(model)
     reference = copy.deepcopy(model)
     assert set_fused_locality(model) == 2
+    return model, reference
+
+
+@needs_kernels
+def test_fused_localvit_trains_like_the_eager_one() -> None:
+    model, reference = _fused_localvit_and_reference()
     images = torch.randn(4, 3, 48, 48, device=DEVICE)
     labels = torch.tensor([0, 1, 2, 3], device=DEVICE)
     for net in (model, reference):
@@ -186,12 +193,7 @@ def test_compile_traces_the_fused_kernels_into_one_graph() -> None:
     """The kernels are custom ops: dynamo keeps them in its graph (no graph break), AOTAutograd traces their
     fake shapes and autograd formula, and the compiled step updates the same gradients and batch-norm state
     as the eager modules."""
-    torch.manual_seed(0)
-    model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=2, num_heads=2,
-                              se_reduction=4, num_classes=5).to(DEVICE)
-    _randomise_batch_norms(model)
-    reference = copy.deepcopy(model)
-    set_fused_locality(model)
+    model, reference = _fused_localvit_and_reference()
     graphs = []
     after_dynamo = torch._dynamo.lookup_backend("inductor" if ON_GPU else "aot_eager")
 
@@ -234,12 +236,7 @@ def test_cuda_graph_replays_the_fused_step() -> None:
     batches give the eager modules' gradients and batch-norm state, step after step."""
     from lvit.engine.graphed import capture_step
 
-    torch.manual_seed(0)
-    model = lvit.create_model("localvit_tiny", img_size=48, patch_size=8, embed_dim=24, depth=2, num_heads=2,
-                              se_reduction=4, num_classes=5).to(DEVICE)
-    _randomise_batch_norms(model)
-    reference = copy.deepcopy(model)
-    set_fused_locality(model)
+    model, reference = _fused_localvit_and_reference()
     loss_fn = nn.CrossEntropyLoss()
     batches = [(torch.randn(4, 3, 48, 48, device=DEVICE), torch.randint(0, 5, (4,), device=DEVICE))
                for _ in range(3)]
