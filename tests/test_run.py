@@ -224,7 +224,7 @@ def test_reproduce_does_pending_trainings_in_worker_processes(tmp_path):
     assert set(dense["row"]) == {"DPT-Hybrid", "DPT-Large"}
 
 
-def test_pending_trainings_start_with_the_models_whose_stored_runs_took_longest(tmp_path):
+def test_pending_trainings_go_seed_by_seed_slowest_model_first(tmp_path):
     from lvit.engine.run import pending_work
 
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
@@ -235,6 +235,9 @@ def test_pending_trainings_start_with_the_models_whose_stored_runs_took_longest(
         (runs / f"older{i}.json").write_text(json.dumps({"model": model, "wall_s": wall, "history": []}))
     models = [t.model for t in pending_work(["localvit_activation"], "smoke", 1, "cpu", **dirs)]
     assert models == ["deit_tiny_patch16_224"] + ["localvit_tiny"] * 6 + ["localvit_tiny_se4"]  # no hint
+    # several seeds: every row at seed 0 before any at seed 1, so that a deadline leaves no row unseeded
+    order = [(t.seed, t.model) for t in pending_work(["localvit_activation"], "smoke", 2, "cpu", **dirs)]
+    assert order == [(seed, model) for seed in (0, 1) for model in models]
 
 
 @pytest.mark.parametrize("profile", ["smoke", "proxy"])

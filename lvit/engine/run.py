@@ -435,8 +435,8 @@ def pending_work(
 ) -> list[PendingWork]:
     """What running experiments ``names`` at ``profile`` would train, without what is stored: the dense
     backbones' pretrainings first (every dense row waits for one), then the dense runs, then the other
-    classification trainings, slowest model first. Each classification training appears once, however many
-    tables (or backbones) share it.
+    classification trainings, seed by seed and slowest model first within a seed. Each classification
+    training appears once, however many tables (or backbones) share it.
 
     ``seeds`` is a count (None: each experiment's default at the profile). A (row, seed) whose table result
     is stored under the current declaration needs no training, as in :func:`run_experiment`.
@@ -461,7 +461,7 @@ def pending_work(
             dense += [DenseRun(name, tuple(labels), seed, profile, str(target), str(results_dir),
                                str(data_root)) for labels in groups.values()]  # fmt: skip
     rest = [t for key, t in classification.items() if key not in pretrainings]
-    return [*pretrainings.values(), *dense, *_longest_first(rest, results_dir, profile)]
+    return [*pretrainings.values(), *dense, *_by_seed_slowest_first(rest, results_dir, profile)]
 
 
 def _pending_trainings(
@@ -486,15 +486,19 @@ def _shared_run_stored(training: Training) -> bool:
     return all(path(training.results_dir, training.profile, training.key).exists() for path in paths)
 
 
-def _longest_first(trainings: list[Training], results_dir: str | Path, profile: str) -> list[Training]:
-    """Order by the median wall time stored runs of the same model took at this profile (of any version:
-    a hint for scheduling, not a result), so the slow trainings start first and do not form the tail."""
+def _by_seed_slowest_first(trainings: list[Training], results_dir: str | Path, profile: str) -> list[Training]:
+    """Order by seed, then by the median wall time stored runs of the same model took at this profile (of
+    any version: a hint for scheduling, not a result), slowest first.
+
+    Seed first, so that a suite cut short by a deadline has every row at its first seed before any row at
+    its third; slowest first within a seed, so that the slow trainings do not form the tail.
+    """
     walls: dict[str, list[float]] = {}
     for path in (Path(results_dir) / profile / "runs").glob("*.json"):
         record = json.loads(path.read_text())
         walls.setdefault(record["model"], []).append(float(record["wall_s"]))
     median = {model: statistics.median(values) for model, values in walls.items()}
-    return sorted(trainings, key=lambda t: -median.get(t.model, 0.0))  # stable: unknown models keep order
+    return sorted(trainings, key=lambda t: (t.seed, -median.get(t.model, 0.0)))  # stable: ties keep order
 
 
 def run_pending(work: PendingWork) -> None:
