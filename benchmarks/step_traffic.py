@@ -14,18 +14,20 @@ against a GPU: for every model of the LocalViT tables it prints the bytes beside
 of DeiT-T's step per MB per image on an H200). A fused kernel moves less than the operators it replaces, so
 the count is also the budget for fusion. ``--fused`` counts LocalViT-T with lvit's fused locality kernels
 (``set_fused_locality``), each Triton launch as the bytes of the tensors it is passed. ``--dpt`` counts one
-eval forward of lvit's and HuggingFace's DPT.
+eval forward of lvit's and HuggingFace's DPT, and of lvit's with ``set_low_precision_norms``.
 
 The count is per operator, not per kernel, and the same on every device for the same operator graph: it
 runs on the CPU. On CUDA, cuDNN's batch norm and convolution take the place of the CPU ones and read and
 write the same tensors; autocast's casts are counted where autocast inserts them (``--bf16``: CPU autocast,
-whose cast list differs from CUDA's in places).
+whose cast list differs from CUDA's in places; for ``group_norm``, which CPU autocast runs in bf16 and CUDA's
+in fp32, ``--dpt --bf16`` follows CUDA's, see :func:`cuda_autocast_group_norm`).
 
     python benchmarks/step_traffic.py --out results/bench/step_traffic.json            # 20 s on 2 cores
     python benchmarks/step_traffic.py --bf16                                             # 3 min
     python benchmarks/step_traffic.py --fused                                            # 25 s
     python benchmarks/step_traffic.py --rows --measured benchmarks/gpu/train_throughput.json   # 4 min
     HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --image-size 384 --batch-size 2  # 80 s
+    HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --bf16 --image-size 384 --batch-size 2
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from bench_common import environment, write_json
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import lvit
+from lvit.models.dpt import set_low_precision_norms
 from lvit.models.locality import set_fused_locality
 
 PHASES = ("forward", "backward", "optimizer")
@@ -165,20 +170,46 @@ def step_traffic(name: str, args: argparse.Namespace, fused: bool = False, **kwa
     return dict(counter.bytes)
 
 
+@contextlib.contextmanager
+def cuda_autocast_group_norm() -> Iterator[None]:
+    """Under CPU autocast, run ``group_norm`` in fp32 as CUDA's autocast does (CPU's runs it in the input's
+    bf16), so that a count of a GroupNorm model matches the GPU's operator graph; unchanged outside autocast.
+    Patches ``torch.nn.functional.group_norm``, which timm and transformers look up at each call."""
+    native = F.group_norm
+
+    def fp32_group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+                        bias: torch.Tensor | None = None, eps: float = 1e-5) -> torch.Tensor:
+        if not torch.is_autocast_enabled("cpu"):
+            return native(x, num_groups, weight, bias, eps)
+        with torch.autocast("cpu", enabled=False):
+            as_fp32 = [None if t is None else t.float() for t in (weight, bias)]
+            return native(x.float(), num_groups, *as_fp32, eps)
+
+    F.group_norm = fp32_group_norm
+    try:
+        yield
+    finally:
+        F.group_norm = native
+
+
 def dpt_inference_traffic(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """``--dpt``: MB per image one eval forward of lvit's and HuggingFace's DPT moves at ``--image-size``
-    (random weights: the bytes do not depend on the values), per model and implementation."""
+    (random weights: the bytes do not depend on the values), per model and implementation; lvit also with
+    ``set_low_precision_norms``. ``--bf16``: under autocast, with CUDA's fp32 ``group_norm``."""
     from dpt_vs_hf import HFDepth, hf_config  # transformers: the bench extra
 
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     totals: dict[str, dict[str, float]] = {}
     for name in ("dpt_hybrid", "dpt_large"):
         torch.manual_seed(0)
-        models = {"hf": HFDepth(hf_config(name, args.image_size)).eval(),
-                  "lvit": lvit.create_model(name, task="depth", readout="project").eval()}
+        ours = lvit.create_model(name, task="depth", readout="project").eval()
+        models = {"hf": HFDepth(hf_config(name, args.image_size)).eval(), "lvit": ours,
+                  "lvit_low_precision_norms": ours}
         for implementation, model in models.items():
+            set_low_precision_norms(ours, implementation == "lvit_low_precision_norms")
             counter = TrafficCounter()
-            with torch.inference_mode(), counter:
+            bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+            with torch.inference_mode(), cuda_autocast_group_norm(), counter, bf16:
                 model(images)
             totals.setdefault(name, {})[implementation] = sum(counter.bytes.values()) / 1e6 / args.batch_size
     return totals
@@ -265,7 +296,8 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="bytes per image barely depend on it")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--bf16", action="store_true", help="CPU bf16 autocast instead of fp32")
+    parser.add_argument("--bf16", action="store_true",
+                        help="CPU bf16 autocast instead of fp32 (with --dpt: group_norm in fp32, as on CUDA)")
     parser.add_argument("--top", type=int, default=15, help="operator rows to print")
     parser.add_argument("--rows", action="store_true",
                         help="instead: the byte ratio of every model of the LocalViT tables (minutes)")
@@ -296,9 +328,12 @@ def main() -> None:
         return
     if args.dpt:
         dpt = dpt_inference_traffic(args)
-        print("| model | HF MB per image | lvit MB per image | HF / lvit |\n|---|---:|---:|---:|")
+        print("| model | HF MB per image | lvit MB per image | HF / lvit | lvit, low-precision norms "
+              "| HF / that |\n|---|---:|---:|---:|---:|---:|")
         for name, mb in dpt.items():
-            print(f"| {name} | {mb['hf']:.0f} | {mb['lvit']:.0f} | {mb['hf'] / mb['lvit']:.3f} |")
+            low = mb["lvit_low_precision_norms"]
+            print(f"| {name} | {mb['hf']:.0f} | {mb['lvit']:.0f} | {mb['hf'] / mb['lvit']:.3f} | {low:.0f} "
+                  f"| {mb['hf'] / low:.3f} |")
         write_json(args.out, "step_traffic_dpt", env, args, wall, mb_per_image=dpt)
         return
     models = ("deit_tiny_patch16_224", "localvit_tiny")

@@ -126,16 +126,49 @@ def test_forward_shapes_at_official_sizes(size: tuple[int, int]) -> None:
     assert logits.shape == aux.shape == (1, 5, *size)
 
 
-def test_hybrid_forward_non_square() -> None:
-    """The real DPT-Hybrid (ResNet taps + ViT taps) at a small non-square size."""
+def _random_hybrid() -> DPT:
+    """The real DPT-Hybrid in eval mode, with a cheap random init instead of timm's (wiring, not values)."""
     model = _meta_model("dpt_hybrid").to_empty(device="cpu").eval()
     torch.manual_seed(0)
-    with torch.no_grad():  # a cheap random init instead of timm's (this only checks the wiring and shapes)
+    with torch.no_grad():
         for param in model.parameters():
             param.normal_(0, 0.02)
+    return model
+
+
+def test_hybrid_forward_non_square() -> None:
+    """The real DPT-Hybrid (ResNet taps + ViT taps) at a small non-square size."""
+    model = _random_hybrid()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
     assert out.shape == (1, 64, 96)
+
+
+def test_low_precision_norms_switch_every_norm_and_change_nothing_outside_autocast() -> None:
+    from lvit.models.dpt import set_low_precision_norms
+
+    model = _random_hybrid()
+    norms = [m for m in model.modules() if isinstance(m, (nn.GroupNorm, nn.LayerNorm))]
+    layer_norms = {m for m in norms if isinstance(m, nn.LayerNorm)}
+    out_dtypes: dict[nn.Module, torch.dtype] = {}
+    for norm in norms:
+        norm.register_forward_hook(lambda module, args, out: out_dtypes.__setitem__(module, out.dtype))
+    x = torch.randn(1, 3, 64, 64)
+
+    def finest_fusion(low_precision: bool, autocast: bool) -> torch.Tensor:
+        assert set_low_precision_norms(model, low_precision) == len(norms)  # the ResNet's GNs, the ViT's LNs
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model.forward_features(x)[-1].float()
+
+    assert len(norms) > 50 and layer_norms
+    assert torch.equal(finest_fusion(True, autocast=False), finest_fusion(False, autocast=False))
+    out_dtypes.clear()
+    default = finest_fusion(False, autocast=True)
+    ran = set(out_dtypes)  # not the final norm nor the blocks after the last tap
+    assert {out_dtypes[m] for m in ran & layer_norms} == {torch.float32}  # autocast's choice for layer_norm
+    low = finest_fusion(True, autocast=True)
+    assert set(out_dtypes) == ran and set(out_dtypes.values()) == {torch.bfloat16}
+    assert (low - default).abs().max() <= 0.05 * default.abs().max()  # bf16 rounding, not another function
 
 
 def test_backbone_taps_match_timm_at_native_size() -> None:

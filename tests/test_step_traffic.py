@@ -55,3 +55,27 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     floats = 4 * hidden + 2 * 2 * 64 + 8 * 64 + 64 * 9 + (2 + 9) * rows * 64
     assert fused[("backward", "triton:_dw_backward_kernel")] == 4 * floats
     assert sum(fused.values()) < sum(eager.values())
+
+
+def test_group_norm_is_counted_in_fp32_under_autocast_as_cuda_runs_it():
+    from step_traffic import cuda_autocast_group_norm
+    from timm.layers import GroupNormAct
+
+    from lvit.models.dpt import set_low_precision_norms
+
+    norm = GroupNormAct(8, num_groups=2)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16)  # 256 elements, 512 bytes
+
+    def counted(low_precision: bool, autocast: bool = True) -> tuple[torch.dtype, dict[str, int]]:
+        set_low_precision_norms(norm, low_precision)
+        counter = TrafficCounter()
+        bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+        with cuda_autocast_group_norm(), counter, bf16:
+            out = norm(x)
+        return out.dtype, {op: n for (_, op), n in counter.bytes.items()}
+
+    (default_dtype, default), (low_dtype, low) = counted(False), counted(True)
+    assert default_dtype == torch.float32 and low_dtype == torch.bfloat16
+    assert default["relu_"] == 2 * 256 * 4 and low["relu_"] == 2 * 256 * 2  # the ReLU after it, in place
+    assert sum(default.values()) > sum(low.values()) + 2 * 256 * 2  # and the fp32 copy of the input
+    assert counted(False, autocast=False)[0] == torch.bfloat16  # outside autocast: PyTorch's own group_norm

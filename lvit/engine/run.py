@@ -486,7 +486,9 @@ def _shared_run_stored(training: Training) -> bool:
     return all(path(training.results_dir, training.profile, training.key).exists() for path in paths)
 
 
-def _by_seed_slowest_first(trainings: list[Training], results_dir: str | Path, profile: str) -> list[Training]:
+def _by_seed_slowest_first(
+    trainings: list[Training], results_dir: str | Path, profile: str
+) -> list[Training]:
     """Order by seed, then by the median wall time stored runs of the same model took at this profile (of
     any version: a hint for scheduling, not a result), slowest first.
 
