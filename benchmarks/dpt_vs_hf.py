@@ -3,6 +3,8 @@
 For each of ``dpt_hybrid`` and ``dpt_large`` at 384x384 it measures
 
 * throughput (images/s) at batch 32, eager, bf16 autocast on GPU (fp32 on CPU), lvit vs HF, and their ratio;
+  in the same rounds, lvit with ``set_low_precision_norms`` (GroupNorm and LayerNorm in bf16 rather than
+  autocast's fp32; its fusion output is compared with the default's);
 * batch-1 latency (median ms), eager, HF vs lvit;
 * on GPU, for ``--graph-models`` (default both): lvit's batch-1 latency replaying one CUDA graph of its eager
   bf16 forward (captured by hand in about a second; checked against the eager output first): batch-1 DPT is
@@ -37,6 +39,7 @@ CPU smoke test:
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import statistics
 import time
@@ -50,6 +53,7 @@ from bench_common import allow_tf32, before_deadline, environment, synchronize, 
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
 import lvit
+from lvit.models.dpt import set_low_precision_norms
 
 # Intel/dpt-hybrid-midas's BiT-R50 stem and stages 1-3, as DPTConfig(is_hybrid=True) fills in by default;
 # spelled out so that no transformers version looks anything up.
@@ -176,15 +180,25 @@ class Bench:
     def eager(self, name: str) -> dict[str, Any]:
         args, device = self.args, torch.device(self.args.device)
         hf, ours, info = build_pair(name, args)
+        low_norms = copy.deepcopy(ours)
+        set_low_precision_norms(low_norms)
         batch = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
-        seconds = interleaved(dict(hf=hf, lvit=ours), batch, args.warmup, args.rounds)
+        seconds = interleaved(dict(hf=hf, lvit=ours, low_norms=low_norms), batch, args.warmup, args.rounds)
         single = torch.randn(1, 3, args.size, args.size, device=device)
         b1 = interleaved(dict(hf=hf, lvit=ours), single, args.warmup, args.b1_rounds)
+        # compared before the head: a freshly initialised depth head may output zeros (final ReLU)
+        with torch.inference_mode(), _autocast(device):
+            fusion = ours.forward_features(batch[:2])[-1].float()
+            diff = (low_norms.forward_features(batch[:2])[-1].float() - fusion).abs().max().item()
         return dict(
             info,
             hf_images_s=args.batch_size / seconds["hf"],
             lvit_images_s=args.batch_size / seconds["lvit"],
             ratio=seconds["hf"] / seconds["lvit"],
+            lvit_low_norms_images_s=args.batch_size / seconds["low_norms"],
+            low_norms_ratio=seconds["hf"] / seconds["low_norms"],
+            low_norms_fusion_max_abs_diff=diff,
+            fusion_max=fusion.abs().max().item(),
             hf_b1_ms=1e3 * b1["hf"],
             lvit_b1_ms=1e3 * b1["lvit"],
         )
@@ -282,15 +296,18 @@ def markdown(results: dict[str, dict[str, Any]], env: dict[str, Any], args: argp
         f"{args.b1_rounds} at b1)",
         "",
         f"| model | same weights: max abs diff (fp32) | HF img/s (b{args.batch_size}) | lvit img/s | ratio "
+        "| lvit low-precision norms img/s | ratio "
         "| HF b1 ms | lvit b1 ms | lvit CUDA-graph b1 ms | lvit compiled b1 ms "
         f"| lvit channels_last img/s (b{args.batch_size}) | ratio "
         f"| lvit compiled channels_last img/s (b{args.batch_size}) | HF img/s, same rounds | ratio |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         lines.append(
             f"| {name} | {fmt(r, 'max_abs_diff_fp32', '.2e')} | {fmt(r, 'hf_images_s', '.1f')} "
-            f"| {fmt(r, 'lvit_images_s', '.1f')} | {fmt(r, 'ratio', '.2f')} | {fmt(r, 'hf_b1_ms', '.1f')} "
+            f"| {fmt(r, 'lvit_images_s', '.1f')} | {fmt(r, 'ratio', '.2f')} "
+            f"| {fmt(r, 'lvit_low_norms_images_s', '.1f')} | {fmt(r, 'low_norms_ratio', '.2f')} "
+            f"| {fmt(r, 'hf_b1_ms', '.1f')} "
             f"| {fmt(r, 'lvit_b1_ms', '.1f')} | {fmt(r, 'lvit_graph_b1_ms', '.2f')} "
             f"| {fmt(r, 'lvit_compiled_b1_ms', '.2f')} | {fmt(r, 'lvit_channels_last_images_s', '.1f')} "
             f"| {fmt(r, 'channels_last_ratio', '.2f')} | {fmt(r, 'lvit_fast_images_s', '.1f')} "

@@ -153,7 +153,7 @@ dpt_batch_benchmark() {  # the DPT batch-32 target in what is left: eager pair, 
     if [ "$left" -lt 50 ]; then stamp "dpt_vs_hf (batch 32) skipped: ${left} s left"; return; fi
     timeout -k 5 "$left" python3 benchmarks/dpt_vs_hf.py --models dpt_hybrid --graph-models --compile-models \
         --max-seconds $((left - 20)) --out "$BENCH_DIR/dpt_vs_hf_batch.json" >"$BENCH_DIR/dpt_vs_hf_batch.log" 2>&1
-    stamp "dpt_vs_hf (batch 32: eager, channels_last eager, compiled channels_last) exit $?"
+    stamp "dpt_vs_hf (b32: eager, low-precision norms, channels_last, compiled) exit $?"
 }
 
 run_benchmarks() {
