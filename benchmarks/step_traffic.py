@@ -71,8 +71,14 @@ CPU_KERNEL = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
 class TrafficCounter(TorchDispatchMode):
-    """Bytes read + written per (phase, operator) by every aten operator that moves data: not a view, and
-    not an operator that hands back its input (dropout in eval mode, a cast to the dtype a tensor has)."""
+    """Bytes read + written per (phase, operator) by every aten operator that moves data: one whose outputs
+    are not all its inputs' storage (a view, dropout in eval mode, a cast to the dtype a tensor has), or that
+    writes its input in place.
+
+    Whether an operator moves data is read off its outputs, not its schema: under ``inference_mode`` the mode
+    sees ``to``, ``reshape`` and ``contiguous`` themselves, whose schemas say "may alias the input" although
+    a cast or a layout change copies.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,10 +92,10 @@ class TrafficCounter(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         inputs, outputs = _tensors((args, kwargs)), _tensors(out)
         storages = {t.untyped_storage().data_ptr() for t in inputs}
-        returns_input = not func._schema.is_mutable and all(
-            t.untyped_storage().data_ptr() in storages for t in outputs)
+        aliases_input = all(t.untyped_storage().data_ptr() in storages for t in outputs)
+        writes_in_place = func._schema.is_mutable and not func.is_view
         allocates = func.overloadpacket.__name__ in ALLOCATIONS  # reserves memory, moves none
-        if not func.is_view and not returns_input and not allocates:
+        if (writes_in_place or not aliases_input) and not allocates:
             self.bytes[(self.phase, func.overloadpacket.__name__)] += sum(map(tensor_bytes, inputs + outputs))
         return out
 

@@ -29,6 +29,21 @@ def test_bytes_read_and_written_per_operator():
                              ("backward", "add_"): 8000}
 
 
+def test_casts_and_copies_are_counted_under_inference_mode():
+    """There the mode sees ``to``, ``reshape`` and ``contiguous`` undecomposed, with "may alias" schemas."""
+    x = torch.ones(1000)  # 4000 bytes
+    grid = torch.ones(10, 100).t()  # not contiguous: reshaping it to 1-D copies
+    counter = TrafficCounter()
+    with torch.inference_mode(), counter:
+        x.to(torch.bfloat16)  # reads 4000, writes 2000
+        x.to(torch.float32)  # hands x back: nothing moves
+        grid.reshape(-1)  # a copy: reads and writes 4000
+        grid.contiguous()
+        x.reshape(10, 100)  # a view
+    assert counter.bytes == {("forward", "to"): 6000, ("forward", "reshape"): 8000,
+                             ("forward", "contiguous"): 8000}
+
+
 def test_fused_locality_kernels_are_counted_by_their_tensors():
     import argparse
 
