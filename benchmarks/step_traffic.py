@@ -26,8 +26,8 @@ in fp32, ``--dpt --bf16`` follows CUDA's, see :func:`cuda_autocast_group_norm`).
     python benchmarks/step_traffic.py --bf16                                             # 3 min
     python benchmarks/step_traffic.py --fused                                            # 25 s
     python benchmarks/step_traffic.py --rows --measured benchmarks/gpu/train_throughput.json   # 4 min
-    HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --image-size 384 --batch-size 2  # 80 s
-    HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --bf16 --image-size 384 --batch-size 2
+    HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --image-size 384 --batch-size 1          # 3 min
+    HF_HUB_OFFLINE=1 python benchmarks/step_traffic.py --dpt --bf16 --image-size 384 --batch-size 1   # 20 min
 """
 
 from __future__ import annotations
@@ -198,14 +198,24 @@ def cuda_autocast_group_norm() -> Iterator[None]:
         F.group_norm = native
 
 
-def dpt_inference_traffic(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """``--dpt``: MB per image one eval forward of lvit's and HuggingFace's DPT moves at ``--image-size``
-    (random weights: the bytes do not depend on the values), per model and implementation; lvit also with
-    ``set_low_precision_norms``. ``--bf16``: under autocast, with CUDA's fp32 ``group_norm``."""
+DPT_BATCH = 32  # the batch of the issue's DPT throughput target
+
+
+def dpt_inference_traffic(args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
+    """``--dpt``: MB per image per operator of one eval forward at batch ``DPT_BATCH`` of lvit's and
+    HuggingFace's DPT at ``--image-size`` (random weights: the bytes do not depend on the values), per model
+    and implementation; lvit also with ``set_low_precision_norms``. ``--bf16``: under autocast, with CUDA's
+    fp32 ``group_norm``.
+
+    A forward's bytes are a part per image plus a part per forward (autocast's casts of the weights, the
+    Hybrid's weight standardisation), which dominates at small batches. Counting at ``--batch-size`` and at
+    twice it separates the two exactly (the operator graph is the same), so the count at ``DPT_BATCH`` needs
+    no forward that large.
+    """
     from dpt_vs_hf import HFDepth, hf_config  # transformers: the bench extra
 
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
-    totals: dict[str, dict[str, float]] = {}
+    small, large = args.batch_size, 2 * args.batch_size
+    operators: dict[str, dict[str, dict[str, float]]] = {}
     for name in ("dpt_hybrid", "dpt_large"):
         torch.manual_seed(0)
         ours = lvit.create_model(name, task="depth", readout="project").eval()
@@ -213,12 +223,52 @@ def dpt_inference_traffic(args: argparse.Namespace) -> dict[str, dict[str, float
                   "lvit_low_precision_norms": ours}
         for implementation, model in models.items():
             set_low_precision_norms(ours, implementation == "lvit_low_precision_norms")
-            counter = TrafficCounter()
-            bf16 = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
-            with torch.inference_mode(), cuda_autocast_group_norm(), counter, bf16:
-                model(images)
-            totals.setdefault(name, {})[implementation] = sum(counter.bytes.values()) / 1e6 / args.batch_size
-    return totals
+            at_small, at_large = (forward_mb(model, b, args.image_size, args.bf16) for b in (small, large))
+            operators.setdefault(name, {})[implementation] = per_image_at(DPT_BATCH, small, at_small,
+                                                                          at_large)
+    return operators
+
+
+def per_image_at(batch: int, small: int, at_small: dict[str, float], at_large: dict[str, float]
+                 ) -> dict[str, float]:
+    """Per operator, the MB per image of a forward of ``batch``, from forwards of ``small`` and ``2 * small``
+    images: each operator's bytes are a part per image plus a part per forward."""
+    per_image = {op: (at_large.get(op, 0.0) - at_small.get(op, 0.0)) / small for op in at_large}
+    return {op: per_image[op] + (at_small.get(op, 0.0) - small * per_image[op]) / batch for op in at_large}
+
+
+def forward_mb(model: nn.Module, batch: int, image_size: int, bf16: bool) -> dict[str, float]:
+    """MB per operator of one eval forward of ``batch`` random images (``bf16``: under autocast, with
+    CUDA's fp32 ``group_norm``)."""
+    images = torch.randn(batch, 3, image_size, image_size)
+    counter = TrafficCounter()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(), cuda_autocast_group_norm(), counter, autocast:
+        model(images)
+    return {op: nbytes / 1e6 for (_, op), nbytes in counter.bytes.items()}
+
+
+def dpt_totals(operators: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """MB per image per model and implementation: the sum over operators."""
+    return {name: {impl: sum(ops.values()) for impl, ops in by_impl.items()}
+            for name, by_impl in operators.items()}
+
+
+def dpt_markdown(operators: dict[str, dict[str, dict[str, float]]], top: int) -> str:
+    """Totals per model, then each model's ``top`` operators by lvit's MB per image."""
+    lines = [f"MB per image at batch {DPT_BATCH}:", "",
+             "| model | HF | lvit | HF / lvit | lvit, low-precision norms | HF / that |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, mb in dpt_totals(operators).items():
+        hf, ours, low = mb["hf"], mb["lvit"], mb["lvit_low_precision_norms"]
+        lines.append(f"| {name} | {hf:.0f} | {ours:.0f} | {hf / ours:.3f} | {low:.0f} | {hf / low:.3f} |")
+    for name, by_impl in operators.items():
+        ops = sorted(set().union(*by_impl.values()), key=lambda op: -by_impl["lvit"].get(op, 0.0))[:top]
+        lines += ["", f"{name}, MB per image at batch {DPT_BATCH} by operator (top {top}):", "",
+                  "| operator | HF | lvit | lvit, low-precision norms |", "|---|---:|---:|---:|"]
+        lines += [f"| {op} | " + " | ".join(f"{by_impl[impl].get(op, 0.0):.1f}" for impl in by_impl) + " |"
+                  for op in ops]
+    return "\n".join(lines) + "\n"
 
 
 def table_row_ratios(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -310,8 +360,9 @@ def main() -> None:
     parser.add_argument("--measured", metavar="JSON",
                         help="with --rows: a train_throughput.py JSON whose eager ratios to print beside")
     parser.add_argument("--dpt", action="store_true",
-                        help="instead: one eval forward of dpt_hybrid and dpt_large, lvit vs HuggingFace "
-                             "(use --image-size 384 --batch-size 2; needs transformers)")
+                        help="instead: one eval forward of dpt_hybrid and dpt_large, lvit vs HuggingFace, "
+                             f"per image at batch {DPT_BATCH} from counts at --batch-size and twice it "
+                             "(use --image-size 384 --batch-size 1; needs transformers)")
     parser.add_argument("--fused", action="store_true",
                         help="LocalViT-T with the locality feed-forward's Triton kernels "
                              "(set_fused_locality), each launch counted as the bytes of the tensors it is "
@@ -334,14 +385,10 @@ def main() -> None:
         write_json(args.out, "step_traffic_rows", env, args, wall, rows=rows)
         return
     if args.dpt:
-        dpt = dpt_inference_traffic(args)
-        print("| model | HF MB per image | lvit MB per image | HF / lvit | lvit, low-precision norms "
-              "| HF / that |\n|---|---:|---:|---:|---:|---:|")
-        for name, mb in dpt.items():
-            low = mb["lvit_low_precision_norms"]
-            print(f"| {name} | {mb['hf']:.0f} | {mb['lvit']:.0f} | {mb['hf'] / mb['lvit']:.3f} | {low:.0f} "
-                  f"| {mb['hf'] / low:.3f} |")
-        write_json(args.out, "step_traffic_dpt", env, args, wall, mb_per_image=dpt)
+        operators = dpt_inference_traffic(args)
+        print(dpt_markdown(operators, args.top))
+        write_json(args.out, "step_traffic_dpt", env, args, wall, mb_per_image=dpt_totals(operators),
+                   operators_mb_per_image=operators)
         return
     models = ("deit_tiny_patch16_224", "localvit_tiny")
     traffic = {name: step_traffic(name, args, fused=args.fused and name == models[1]) for name in models}

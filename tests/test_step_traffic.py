@@ -94,3 +94,18 @@ def test_group_norm_is_counted_in_fp32_under_autocast_as_cuda_runs_it():
     assert default["relu_"] == 2 * 256 * 4 and low["relu_"] == 2 * 256 * 2  # the ReLU after it, in place
     assert sum(default.values()) > sum(low.values()) + 2 * 256 * 2  # and the fp32 copy of the input
     assert counted(False, autocast=False)[0] == torch.bfloat16  # outside autocast: PyTorch's own group_norm
+
+
+def test_a_forwards_bytes_per_image_at_a_large_batch_follow_from_two_small_ones():
+    from step_traffic import forward_mb, per_image_at
+    from timm.layers import GroupNormAct
+
+    # per forward: autocast's weight casts; per image: the activations
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3), GroupNormAct(32, num_groups=4),
+                                torch.nn.Conv2d(32, 8, 1))
+    at_1, at_2, at_8 = (forward_mb(model, batch, image_size=8, bf16=True) for batch in (1, 2, 8))
+    predicted = per_image_at(8, 1, at_1, at_2)
+    assert predicted.keys() == at_8.keys() and "to" in at_8
+    for op, mb in at_8.items():
+        assert abs(predicted[op] - mb / 8) <= 1e-9 + 1e-9 * mb, op
+    assert predicted["to"] < at_1["to"]  # the weight casts, shared by the batch
