@@ -356,3 +356,39 @@ def test_load_pretrained_uses_the_dpt_filter_and_is_strict() -> None:
     del official["scratch.refinenet4.resConfUnit1.conv2.bias"]  # an unused parameter is still required
     with pytest.raises(CheckpointMismatchError, match=r"fusion\.3\.residual_unit1\.conv2\.bias"):
         lvit.load_pretrained(_meta_model("dpt_base"), official)
+
+
+def test_hybrid_pads_no_pointwise_conv_and_computes_the_same(monkeypatch) -> None:
+    """timm's SAME padding of the ResNet's 1x1 shortcut convs is a copy through F.pad that adds nothing."""
+    import torch.nn.functional as F
+    from timm.layers import StdConv2dSame
+
+    from lvit.models.dpt import skip_pointwise_same_padding
+
+    model = _random_hybrid()
+    pads = []
+    native_pad = F.pad
+
+    def recorded_pad(x: torch.Tensor, pad: tuple[int, ...], *args, **kwargs) -> torch.Tensor:
+        pads.append(tuple(pad))
+        return native_pad(x, pad, *args, **kwargs)
+
+    monkeypatch.setattr(F, "pad", recorded_pad)
+    x = torch.randn(1, 3, 64, 96)
+    pointwise = [m for m in model.modules() if isinstance(m, StdConv2dSame) and m.kernel_size == (1, 1)]
+    with torch.no_grad():
+        ours = model.forward_features(x)[-1]
+        assert pads and all(any(pad) for pad in pads)  # the stem and the strided 3x3 convs still pad
+        for conv in pointwise:
+            conv.same_pad = True
+        padded = model.forward_features(x)[-1]
+        assert (0, 0, 0, 0) in pads
+        assert skip_pointwise_same_padding(model) == len(pointwise) > 0
+        assert torch.equal(ours, padded)
+        # inside DPT the shortcut convs see even sides only; odd ones pad nothing either
+        conv = StdConv2dSame(4, 8, kernel_size=1, stride=2)
+        for side in (7, 9, 10):
+            feature_map = torch.randn(1, 4, side, side + 2)
+            conv.same_pad = True
+            padded = conv(feature_map)
+            assert skip_pointwise_same_padding(conv) == 1 and torch.equal(conv(feature_map), padded)

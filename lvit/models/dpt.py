@@ -262,6 +262,7 @@ class DPT(nn.Module):
         self.task, self.readout = task, readout
         self.block_taps, self.conv_taps = tuple(block_taps), tuple(conv_taps)
         self.backbone = timm.create_model(backbone, pretrained=False, **dict(backbone_kwargs or {}))
+        skip_pointwise_same_padding(self.backbone)
         if self.conv_taps:
             self._check_conv_tap_channels(backbone, reassemble_channels)
         self.patch_stride = int(self.backbone.patch_embed.feat_ratio())
@@ -395,6 +396,21 @@ class DPT(nn.Module):
             aux = F.interpolate(aux, size=x.shape[-2:], mode="bilinear", align_corners=True)
             return out, aux
         return out
+
+
+def skip_pointwise_same_padding(model: nn.Module) -> int:
+    """Turn off the dynamic "SAME" padding of every 1x1 convolution in ``model`` that has it (timm's
+    ``StdConv2dSame``: the Hybrid's strided shortcut convs); returns how many were turned off.
+
+    SAME padding is ``max((ceil(i / s) - 1) * s + k - i, 0)``, which for ``k = 1`` is 0 at every input size,
+    but timm's ``pad_same`` passes the input through ``F.pad`` anyway, which copies it. The output is the
+    same bit for bit.
+    """
+    convs = [m for m in model.modules()
+             if isinstance(m, nn.Conv2d) and getattr(m, "same_pad", False) and m.kernel_size == (1, 1)]
+    for conv in convs:
+        conv.same_pad = False
+    return len(convs)
 
 
 def set_low_precision_norms(model: nn.Module, enabled: bool = True) -> int:
