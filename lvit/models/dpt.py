@@ -420,8 +420,8 @@ def set_low_precision_norms(model: nn.Module, enabled: bool = True) -> int:
     CUDA's autocast runs ``group_norm`` and ``layer_norm`` in fp32: a bf16 input is copied to fp32,
     normalised, and handed on in fp32, so the ReLU after it and the cast back before the next convolution
     move fp32 too. In DPT-Hybrid's BiT ResNet (52 GroupNorms, each on a whole feature map) that is more than
-    a third of an inference forward's bytes at batch 32: the switch takes them from 2370 to 1525 MB per
-    image (``benchmarks/step_traffic.py --dpt --bf16``). timm's fast-norm path normalises in the autocast
+    a third of an inference forward's bytes at batch 32 (``benchmarks/step_traffic.py --dpt --bf16``; the
+    figures are in ``benchmarks/RESULTS.md``). timm's fast-norm path normalises in the autocast
     dtype instead; PyTorch's kernels still accumulate the statistics in fp32, but the output, the affine
     weights and, in the ResNet, the residual stream are rounded to bf16. An inference setting: training keeps
     PyTorch's default. The switch is timm's own per-layer flag, which timm otherwise sets only at
