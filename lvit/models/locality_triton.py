@@ -393,6 +393,11 @@ def _bhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
 
+def _tap_weights(weight: torch.Tensor) -> torch.Tensor:
+    """The depth-wise conv's ``(C, 1, 3, 3)`` weight as the ``(C, 9)`` fp32 rows of taps the kernels read."""
+    return weight.reshape(weight.shape[0], 9).float().contiguous()
+
+
 def _batch_moments(total: torch.Tensor, total_sq: torch.Tensor, count: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's mean and biased variance per channel, from per-program sums and sums of squares."""
@@ -495,7 +500,6 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
     B, C, H, W = h.shape
     x = _bhwc(h)
     P = B * H * W
-    w = weight.reshape(C, 9).float().contiguous()
     mean1, var1 = moments[0], moments[1]
     if batch[0]:
         grid, blocks = _sum_grid(P, C, TILES["sums"])
@@ -506,8 +510,8 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
     conv = torch.empty_like(x)
     grid, blocks = _sum_grid(P, C, TILES["dw_forward"])
     total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
-    _dw_forward_kernel[grid](x, scale1, shift1, w, conv, total, total_sq, H, W, P, C, blocks, ACT=act,
-                             **TILES["dw_forward"].meta())
+    _dw_forward_kernel[grid](x, scale1, shift1, _tap_weights(weight), conv, total, total_sq, H, W, P, C,
+                             blocks, ACT=act, **TILES["dw_forward"].meta())
     mean2, var2 = _batch_moments(total, total_sq, P) if batch[1] else (moments[2], moments[3])
     _, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
     pooled, gate = _se_forward(conv, scale2, shift2, se_params, act)
@@ -557,7 +561,7 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor
     grad_z1 = torch.empty_like(x)
     grid, blocks = _sum_grid(P, C, TILES["dw_backward"])
     total, dot, weight_partial = _partial(grid[0], C, x), _partial(grid[0], C, x), _partial(grid[0] * 9, C, x)
-    _dw_backward_kernel[grid](grad, se_rows, conv, bn2_rows, weight.reshape(C, 9).float().contiguous(), x,
+    _dw_backward_kernel[grid](grad, se_rows, conv, bn2_rows, _tap_weights(weight), x,
                               bn1_rows, grad_z1, total, dot, weight_partial, H, W, P, C, blocks, ACT=act,
                               HAS_SE=bool(se_params), **TILES["dw_backward"].meta())
     total1, dot1 = total.sum(0), dot.sum(0)
