@@ -18,6 +18,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs nee
 
 CLASSIFICATION = dict(CLASSIFICATION_PROFILES["smoke"], warmup_epochs=0.5)
 DEPTH = DEPTH_PROFILES["smoke"]
+ADAM_STEP_BOUND = (1 - 0.9) / (1 - 0.999) ** 0.5  # the most one Adam update moves an element, in units of lr
 
 
 def _classification_data(n: int, seed: int) -> TensorDataset:
@@ -41,20 +42,33 @@ def _train(model_name, task, recipe, data, device, cuda_graph):
     return model, history
 
 
-def _assert_same_training(eager, eager_again, graphed, metrics):
+def _assert_same_training(eager, eager_again, graphed, metrics, peak_lr):
     """Graphed vs eager within rtol 1e-3 / atol 1e-4, or within 4x what two eager runs differ by: on CUDA
     some kernels have no deterministic form (flash-attention and median backward use atomics), so eager
-    is not bit-reproducible either, and the graph is only asked to be as close as eager is to itself."""
+    is not bit-reproducible either, and the graph is only asked to be as close as eager is to itself.
+
+    One exception, per parameter element: where the two eager runs already differ by more than a tenth of an
+    optimizer step, that element's gradient is noise, and Adam turns noise into whole steps of either sign
+    (its update is about ``lr`` whatever the gradient's size). There the graphed run may land anywhere two
+    Adam trajectories can drift apart: ``2 * steps * lr * (1 - beta1) / sqrt(1 - beta2)`` (Kingma & Ba's
+    bound on one update, betas 0.9, 0.999). Gradient noise that Adam does not amplify moves an element by
+    a small fraction of ``lr``; the CUDA run that made this exception necessary had an SE bias of one element
+    0.00013 apart between the two eager runs at ``lr`` 1e-4.
+    """
     (model_e, history_e), (model_r, history_r), (model_g, history_g) = eager, eager_again, graphed
     assert [h["cuda_graph"] for h in history_g] == [True, True]  # captured, not fallen back to eager
     assert [h["cuda_graph"] for h in history_e] == [False, False]
     for a, r, b in zip(history_e, history_r, history_g, strict=True):
         for key in metrics:
             assert abs(b[key] - a[key]) <= max(1e-3 * abs(a[key]) + 1e-4, 4 * abs(r[key] - a[key])), key
+    steps = history_e[-1]["step"]
     states = (model_e.state_dict(), model_r.state_dict(), model_g.state_dict())
     for name in states[0]:
         a, r, b = (state[name].float() for state in states)
         allowed = torch.maximum(1e-3 * a.abs() + 1e-4, 4 * (r - a).abs().max())
+        lr = peak_lr(name)
+        noise = (r - a).abs() > lr / 10
+        allowed = torch.where(noise, torch.clamp(allowed, min=2 * steps * lr * ADAM_STEP_BOUND), allowed)
         assert ((b - a).abs() <= allowed).all(), name  # BN buffers included
 
 
@@ -64,7 +78,8 @@ def test_graphed_classification_trains_as_eager():
     # soft targets and BatchNorm (LocalViT's depth-wise path) all pass through the replayed graph.
     args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cuda")
     metrics = ("train_loss", "val_top1", "val_loss")
-    _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics)
+    _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics,
+                          lambda name: CLASSIFICATION["lr"])
 
 
 @cuda
@@ -72,7 +87,8 @@ def test_graphed_depth_trains_as_eager():
     # The SSI loss (median, sort-based trimming, gradient matching) must be capturable: no host syncs.
     args = ("dpt_localvit_tiny", DepthTask(DEPTH), DEPTH, _depth_data, "cuda")
     metrics = ("train_loss", "val_abs_rel")
-    _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics)
+    _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics,
+                          lambda name: DEPTH["backbone_lr" if name.startswith("backbone.") else "decoder_lr"])
 
 
 def test_cuda_graph_is_ignored_on_cpu(single_thread):
@@ -90,3 +106,23 @@ def test_replay_refuses_a_batch_of_another_shape():
         _copy_tree(static, (torch.ones(3, 3), {"mask": torch.ones(4, dtype=torch.bool)}), "inputs")
     with pytest.raises(ValueError, match=r"inputs\[1\]\['mask'\] changed"):
         _copy_tree(static, (torch.ones(4, 3), {"mask": torch.ones(4)}), "inputs")
+
+
+def test_graph_check_allows_adam_noise_only_where_the_eager_runs_disagree():
+    """A case like the failing CUDA one (an SE bias 0.0004 after eager, 0.0006 away graphed, the eager runs
+    0.000125 apart, lr 1e-4) passes; the same gap fails where the two eager runs agree."""
+    def trained(bias: float, weight: float) -> tuple[torch.nn.Module, list[dict]]:
+        layer = torch.nn.Linear(1, 1)
+        layer.bias.data.fill_(bias)
+        layer.weight.data.fill_(weight)
+        return layer, [dict(step=8, cuda_graph=flag, loss=1.0) for flag in (False, False)]
+
+    def check(eager_again_bias: float) -> None:
+        graphed = trained(-0.0002, 0.5)
+        graphed[1][:] = [dict(h, cuda_graph=True) for h in graphed[1]]
+        _assert_same_training(trained(0.0004, 0.5), trained(eager_again_bias, 0.5), graphed, ("loss",),
+                              lambda name: 1e-4)
+
+    check(0.000275)  # eager runs 0.000125 apart: noise; 4x that (0.0005) is too tight, Adam's bound is 0.0051
+    with pytest.raises(AssertionError, match="bias"):
+        check(0.0004)  # eager runs agree: the graph's 0.0006 gap is a real difference

@@ -161,11 +161,12 @@ class LocalityFeedForward(nn.Module):
     def _fused_conv(self, x: torch.Tensor) -> torch.Tensor:
         from lvit.models.locality_triton import locality_middle  # imports triton: only where it runs
 
-        expand, bn1, _, dw, bn2, _, *rest = self.conv
-        se = rest.pop(0) if isinstance(rest[0], SELayer) else None  # ECA stays an eager module
+        # indexing, not starred unpacking: dynamo in torch 2.11 makes ``*rest`` of a module a tuple
+        expand, bn1, dw, bn2 = self.conv[0], self.conv[1], self.conv[3], self.conv[4]
+        se = self.conv[6] if isinstance(self.conv[6], SELayer) else None  # ECA stays an eager module
         out = locality_middle(expand(x), bn1, dw, bn2, self.act, se)
-        for layer in rest:
-            out = layer(out)
+        for i in range(6 if se is None else 7, len(self.conv)):  # ECA if any, projection, BN
+            out = self.conv[i](out)
         return out
 
 
