@@ -6,7 +6,9 @@ eager kernels over the widest tensor of the block (4x the embedding width), forw
 DeiT-T. Here each batch norm is folded into a per-channel scale and shift applied on the fly, the activation
 and the depth-wise conv read neighbours straight from the expand conv's output, SE's gate multiplies inside
 the activation pass, and the backward recomputes activations from the two tensors it keeps (the input ``h``
-and the depth-wise output) instead of storing five.
+and the depth-wise output) instead of storing five. Measured on an H200 they are slower than the eager
+modules all the same (0.47x for this stretch, the depth-wise backward kernel most of it:
+``benchmarks/RESULTS.md``), so they stay opt-in (``set_fused_locality``).
 
 Forward: a statistics pass over ``h``; the conv pass, which also gathers the second statistics; with SE, a
 pooling pass; the activation pass. Backward: a sums pass (per image with SE: the gate's gradient and the
