@@ -37,6 +37,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # regime (10k images, 8 epochs) that keeps plain ViTs at chance?
     "nuisance0.5": dict(nuisance=0.5),
     "nuisance0": dict(nuisance=0.0),
+    # not a recipe key: the model's position embedding re-drawn at std 0.5 instead of timm's 0.02, which
+    # position_probe.py found to decide whether DeiT-T learns a position cue in a few hundred steps
+    "no_aug_pos0.5": dict(_NO_AUG, pos_embed_std=0.5),
 }
 MODELS = ("deit_tiny_patch16_224", "localvit_tiny")
 
@@ -49,10 +52,14 @@ def run_one(model_name: str, variant: str, device: str, overrides: dict[str, Any
     from lvit.engine.run import train
     from lvit.experiments.recipes import CLASSIFICATION_PROFILES, model_overrides, validate_recipe
 
-    recipe = {**CLASSIFICATION_PROFILES["proxy"], **VARIANTS[variant], **overrides}
+    changes = dict(VARIANTS[variant])
+    pos_embed_std = changes.pop("pos_embed_std", None)
+    recipe = {**CLASSIFICATION_PROFILES["proxy"], **changes, **overrides}
     validate_recipe(recipe, f"probe {variant}")
     torch.manual_seed(0)
     model = lvit.create_model(model_name, **model_overrides(model_name, "classification", recipe))
+    if pos_embed_std is not None:
+        torch.nn.init.trunc_normal_(model.pos_embed, std=pos_embed_std)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as ckpt:  # a fresh run each time: never resume an older probe
         history = train(model, "classification", recipe, 0, torch.device(device), "data", Path(ckpt), variant)
