@@ -175,7 +175,8 @@ def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
 
     launched_with = {"_channel_sums_kernel": "sums", "_act_bn_grad_sums_kernel": "sums",
                      "_image_pool_kernel": "per_image", "_image_grad_sums_kernel": "per_image",
-                     "_dw_forward_kernel": "dw_forward", "_dw_backward_kernel": "dw_backward",
+                     "_dw_forward_kernel": "dw_forward", "_dw_input_grad_kernel": "dw_backward",
+                     "_dw_weight_grad_kernel": "dw_backward", "_conv_grad_kernel": "map",
                      "_scale_shift_act_kernel": "map", "_affine_kernel": "map"}
     kernels = {name: k for name, k in vars(fused).items() if name.endswith("_kernel")}
     assert set(kernels) == set(launched_with)

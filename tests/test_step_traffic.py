@@ -63,12 +63,18 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     hidden, rows = 2 * 16 * 64, kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_forward"])[0][0]
     floats = 2 * hidden + 2 * 64 + 64 * 9 + 2 * rows * 64
     assert fused[("forward", "triton:_dw_forward_kernel")] == 4 * floats
-    # DW backward, both gradients in one pass: reads the output gradient, the conv output and the expand
-    # output, writes the gradient w.r.t. the first batch norm's output; plus SE's (gate, pooled-gradient)
-    # rows (2 x 2 images x 64), the eight per-channel rows and the weights, and 2 + 9 rows of partial sums
+    # DW backward. The conv output's gradient: reads the output gradient and the conv output, SE's (gate,
+    # pooled-gradient) rows (2 x 2 images x 64) and the five rows of the second batch norm, writes it
+    assert fused[("backward", "triton:_conv_grad_kernel")] == 4 * (3 * hidden + 2 * 2 * 64 + 5 * 64)
+    # the input gradient: reads that and the expand output, the weights and the first batch norm's three
+    # rows, writes the gradient w.r.t. the first batch norm's output and two rows of partial sums per program
     rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_backward"])[0][0]
-    floats = 4 * hidden + 2 * 2 * 64 + 8 * 64 + 64 * 9 + (2 + 9) * rows * 64
-    assert fused[("backward", "triton:_dw_backward_kernel")] == 4 * floats
+    floats = 3 * hidden + 64 * 9 + 3 * 64 + 2 * rows * 64
+    assert fused[("backward", "triton:_dw_input_grad_kernel")] == 4 * floats
+    # the weight gradient: reads the same two tensors (once: the nine tap programs share them in cache) and
+    # three rows, writes nine rows of partial sums per position program
+    floats = 2 * hidden + 3 * 64 + 9 * rows * 64
+    assert fused[("backward", "triton:_dw_weight_grad_kernel")] == 4 * floats
     assert sum(fused.values()) < sum(eager.values())
 
 

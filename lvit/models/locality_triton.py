@@ -12,8 +12,9 @@ modules all the same (0.47x for this stretch, the depth-wise backward kernel mos
 
 Forward: a statistics pass over ``h``; the conv pass, which also gathers the second statistics; with SE, a
 pooling pass; the activation pass. Backward: a sums pass (per image with SE: the gate's gradient and the
-second batch norm's sums together); the depth-wise conv's gradient pass (input and weight gradients from
-one read, gathering the first batch norm's sums); the final pass. SE's excitation MLP is a few ``(B, C)``
+second batch norm's sums together); the conv output's gradient, stored once; the depth-wise conv's input
+gradient (gathering the first batch norm's sums) and its weight gradient (a program per tap); the final
+pass. SE's excitation MLP is a few ``(B, C)``
 matmuls in PyTorch. Forward and backward are custom ops (``lvit::locality_middle``,
 ``lvit::locality_middle_backward``), so ``torch.compile`` keeps them in its graph instead of breaking it.
 
@@ -51,11 +52,12 @@ class Tiles(NamedTuple):
         return dict(BLOCK_P=self.positions, BLOCK_C=self.channels, num_warps=self.warps)
 
 
-# Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU. The two
+# Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU. The
 # kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per thread)
-# ptxas fits them in 113 (forward) and 214 (backward) registers without spilling on sm_90; with 4 warps and
-# 32 x 64 tiles they spilled (checked ahead of time with triton.compile for GPUTarget("cuda", 90, 32) and
-# ptxas -v). The elementwise kernels take larger tiles: fewer, fuller programs.
+# ptxas fits the forward in 113 registers and the backward's input and weight gradients in 128 and 40
+# without spilling on sm_90 (checked ahead of time with triton.compile for GPUTarget("cuda", 90, 32) and
+# ptxas -v; the test suite checks for spills). The elementwise kernels take larger tiles: fewer, fuller
+# programs. "dw_backward" tiles both depth-wise backward kernels.
 TILES = {
     "sums": Tiles(16, 64, 4),  # the per-channel sums over all positions
     "per_image": Tiles(16, 64, 4),  # SE's per-image pooling and sums
@@ -291,59 +293,65 @@ def _load_rows5(ptr, C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _dw_backward_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr,
-                        weight_ptr, H, W, P, C, BLOCKS, HAS_SE: tl.constexpr, ACT: tl.constexpr,
-                        BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Both gradients of the depth-wise conv from one read of the tensors they need (the input gradient and
-    the weight gradient each read all three, so two kernels would read them twice):
-
-    - ``out = act'(z1) * DW3x3^T(conv output gradient)``, the gradient w.r.t. the first batch norm's output
-      ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``, ``sum(out * (h - mean1))``;
-    - per channel and tap k, ``sum_p act(z1)[p + offset_k] * (conv output gradient)[p]``, into rows
-      ``9 * program_id(0) + k`` of ``weight_ptr``. Each position block's nine tap sums go into rows 0-8 of one
-      ``(16, BLOCK_C)`` accumulator (a power of two, as Triton's shapes must be).
-
-    The conv output gradient at ``p`` is the input gradient's centre tap and ``h`` at ``p`` the weight
-    gradient's, so each is computed once. ``bn2_ptr`` holds five rows of C (scale2, shift2, ga, gb, gc),
-    ``bn1_ptr`` three (scale1, shift1, mean1).
-    """
+def _conv_grad_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, out_ptr, P, C, HW, HAS_SE: tl.constexpr,
+                      ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The gradient w.r.t. the depth-wise conv's output, once per position, for the two depth-wise backward
+    kernels to read at nine taps each. (Recomputing it at each tap instead, in one kernel with the weight
+    gradient, cost three loads and the activation's derivative per tap, nine cross-warp sums per tile and
+    214 registers; on an H200 that kernel ran at about 110 GB/s.) ``bn2_ptr``: see ``_load_rows5``."""
+    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
     scale2, shift2, ga, gb, gc = _load_rows5(bn2_ptr, C, BLOCK_C)
+    _store(out_ptr, p, c, mask, C, _conv_output_grad(grad_ptr, se_ptr, x2_ptr, p, c, mask, P, C, HW, scale2,
+                                                     shift2, ga, gb, gc, HAS_SE, ACT))
+
+
+@triton.jit
+def _dw_input_grad_kernel(g_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr, H, W, P, C, BLOCKS,
+                          ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out = act'(z1) * DW3x3^T(g)`` from the conv output's gradient ``g``: the gradient w.r.t. the first
+    batch norm's output ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``,
+    ``sum(out * (h - mean1))``. ``bn1_ptr`` holds three rows of C (scale1, shift1, mean1)."""
     scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
     shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
     mean1 = _load_channels(bn1_ptr + 2 * C, C, BLOCK_C)
-    tap = tl.arange(0, 16)[:, None]
-    totals = tl.zeros((16, BLOCK_C), dtype=tl.float32)
     total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in range(BLOCKS):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
-        conv_grad = _conv_output_grad(grad_ptr, se_ptr, x2_ptr, p, c, mask, P, C, H * W, scale2, shift2,
-                                      ga, gb, gc, HAS_SE, ACT)
-        h = _load(h_ptr, p, c, mask, C)
-        z1 = h * scale1 + shift1
-        acc = conv_grad * _tap_weight(w_ptr, c, 4, C)
-        totals += tl.where(tap == 4, tl.sum(tl.where(mask, _act(z1, ACT), 0.0) * conv_grad, 0)[None, :], 0.0)
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         for k in tl.static_range(9):
-            if k != 4:  # the centre tap is done above
-                # input gradient: the output at p - offset_k read this input p through tap k
-                q, inside = _neighbour(p, 1 - k // 3, 1 - k % 3, H, W, P)
-                qmask = inside[:, None] & (c < C)[None, :]
-                acc += _conv_output_grad(grad_ptr, se_ptr, x2_ptr, q, c, qmask, P, C, H * W, scale2, shift2,
-                                         ga, gb, gc, HAS_SE, ACT) * _tap_weight(w_ptr, c, k, C)
-                # weight gradient: this output p read the input p + offset_k through tap k
-                q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
-                qmask = inside[:, None] & (c < C)[None, :]
-                a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale1 + shift1, ACT), 0.0)
-                totals += tl.where(tap == k, tl.sum(a * conv_grad, 0)[None, :], 0.0)
-        out = tl.where(mask, acc * _act_grad(z1, ACT), 0.0)
+            # the output at p - offset_k read this input p through tap k
+            q, inside = _neighbour(p, 1 - k // 3, 1 - k % 3, H, W, P)
+            qmask = inside[:, None] & (c < C)[None, :]
+            acc += _load(g_ptr, q, c, qmask, C) * _tap_weight(w_ptr, c, k, C)
+        h = _load(h_ptr, p, c, mask, C)
+        out = tl.where(mask, acc * _act_grad(h * scale1 + shift1, ACT), 0.0)
         _store(out_ptr, p, c, mask, C, out)
         total += out
         total_dot += out * tl.where(mask, h - mean1, 0.0)
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
     _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
-    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    rows = tl.program_id(0) * 9 + tap
-    tl.store(weight_ptr + rows * C + c[None, :], totals, mask=(tap < 9) & (c < C)[None, :])
+
+
+@triton.jit
+def _dw_weight_grad_kernel(g_ptr, h_ptr, bn1_ptr, weight_ptr, H, W, P, C, BLOCKS,
+                           ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Tap ``k = program_id(0)``'s weight gradient per channel, over this program's position blocks:
+    ``sum_p act(z1)[p + offset_k] * g[p]``, into row ``9 * program_id(1) + k`` of ``weight_ptr`` (channel
+    block ``program_id(2)``). The tap is the fastest grid axis, so the nine programs that read the same
+    positions run side by side and share them in cache."""
+    k = tl.program_id(0)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    scale1 = tl.load(bn1_ptr + c, mask=c < C, other=0.0)[None, :]
+    shift1 = tl.load(bn1_ptr + C + c, mask=c < C, other=0.0)[None, :]
+    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for i in range(BLOCKS):
+        p = (tl.program_id(1) * BLOCKS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
+        q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
+        qmask = inside[:, None] & (c < C)[None, :]
+        a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale1 + shift1, ACT), 0.0)
+        acc += a * _load(g_ptr, p, c, (p < P)[:, None] & (c < C)[None, :], C)
+    tl.store(weight_ptr + (tl.program_id(1) * 9 + k) * C + c, tl.sum(acc, 0), mask=c < C)
 
 
 @triton.jit
@@ -560,12 +568,17 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor
     coef2 = _input_grad_coefficients(affine[2], mean2, rstd2, total2, dot2, P, batch[1])
     bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
     bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
+    conv_grad = torch.empty_like(x)
+    _conv_grad_kernel[_map_grid(P, C, TILES["map"])](grad, se_rows, conv, bn2_rows, conv_grad, P, C, H * W,
+                                                     HAS_SE=bool(se_params), ACT=act, **TILES["map"].meta())
     grad_z1 = torch.empty_like(x)
-    grid, blocks = _sum_grid(P, C, TILES["dw_backward"])
+    tiles = TILES["dw_backward"]
+    grid, blocks = _sum_grid(P, C, tiles)
     total, dot, weight_partial = _partial(grid[0], C, x), _partial(grid[0], C, x), _partial(grid[0] * 9, C, x)
-    _dw_backward_kernel[grid](grad, se_rows, conv, bn2_rows, _tap_weights(weight), x,
-                              bn1_rows, grad_z1, total, dot, weight_partial, H, W, P, C, blocks, ACT=act,
-                              HAS_SE=bool(se_params), **TILES["dw_backward"].meta())
+    _dw_input_grad_kernel[grid](conv_grad, _tap_weights(weight), x, bn1_rows, grad_z1, total, dot, H, W, P, C,
+                                blocks, ACT=act, **tiles.meta())
+    _dw_weight_grad_kernel[(9, *grid)](conv_grad, x, bn1_rows, weight_partial, H, W, P, C, blocks, ACT=act,
+                                       **tiles.meta())
     total1, dot1 = total.sum(0), dot.sum(0)
     grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3).contiguous()
     coef1 = _input_grad_coefficients(affine[0], mean1, rstd1, total1, dot1, P, batch[0])
