@@ -12,11 +12,11 @@ modules all the same (0.47x for this stretch, the depth-wise backward kernel mos
 
 Forward: a statistics pass over ``h``; the conv pass, which also gathers the second statistics; with SE, a
 pooling pass; the activation pass. Backward: a sums pass (per image with SE: the gate's gradient and the
-second batch norm's sums together); the conv output's gradient, stored once; the depth-wise conv's input
-gradient (gathering the first batch norm's sums) and its weight gradient (a program per tap); the final
-pass. SE's excitation MLP is a few ``(B, C)``
-matmuls in PyTorch. Forward and backward are custom ops (``lvit::locality_middle``,
-``lvit::locality_middle_backward``), so ``torch.compile`` keeps them in its graph instead of breaking it.
+second batch norm's sums together); the conv output's gradient, stored once in the storage dtype (as eager
+autograd stores it); the depth-wise conv's input gradient (gathering the first batch norm's sums) and its
+weight gradient (a program per tap); the final pass. SE's excitation MLP is a few ``(B, C)`` matmuls in
+PyTorch. Forward and backward are custom ops (``lvit::locality_middle``, ``lvit::locality_middle_backward``),
+so ``torch.compile`` keeps them in its graph instead of breaking it.
 
 Same arithmetic as the eager modules, in fp32 whatever the storage dtype, with the same batch-norm
 semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``,
