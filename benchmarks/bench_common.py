@@ -60,8 +60,9 @@ def synchronize(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
-def environment(device: str, **extra: Any) -> dict[str, Any]:
-    """Device, library versions, code state, date and precision: the header of every JSON result."""
+def environment(device: str, precision: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Device, library versions, code state, date and precision: the header of every JSON result.
+    ``precision`` defaults to what the timing scripts run: bf16 autocast on CUDA, fp32 elsewhere."""
     cuda = device.startswith("cuda")
     sha, dirty = git_state()
     return dict(
@@ -73,7 +74,7 @@ def environment(device: str, **extra: Any) -> dict[str, Any]:
         git_sha=sha,
         dirty=dirty,
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        precision="bf16 autocast" if cuda else "fp32",
+        precision=precision or ("bf16 autocast" if cuda else "fp32"),
         cpu_threads=torch.get_num_threads(),
     )
 

@@ -19,6 +19,7 @@ import time
 import timm
 import torch
 import torch.nn.functional as F
+from data_difficulty import evaluate
 
 IMAGE, PATCH, SQUARE = 64, 8, 16
 
@@ -55,10 +56,7 @@ def probe(cue: str, depth: int, pos_embed_std: float, steps: int, lr: float, bat
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    model.eval()
-    x, y = squares(512, cue, g)
-    with torch.no_grad():
-        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    accuracy = evaluate(model, *squares(512, cue, g))
     return dict(cue=cue, depth=depth, pos_embed_std=pos_embed_std, first_loss=sum(losses[:20]) / 20,
                 last_loss=sum(losses[-20:]) / 20, accuracy=accuracy,
                 seconds=time.perf_counter() - t0)  # fmt: skip

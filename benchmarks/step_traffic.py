@@ -370,8 +370,8 @@ def main() -> None:
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args()
     wall = time.monotonic()
-    env = environment("cpu")  # the code state and date at the start, before anything can change them
-    env["precision"] = "bf16 CPU autocast" if args.bf16 else "fp32"  # environment() reads it off the device
+    # the code state and date at the start, before anything can change them
+    env = environment("cpu", precision="bf16 CPU autocast" if args.bf16 else "fp32")
     if args.rows:
         rows = table_row_ratios(args)
         print("| model | kwargs | MB per image (fwd + bwd) | DeiT-T / model, bytes | measured eager ratio "
