@@ -137,7 +137,7 @@ def seconds_per_call(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> f
     return time.perf_counter() - start
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def inference_autocast(device: torch.device) -> torch.autocast:
     """bf16 on the GPU, as the issue's targets are stated; fp32 on the CPU."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -148,7 +148,7 @@ def interleaved(
     """Median seconds per call of each model, timed in alternating rounds after ``warmup`` calls each."""
     device = x.device
     times: dict[str, list[float]] = {key: [] for key in models}
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), inference_autocast(device):
         for model in models.values():
             for _ in range(warmup):
                 model(x)
@@ -188,7 +188,7 @@ class Bench:
         single = torch.randn(1, 3, args.size, args.size, device=device)
         b1 = interleaved(dict(hf=hf, lvit=ours), single, args.warmup, args.b1_rounds)
         # compared before the head: a freshly initialised depth head may output zeros (final ReLU)
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), inference_autocast(device):
             fusion = ours.forward_features(batch[:2])[-1].float()
             diff = (low_norms.forward_features(batch[:2])[-1].float() - fusion).abs().max().item()
         return dict(
@@ -263,7 +263,8 @@ class Bench:
         fast = torch.compile(ours.to(memory_format=torch.channels_last))
         batch = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
         start = time.monotonic()
-        with torch.inference_mode(), _autocast(device):  # compiled as timed; checked against eager first
+        # compiled as timed; checked against eager first
+        with torch.inference_mode(), inference_autocast(device):
             eager_out = ours(batch).float()
             diff = (fast(batch.contiguous(memory_format=torch.channels_last)).float() - eager_out).abs().max()
         seconds = interleaved(

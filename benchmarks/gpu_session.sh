@@ -23,7 +23,7 @@ JOBS=${JOBS:-12}          # notebooks at once: small proxy models leave the GPU 
 TRAIN_WORKERS=${TRAIN_WORKERS:-8}  # processes training the classification tables' runs beside the notebooks
 BENCH=${BENCH:-1}         # 1: benchmarks before the suite; after: in the time the suite leaves; 0: none;
                           # train: the training-speed ones (fused kernels' test, ratios, profile), then
-                          # DPT at batch 32, then the fused middle alone, in what is left
+                          # DPT at batch 32 and by part, then the fused middle alone, in what is left
 SANITY=${SANITY:-1}       # 0: no sanity step (a resumed session whose code already passed it)
 DENSE_SEEDS=${DENSE_SEEDS:-1}  # >1: after the suite, the dense tables again at this many seeds (seed 0 reused)
 DENSE_MAX_S=${DENSE_MAX_S:-100000}  # at most this long, so that BENCH=after keeps some time
@@ -161,6 +161,12 @@ dpt_batch_benchmark() {  # the DPT batch-32 target in what is left: eager pair, 
     stamp "dpt_vs_hf (b32: eager, low-precision norms, channels_last, compiled) exit $?"
 }
 
+dpt_parts_benchmark() {  # which part of DPT's forward holds the batch-32 ratio down, lvit beside HF
+    timeout -k 5 "$(budget 70)" python3 benchmarks/dpt_parts.py --max-seconds 55 \
+        --out "$BENCH_DIR/dpt_parts.json" >"$BENCH_DIR/dpt_parts.log" 2>&1
+    stamp "dpt_parts (b32, per part: embedding, transformer, reassemble, fusion, head) exit $?"
+}
+
 run_benchmarks() {
     stamp "benchmarks"
     training_speed_benchmarks
@@ -172,6 +178,7 @@ run_benchmarks() {
     timeout -k 5 "$(budget 130)" python3 benchmarks/dpt_vs_hf.py --max-seconds 110 --compile-models \
         --out "$BENCH_DIR/dpt_vs_hf.json" >"$BENCH_DIR/dpt_vs_hf.log" 2>&1
     stamp "dpt_vs_hf exit $?"
+    dpt_parts_benchmark
     timeout -k 5 "$(budget 25)" python3 benchmarks/data_throughput.py --max-seconds 10 --threads 16 \
         --out "$BENCH_DIR/data_throughput.json" >"$BENCH_DIR/data_throughput.log" 2>&1
     stamp "data_throughput exit $?"
@@ -181,6 +188,7 @@ run_benchmarks() {
 if [ "$BENCH" = train ]; then  # the speed targets alone, e.g. in a second call of a session
     training_speed_benchmarks
     dpt_batch_benchmark
+    dpt_parts_benchmark
     fused_middle_benchmark  # measured at d0b3b1c: last, in what is left
     tail -q -n 40 "$BENCH_DIR"/*.log | grep -E "^\|" | cut -c1-170
     exit 0

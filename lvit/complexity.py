@@ -27,7 +27,7 @@ import argparse
 import csv
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -99,11 +99,14 @@ def count_macs(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224
 
 
 @torch.no_grad()
-def count_macs_by_part(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> dict[str, int]:
-    """:func:`count_macs` split by the model's top-level children (``model.named_children()``, e.g. DPT's
-    backbone, reassemble, fusion and head), in the order they first count; MACs of counted modules outside
-    every child under ``""``."""
-    part_of = {id(m): name for name, child in model.named_children() for m in child.modules()}
+def count_macs_by_part(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224),
+                       parts: Mapping[str, Iterable[nn.Module]] | None = None) -> dict[str, int]:
+    """:func:`count_macs` split by ``parts`` (name -> modules, each counted with everything inside it; by
+    default the model's top-level children, e.g. DPT's backbone, reassemble, fusion and head), in the order
+    they first count; MACs of counted modules outside every part under ``""``."""
+    if parts is None:
+        parts = {name: [child] for name, child in model.named_children()}
+    part_of = {id(m): name for name, roots in parts.items() for root in roots for m in root.modules()}
     counts: dict[str, int] = {}
 
     def record(module: nn.Module, hook: Hook, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
