@@ -135,7 +135,10 @@ training_speed_benchmarks() {  # the training-throughput target first: the fused
     timeout -k 5 "$(budget 40)" python3 benchmarks/step_profile.py --by kernel --top 25 --mode eager \
         --out "$BENCH_DIR/step_profile_kernels.json" >"$BENCH_DIR/step_profile_kernels.log" 2>&1
     stamp "step_profile (where LocalViT-T's extra time goes, per CUDA kernel) exit $?"
-    if [ -n "$fused" ]; then
+    if [ -n "$fused" ]; then  # which of the fused kernels takes the time (10 s at d0b3b1c)
+        timeout -k 5 "$(budget 40)" python3 benchmarks/step_profile.py --by kernel --top 25 --mode fused \
+            --out "$BENCH_DIR/step_profile_kernels_fused.json" >"$BENCH_DIR/step_profile_kernels_fused.log" 2>&1
+        stamp "step_profile --mode fused exit $?"
         timeout -k 5 "$(budget 60)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
             -k "$late_tests" >"$BENCH_DIR/fused_compiled_test.log" 2>&1
         stamp "fused under inductor and in a CUDA graph: exit $? ($(tail -1 "$BENCH_DIR/fused_compiled_test.log"))"
