@@ -15,31 +15,27 @@ GPU (about 15 s):
 
 CPU smoke test:
 
-    python benchmarks/data_throughput.py --device cpu --samples 16 4 --batch-size 8 2 --consume-steps 1 \\
-        --out /tmp/data_throughput.json
+    python benchmarks/data_throughput.py --device cpu --samples 16 4 --batch-size 8 2 --train-batch 8 4 \\
+        --consume-steps 1 --max-seconds 120 --out /tmp/data_throughput.json
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
-import timm
 import torch
 import torch.nn.functional as F
-from bench_common import before_deadline, synchronize, write_json
+from bench_common import before_deadline, environment, synchronize, write_json
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import lvit
 from lvit.data import LocalShapes, Scenes
 from lvit.experiments.recipes import CLASSIFICATION_PROFILES, DEPTH_PROFILES, model_overrides
-from lvit.results import git_state
 
 
 def rate(fn: Callable[[int], int], samples: int, warmup: int, device: str) -> float:
@@ -211,21 +207,9 @@ def main() -> None:
     wall = time.monotonic()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sha, dirty = git_state()
-    env = dict(
-        device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        cpu=platform.processor() or platform.machine(),
-        cpu_threads=torch.get_num_threads(),
-        load_average=os.getloadavg()[0],
-        torch=torch.__version__,
-        timm=timm.__version__,
-        lvit=lvit.__version__,
-        git_sha=sha,
-        dirty=dirty,
-        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+    env = environment(args.device, load_average=os.getloadavg()[0])
     print(
-        f"{env['device']} / CPU {env['cpu']} ({env['cpu_threads']} threads, load {env['load_average']:.1f}); "
+        f"{env['device']} ({env['cpu_threads']} CPU threads, load {env['load_average']:.1f}); "
         f"torch {env['torch']}, timm {env['timm']}, {env['date']}"
     )
     rows = measure(args)

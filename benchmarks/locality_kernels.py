@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from bench_common import before_deadline, environment, synchronize, write_json
-from step_traffic import TrafficCounter, TritonKernelCounter
+from step_traffic import TrafficCounter, TritonKernelCounter, per_image_at
 
 import lvit.models.locality_triton as fused
 from lvit.engine.loop import training_autocast
@@ -111,21 +111,26 @@ def make_runner(path: Callable[[torch.Tensor], torch.Tensor], middle: nn.Sequent
 
 def counted_mb(fused_path: bool, args: argparse.Namespace) -> float:
     """MB one call moves at ``--batch-size`` by ``step_traffic.py``'s count, eager modules or fused kernels:
-    counted on the CPU (under bf16 autocast, as on a GPU) at batch 4 and scaled, since the bytes per image
-    do not depend on the batch but for a few per-channel rows."""
+    counted on the CPU (under bf16 autocast, as on a GPU) at batches 4 and 8, which splits each operator's
+    bytes into a part per image and a part per call (parameter gradients, per-channel rows)."""
     middle = build_middle(args, torch.device("cpu"))
     path = fused_call(middle) if fused_path else middle
-    shape = (4, 4 * args.embed_dim, args.image_size, args.image_size)
-    h = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    grad = torch.randn_like(h)
-    counter = TrafficCounter()
-    kernels = TritonKernelCounter(counter)
-    kernels.active = True
-    with kernels if fused_path else contextlib.nullcontext(), counter:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = path(h.requires_grad_())
-        torch.autograd.grad(out, [h, *middle.parameters()], grad)
-    return sum(counter.bytes.values()) / 1e6 * args.batch_size / 4
+
+    def count(batch: int) -> dict[str, float]:
+        shape = (batch, 4 * args.embed_dim, args.image_size, args.image_size)
+        h = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn_like(h)
+        counter = TrafficCounter()
+        kernels = TritonKernelCounter(counter)
+        kernels.active = True
+        with kernels if fused_path else contextlib.nullcontext(), counter:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = path(h.requires_grad_())
+            torch.autograd.grad(out, [h, *middle.parameters()], grad)
+        return {f"{phase}/{op}": nbytes / 1e6 for (phase, op), nbytes in counter.bytes.items()}
+
+    per_image = per_image_at(args.batch_size, 4, count(4), count(8))
+    return sum(per_image.values()) * args.batch_size
 
 
 def paths(args: argparse.Namespace, middle: nn.Sequential) -> list[tuple[str, Callable[[], Any], Any]]:
