@@ -40,7 +40,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -104,12 +104,14 @@ class TritonKernelCounter:
     """Stands in for the Triton kernels of the fused locality path (``set_fused_locality``), which a dispatch
     mode cannot see: a launch adds the bytes of every tensor it is passed to ``counter`` (each kernel reads or
     writes each of its tensors once by design; neighbour reads hit the cache) and computes nothing, so the
-    count runs on a CPU without Triton's slow interpreter. Counts only while ``active``."""
+    count runs on a CPU without Triton's slow interpreter. Counts only while ``active``; ``launches`` keeps
+    each counted launch as a ``KernelLaunch`` (``kernel_issue.py`` compiles them as launched)."""
 
     def __init__(self, counter: TrafficCounter) -> None:
         self.counter = counter
         self.active = False
         self.saved: dict[str, Any] = {}
+        self.launches: list[KernelLaunch] = []
 
     def __enter__(self) -> TritonKernelCounter:
         import lvit.models.locality_triton as kernels
@@ -132,6 +134,14 @@ class TritonKernelCounter:
             os.environ["TRITON_INTERPRET"] = self.saved_interpret
 
 
+class KernelLaunch(NamedTuple):
+    name: str
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    meta: dict[str, Any]  # constexprs and launch options (num_warps)
+    nbytes: int  # of the tensors it is passed
+
+
 class _KernelStandIn:
     def __init__(self, name: str, owner: TritonKernelCounter) -> None:
         self.name, self.owner = name, owner
@@ -141,6 +151,7 @@ class _KernelStandIn:
             if self.owner.active:
                 nbytes = sum(tensor_bytes(a) for a in args if isinstance(a, torch.Tensor))
                 self.owner.counter.bytes[(self.owner.counter.phase, f"triton:{self.name}")] += nbytes
+                self.owner.launches.append(KernelLaunch(self.name, tuple(grid), args, meta, nbytes))
 
         return launch
 

@@ -132,7 +132,7 @@ def test_only_stride_one_depthwise_feed_forwards_are_switched() -> None:
 
 
 # Kernel arguments that hold activations (bf16 under autocast); every other pointer is fp32.
-ACTIVATION_POINTERS = {"x_ptr", "h_ptr", "x2_ptr", "grad_ptr", "g_ptr", "out_ptr"}
+ACTIVATION_POINTERS = {"x_ptr", "h_ptr", "x2_ptr", "grad_ptr", "g_ptr", "a_ptr", "out_ptr"}
 
 
 def _hopper_register_report(kernel: object, constants: dict[str, object], num_warps: int) -> str:
@@ -184,7 +184,7 @@ def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
     launches |= {(name, over[kind]) for over in TILE_SETS.values() for name, kind in launched_with.items()
                  if kind in over}
     for name, tiles in sorted(launches):
-        constants = dict(BLOCK_P=tiles.positions, BLOCK_C=tiles.channels, ACT=1, HAS_SE=True)
+        constants = dict(BLOCK_P=tiles.positions, BLOCK_C=tiles.channels, ACT=1, HAS_SE=True, H=14, W=14)
         report = _hopper_register_report(kernels[name], constants, tiles.warps)
         assert " 0 bytes spill stores" in report, f"{name} with {tiles}: {report}"
 
@@ -225,9 +225,9 @@ def test_custom_ops_pass_torch_library_opcheck(attn: str) -> None:
     settings = ([1e-5, 1e-5], [True, False], 1)  # eps, batch statistics?, act
     args = (h.requires_grad_(), weight.requires_grad_(), affine, affine.clone(), *settings, se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle.default, args)
-    _, conv, moments, pooled, gate = torch.ops.lvit.locality_middle(*args)
-    backward_args = (torch.randn_like(h), h.detach(), conv, weight.detach(), affine, moments, pooled, gate,
-                     *settings, se_params)
+    _, dw_input, conv, moments, pooled, gate = torch.ops.lvit.locality_middle(*args)
+    backward_args = (torch.randn_like(h), h.detach(), dw_input, conv, weight.detach(), affine, moments,
+                     pooled, gate, *settings, se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle_backward.default, backward_args)
 
 

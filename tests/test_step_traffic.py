@@ -58,10 +58,17 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     assert ("forward", "hardswish") in eager and not any(op == "hardswish" for _, op in fused)
     # the kernels' custom ops are counted by what runs inside them, not once more as operators of their own
     assert not any("locality_middle" in op for _, op in fused)
-    # DW forward: reads the expand output, writes the conv output (both 2 x 16 positions x 64 channels),
-    # reads scale, shift (64 each) and the 64 x 9 weights, writes two rows of partial sums per program
-    hidden, rows = 2 * 16 * 64, kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_forward"])[0][0]
-    floats = 2 * hidden + 2 * 64 + 64 * 9 + 2 * rows * 64
+    # The two activation passes. The first reads the expand output (2 x 16 positions x 64 channels), scale
+    # and shift (64 each) and, as a stand-in for the gate it does not read, scale once more, and writes the
+    # conv's input; the second reads the conv output, its scale and shift and SE's gate (2 images x 64) and
+    # writes the block's output
+    hidden = 2 * 16 * 64
+    floats = (2 * hidden + 3 * 64) + (2 * hidden + 2 * 64 + 2 * 64)
+    assert fused[("forward", "triton:_scale_shift_act_kernel")] == 4 * floats
+    # DW forward: reads the conv's input and the 64 x 9 weights, writes the conv output and two rows of
+    # partial sums per program
+    rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_forward"])[0][0]
+    floats = 2 * hidden + 64 * 9 + 2 * rows * 64
     assert fused[("forward", "triton:_dw_forward_kernel")] == 4 * floats
     # DW backward. The conv output's gradient: reads the output gradient and the conv output, SE's (gate,
     # pooled-gradient) rows (2 x 2 images x 64) and the five rows of the second batch norm, writes it
@@ -71,9 +78,9 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_backward"])[0][0]
     floats = 3 * hidden + 64 * 9 + 3 * 64 + 2 * rows * 64
     assert fused[("backward", "triton:_dw_input_grad_kernel")] == 4 * floats
-    # the weight gradient: reads the same two tensors (once: the nine tap programs share them in cache) and
-    # three rows, writes nine rows of partial sums per position program
-    floats = 2 * hidden + 3 * 64 + 9 * rows * 64
+    # the weight gradient: reads the conv output's gradient and the conv's input (all nine taps in one pass),
+    # writes nine rows of partial sums per program
+    floats = 2 * hidden + 9 * rows * 64
     assert fused[("backward", "triton:_dw_weight_grad_kernel")] == 4 * floats
     assert sum(fused.values()) < sum(eager.values())
 

@@ -3,20 +3,25 @@
 Why: at DeiT-T width the training step is bound by the bytes it moves, and this middle stretch runs a dozen
 eager kernels over the widest tensor of the block (4x the embedding width), forward and backward:
 ``benchmarks/step_traffic.py`` counts it as most of the 2x bytes LocalViT-T moves per image compared with
-DeiT-T. Here each batch norm is folded into a per-channel scale and shift applied on the fly, the activation
-and the depth-wise conv read neighbours straight from the expand conv's output, SE's gate multiplies inside
-the activation pass, and the backward recomputes activations from the two tensors it keeps (the input ``h``
-and the depth-wise output) instead of storing five. Measured on an H200 they are slower than the eager
-modules all the same (0.47x for this stretch, the depth-wise backward kernel most of it:
-``benchmarks/RESULTS.md``), so they stay opt-in (``set_fused_locality``).
+DeiT-T. Here each batch norm is folded into a per-channel scale and shift applied on the fly, batch-norm
+statistics are gathered by the passes that write the tensors, SE's gate multiplies inside the activation
+pass, and the backward recomputes what it needs from the three tensors it keeps (the input ``h``, the
+depth-wise conv's input and its output) instead of storing six. An earlier version, which recomputed the
+first activation at each of the conv's nine taps instead of storing the conv's input, measured slower than
+the eager modules on an H200 (0.47x for this stretch): its stencil kernels were bound by the instructions
+they issue (``benchmarks/kernel_issue.py`` counts them from the machine code; ``benchmarks/RESULTS.md``).
+So the kernels stay opt-in (``set_fused_locality``) until a GPU has timed this version.
 
-Forward: a statistics pass over ``h``; the conv pass, which also gathers the second statistics; with SE, a
-pooling pass; the activation pass. Backward: a sums pass (per image with SE: the gate's gradient and the
-second batch norm's sums together); the conv output's gradient, stored once in the storage dtype (as eager
-autograd stores it); the depth-wise conv's input gradient (gathering the first batch norm's sums) and its
-weight gradient (a program per tap); the final pass. SE's excitation MLP is a few ``(B, C)`` matmuls in
+Forward: a statistics pass over ``h``; the first activation pass, which stores the conv's input; the conv
+pass, which also gathers the second statistics; with SE, a pooling pass; the second activation pass.
+Backward: a sums pass (per image with SE: the gate's gradient and the second batch norm's sums together);
+the conv output's gradient, stored once in the storage dtype (as eager autograd stores it); the depth-wise
+conv's input gradient (gathering the first batch norm's sums) and its weight gradient (all nine taps in one
+pass over the conv's stored input); the final pass. SE's excitation MLP is a few ``(B, C)`` matmuls in
 PyTorch. Forward and backward are custom ops (``lvit::locality_middle``, ``lvit::locality_middle_backward``),
-so ``torch.compile`` keeps them in its graph instead of breaking it.
+so ``torch.compile`` keeps them in its graph instead of breaking it. The image's height and width are
+compile-time constants of the stencil kernels (a kernel per token grid), so that finding a neighbour costs a
+multiply instead of a software integer division.
 
 Same arithmetic as the eager modules, in fp32 whatever the storage dtype, with the same batch-norm
 semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``,
@@ -52,18 +57,19 @@ class Tiles(NamedTuple):
         return dict(BLOCK_P=self.positions, BLOCK_C=self.channels, num_warps=self.warps)
 
 
-# Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU. The
-# kernels that visit the nine taps keep several tiles live: with 8 warps (4 elements of a tile per thread)
-# ptxas fits the forward in 113 registers and the backward's input and weight gradients in 128 and 40
-# without spilling on sm_90 (checked ahead of time with triton.compile for GPUTarget("cuda", 90, 32) and
-# ptxas -v; the test suite checks for spills). The elementwise kernels take larger tiles: fewer, fuller
+# Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU and
+# ``benchmarks/kernel_issue.py --tiles`` counts their instructions on a CPU. The three stencil kernels (the
+# conv and its two gradients) keep nine taps in flight: with 8 warps (4 elements of a tile per thread) ptxas
+# fits them in 58, 74 and 72 registers on sm_90 as launched for LocalViT-T (``kernel_issue.py``; the test
+# suite checks every tile set for spills). 8 elements per thread would issue about a fifth fewer
+# instructions per element at twice the registers. The elementwise kernels take larger tiles: fewer, fuller
 # programs. "dw_backward" tiles both depth-wise backward kernels.
 TILES = {
     "sums": Tiles(16, 64, 4),  # the per-channel sums over all positions
     "per_image": Tiles(16, 64, 4),  # SE's per-image pooling and sums
     "dw_forward": Tiles(16, 64, 8),
     "dw_backward": Tiles(16, 64, 8),
-    "map": Tiles(64, 64, 4),  # the two elementwise kernels
+    "map": Tiles(64, 64, 4),  # the elementwise kernels
 }
 
 
@@ -128,9 +134,17 @@ def _neighbour(p, dy, dx, H, W, P):
 
 
 @triton.jit
+def _load_shifted(ptr, p, c, dy, dx, H, W, P, C):
+    """The values at the positions ``(dy, dx)`` away from each ``p``, 0 where that lies outside the image (the
+    conv's zero padding)."""
+    q, inside = _neighbour(p, dy, dx, H, W, P)
+    return _load(ptr, q, c, inside[:, None] & (c < C)[None, :], C)
+
+
+@triton.jit
 def _tap_weight(w_ptr, c, k, C):
-    """Tap ``k`` (row-major in the 3x3 window) of the depth-wise weights ``(C, 9)``, as a row."""
-    return tl.load(w_ptr + c * 9 + k, mask=c < C, other=0.0)[None, :]
+    """Tap ``k`` (row-major in the 3x3 window) of the depth-wise weights ``(9, C)``, as a row."""
+    return tl.load(w_ptr + k * C + c, mask=c < C, other=0.0)[None, :]
 
 
 @triton.jit
@@ -149,22 +163,17 @@ def _channel_sums_kernel(x_ptr, sum_ptr, sq_ptr, P, C, BLOCKS,
 
 
 @triton.jit
-def _dw_forward_kernel(h_ptr, scale_ptr, shift_ptr, w_ptr, out_ptr, sum_ptr, sq_ptr, H, W, P, C, BLOCKS,
-                       ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``out = DW3x3(act(scale * h + shift))``, zero-padded after the activation as ``nn.Conv2d`` pads its
-    input, and the channel sums of ``out`` (as stored) for the next batch norm."""
-    scale = _load_channels(scale_ptr, C, BLOCK_C)
-    shift = _load_channels(shift_ptr, C, BLOCK_C)
+def _dw_forward_kernel(a_ptr, w_ptr, out_ptr, sum_ptr, sq_ptr, P, C, BLOCKS, H: tl.constexpr,
+                       W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out = DW3x3(a)``, zero-padded as ``nn.Conv2d`` pads its input, and the channel sums of ``out`` (as
+    stored) for the next batch norm."""
     total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     total_sq = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in range(BLOCKS):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         for k in tl.static_range(9):
-            q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
-            qmask = inside[:, None] & (c < C)[None, :]
-            a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale + shift, ACT), 0.0)
-            acc += a * _tap_weight(w_ptr, c, k, C)
+            acc += _load_shifted(a_ptr, p, c, k // 3 - 1, k % 3 - 1, H, W, P, C) * _tap_weight(w_ptr, c, k, C)
         _store(out_ptr, p, c, mask, C, acc)
         stored = tl.where(mask, acc.to(out_ptr.dtype.element_ty).to(tl.float32), 0.0)  # the values stored
         total += stored
@@ -306,8 +315,9 @@ def _conv_grad_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, out_ptr, P, C, HW, HAS_
 
 
 @triton.jit
-def _dw_input_grad_kernel(g_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr, H, W, P, C, BLOCKS,
-                          ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+def _dw_input_grad_kernel(g_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr, P, C, BLOCKS,
+                          H: tl.constexpr, W: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
+                          BLOCK_C: tl.constexpr):
     """``out = act'(z1) * DW3x3^T(g)`` from the conv output's gradient ``g``: the gradient w.r.t. the first
     batch norm's output ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``,
     ``sum(out * (h - mean1))``. ``bn1_ptr`` holds three rows of C (scale1, shift1, mean1)."""
@@ -319,11 +329,8 @@ def _dw_input_grad_kernel(g_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_pt
     for i in range(BLOCKS):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for k in tl.static_range(9):
-            # the output at p - offset_k read this input p through tap k
-            q, inside = _neighbour(p, 1 - k // 3, 1 - k % 3, H, W, P)
-            qmask = inside[:, None] & (c < C)[None, :]
-            acc += _load(g_ptr, q, c, qmask, C) * _tap_weight(w_ptr, c, k, C)
+        for k in tl.static_range(9):  # the output at p - offset_k read this input p through tap k
+            acc += _load_shifted(g_ptr, p, c, 1 - k // 3, 1 - k % 3, H, W, P, C) * _tap_weight(w_ptr, c, k, C)
         h = _load(h_ptr, p, c, mask, C)
         out = tl.where(mask, acc * _act_grad(h * scale1 + shift1, ACT), 0.0)
         _store(out_ptr, p, c, mask, C, out)
@@ -334,24 +341,43 @@ def _dw_input_grad_kernel(g_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_pt
 
 
 @triton.jit
-def _dw_weight_grad_kernel(g_ptr, h_ptr, bn1_ptr, weight_ptr, H, W, P, C, BLOCKS,
-                           ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Tap ``k = program_id(0)``'s weight gradient per channel, over this program's position blocks:
-    ``sum_p act(z1)[p + offset_k] * g[p]``, into row ``9 * program_id(1) + k`` of ``weight_ptr`` (channel
-    block ``program_id(2)``). The tap is the fastest grid axis, so the nine programs that read the same
-    positions run side by side and share them in cache."""
-    k = tl.program_id(0)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    scale1 = tl.load(bn1_ptr + c, mask=c < C, other=0.0)[None, :]
-    shift1 = tl.load(bn1_ptr + C + c, mask=c < C, other=0.0)[None, :]
-    acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+def _dw_weight_grad_kernel(g_ptr, a_ptr, weight_ptr, P, C, BLOCKS, H: tl.constexpr, W: tl.constexpr,
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The depth-wise weight's gradient over this program's position blocks, ``sum_p a[p + offset_k] * g[p]``
+    for each tap k, into rows ``9 * program_id(0) + k`` of ``weight_ptr``. All nine taps in one pass, so
+    ``g`` is read once; each tap's sum over the tile's positions is taken once, after the loop (a sum across
+    warps in every iteration would stall them)."""
+    t0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t1 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t3 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t4 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t5 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t6 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t7 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    t8 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     for i in range(BLOCKS):
-        p = (tl.program_id(1) * BLOCKS + i) * BLOCK_P + tl.arange(0, BLOCK_P)
-        q, inside = _neighbour(p, k // 3 - 1, k % 3 - 1, H, W, P)
-        qmask = inside[:, None] & (c < C)[None, :]
-        a = tl.where(qmask, _act(_load(h_ptr, q, c, qmask, C) * scale1 + shift1, ACT), 0.0)
-        acc += a * _load(g_ptr, p, c, (p < P)[:, None] & (c < C)[None, :], C)
-    tl.store(weight_ptr + (tl.program_id(1) * 9 + k) * C + c, tl.sum(acc, 0), mask=c < C)
+        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
+        g = _load(g_ptr, p, c, mask, C)
+        t0 += _load_shifted(a_ptr, p, c, -1, -1, H, W, P, C) * g
+        t1 += _load_shifted(a_ptr, p, c, -1, 0, H, W, P, C) * g
+        t2 += _load_shifted(a_ptr, p, c, -1, 1, H, W, P, C) * g
+        t3 += _load_shifted(a_ptr, p, c, 0, -1, H, W, P, C) * g
+        t4 += _load_shifted(a_ptr, p, c, 0, 0, H, W, P, C) * g
+        t5 += _load_shifted(a_ptr, p, c, 0, 1, H, W, P, C) * g
+        t6 += _load_shifted(a_ptr, p, c, 1, -1, H, W, P, C) * g
+        t7 += _load_shifted(a_ptr, p, c, 1, 0, H, W, P, C) * g
+        t8 += _load_shifted(a_ptr, p, c, 1, 1, H, W, P, C) * g
+    row = 9 * tl.program_id(0)
+    _store_channel_sum(weight_ptr, row, t0, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 1, t1, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 2, t2, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 3, t3, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 4, t4, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 5, t5, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 6, t6, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 7, t7, C, BLOCK_C)
+    _store_channel_sum(weight_ptr, row + 8, t8, C, BLOCK_C)
 
 
 @triton.jit
@@ -404,8 +430,9 @@ def _bhwc(t: torch.Tensor) -> torch.Tensor:
 
 
 def _tap_weights(weight: torch.Tensor) -> torch.Tensor:
-    """The depth-wise conv's ``(C, 1, 3, 3)`` weight as the ``(C, 9)`` fp32 rows of taps the kernels read."""
-    return weight.reshape(weight.shape[0], 9).float().contiguous()
+    """The depth-wise conv's ``(C, 1, 3, 3)`` weight as the ``(9, C)`` fp32 taps the kernels read: a tap's
+    channels are contiguous, so a thread loads its channels of a tap in one vector."""
+    return weight.reshape(weight.shape[0], 9).t().float().contiguous()
 
 
 def _batch_moments(total: torch.Tensor, total_sq: torch.Tensor, count: int
@@ -505,8 +532,10 @@ def _se_backward(grad: torch.Tensor, conv: torch.Tensor, scale2: torch.Tensor, s
 @torch.library.custom_op("lvit::locality_middle", mutates_args=())
 def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
                     eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output, depth-wise output, the moments used (as ``moments``), SE's pooled input, SE's gate)."""
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                               torch.Tensor]:
+    """(output, the depth-wise conv's input and output, the moments used (as ``moments``), SE's pooled input,
+    SE's gate)."""
     B, C, H, W = h.shape
     x = _bhwc(h)
     P = B * H * W
@@ -517,11 +546,16 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
         _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, **TILES["sums"].meta())
         mean1, var1 = _batch_moments(total, total_sq, P)
     _, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
+    # The conv's input is stored rather than recomputed at each tap: nine activations per output would make
+    # the stencil kernels bound by the instructions they issue (benchmarks/kernel_issue.py)
+    dw_input = torch.empty_like(x)
+    _scale_shift_act_kernel[_map_grid(P, C, TILES["map"])](x, scale1, shift1, scale1, dw_input, P, C, H * W,
+                                                           HAS_SE=False, ACT=act, **TILES["map"].meta())
     conv = torch.empty_like(x)
     grid, blocks = _sum_grid(P, C, TILES["dw_forward"])
     total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
-    _dw_forward_kernel[grid](x, scale1, shift1, _tap_weights(weight), conv, total, total_sq, H, W, P, C,
-                             blocks, ACT=act, **TILES["dw_forward"].meta())
+    _dw_forward_kernel[grid](dw_input, _tap_weights(weight), conv, total, total_sq, P, C, blocks, H=H, W=W,
+                             **TILES["dw_forward"].meta())
     mean2, var2 = _batch_moments(total, total_sq, P) if batch[1] else (moments[2], moments[3])
     _, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
     pooled, gate = _se_forward(conv, scale2, shift2, se_params, act)
@@ -530,7 +564,8 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
                                                            HAS_SE=bool(se_params), ACT=act,
                                                            **TILES["map"].meta())
     used = torch.stack([mean1, var1, mean2, var2])
-    return out.permute(0, 3, 1, 2), conv.permute(0, 3, 1, 2), used, pooled, gate
+    return (out.permute(0, 3, 1, 2), dw_input.permute(0, 3, 1, 2), conv.permute(0, 3, 1, 2), used, pooled,
+            gate)
 
 
 @_middle_forward.register_fake
@@ -538,18 +573,19 @@ def _middle_forward_shapes(h: torch.Tensor, weight: torch.Tensor, affine: torch.
                            eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
                            ) -> tuple[torch.Tensor, ...]:
     se_shape = h.shape[:2] if se_params else (1,)
-    return (torch.empty_like(h, memory_format=torch.channels_last),
-            torch.empty_like(h, memory_format=torch.channels_last), torch.empty_like(moments),
-            h.new_empty(se_shape, dtype=torch.float32), h.new_empty(se_shape, dtype=torch.float32))
+    maps = [torch.empty_like(h, memory_format=torch.channels_last) for _ in range(3)]  # out, dw_input, conv
+    return (*maps, torch.empty_like(moments), h.new_empty(se_shape, dtype=torch.float32),
+            h.new_empty(se_shape, dtype=torch.float32))
 
 
 @torch.library.custom_op("lvit::locality_middle_backward", mutates_args=())
-def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor, weight: torch.Tensor,
-                     affine: torch.Tensor, moments: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor,
-                     eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Tensor, conv: torch.Tensor,
+                     weight: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor, pooled: torch.Tensor,
+                     gate: torch.Tensor, eps: list[float], batch: list[bool], act: int,
+                     se_params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             list[torch.Tensor]]:
     """Gradients w.r.t. (h, weight, affine, se_params), from the forward's inputs and saved outputs."""
-    x, conv, grad = _bhwc(h), _bhwc(conv), _bhwc(grad_out)
+    x, dw_input, conv, grad = _bhwc(h), _bhwc(dw_input), _bhwc(conv), _bhwc(grad_out)
     B, H, W, C = x.shape
     P = B * H * W
     mean1, var1, mean2, var2 = moments
@@ -575,10 +611,9 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor
     tiles = TILES["dw_backward"]
     grid, blocks = _sum_grid(P, C, tiles)
     total, dot, weight_partial = _partial(grid[0], C, x), _partial(grid[0], C, x), _partial(grid[0] * 9, C, x)
-    _dw_input_grad_kernel[grid](conv_grad, _tap_weights(weight), x, bn1_rows, grad_z1, total, dot, H, W, P, C,
-                                blocks, ACT=act, **tiles.meta())
-    _dw_weight_grad_kernel[(9, *grid)](conv_grad, x, bn1_rows, weight_partial, H, W, P, C, blocks, ACT=act,
-                                       **tiles.meta())
+    _dw_input_grad_kernel[grid](conv_grad, _tap_weights(weight), x, bn1_rows, grad_z1, total, dot, P, C,
+                                blocks, H=H, W=W, ACT=act, **tiles.meta())
+    _dw_weight_grad_kernel[grid](conv_grad, dw_input, weight_partial, P, C, blocks, H=H, W=W, **tiles.meta())
     total1, dot1 = total.sum(0), dot.sum(0)
     grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3).contiguous()
     coef1 = _input_grad_coefficients(affine[0], mean1, rstd1, total1, dot1, P, batch[0])
@@ -590,29 +625,30 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor
 
 
 @_middle_backward.register_fake
-def _middle_backward_shapes(grad_out: torch.Tensor, h: torch.Tensor, conv: torch.Tensor, weight: torch.Tensor,
-                            affine: torch.Tensor, moments: torch.Tensor, pooled: torch.Tensor,
-                            gate: torch.Tensor, eps: list[float], batch: list[bool], act: int,
-                            se_params: list[torch.Tensor]) -> tuple[Any, ...]:
+def _middle_backward_shapes(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Tensor,
+                            conv: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
+                            moments: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor, eps: list[float],
+                            batch: list[bool], act: int, se_params: list[torch.Tensor]) -> tuple[Any, ...]:
     return (torch.empty_like(h, memory_format=torch.channels_last), torch.empty_like(weight),
             torch.empty_like(affine), [torch.empty_like(p) for p in se_params])
 
 
 def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
     h, weight, affine, _, eps, batch, act, se_params = inputs
-    _, conv, moments, pooled, gate = output
-    ctx.mark_non_differentiable(conv, moments, pooled, gate)
-    # else autograd passes a zero-filled gradient for each of those four; the node only runs when ``out`` has
+    _, dw_input, conv, moments, pooled, gate = output
+    ctx.mark_non_differentiable(dw_input, conv, moments, pooled, gate)
+    # else autograd passes a zero-filled gradient for each of those five; the node only runs when ``out`` has
     # a gradient, the one differentiable output
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h, conv, weight, affine, moments, pooled, gate, *se_params)
+    ctx.save_for_backward(h, dw_input, conv, weight, affine, moments, pooled, gate, *se_params)
     ctx.eps, ctx.batch, ctx.act = eps, batch, act
 
 
 def _middle_gradients(ctx: Any, grad_out: torch.Tensor, *_non_differentiable: None) -> tuple[Any, ...]:
-    h, conv, weight, affine, moments, pooled, gate, *se_params = ctx.saved_tensors
+    h, dw_input, conv, weight, affine, moments, pooled, gate, *se_params = ctx.saved_tensors
     grad_h, grad_weight, grad_affine, se_grads = _middle_backward(
-        grad_out, h, conv, weight, affine, moments, pooled, gate, ctx.eps, ctx.batch, ctx.act, se_params)
+        grad_out, h, dw_input, conv, weight, affine, moments, pooled, gate, ctx.eps, ctx.batch, ctx.act,
+        se_params)
     return grad_h, grad_weight, grad_affine, None, None, None, None, se_grads
 
 
@@ -646,7 +682,7 @@ def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn
     se_params = [se.fc[0].weight, se.fc[0].bias, se.fc[2].weight, se.fc[2].bias] if se is not None else []
     affine = torch.stack([bn1.weight, bn1.bias, bn2.weight, bn2.bias]).float()
     moments = torch.stack([*_running_moments(bn1, h.device), *_running_moments(bn2, h.device)])
-    out, _, used, _, _ = _middle_forward(h, dw.weight, affine, moments, [bn1.eps, bn2.eps],
+    out, _, _, used, _, _ = _middle_forward(h, dw.weight, affine, moments, [bn1.eps, bn2.eps],
                                          [_uses_batch_statistics(bn1), _uses_batch_statistics(bn2)],
                                          ACT_CODES[act], se_params)
     count = h.shape[0] * h.shape[2] * h.shape[3]
