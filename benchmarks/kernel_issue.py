@@ -66,9 +66,11 @@ def record_launches(args: argparse.Namespace) -> list[KernelLaunch]:
     return kernels.launches
 
 
-def compile_as_launched(launch: KernelLaunch) -> Any:
-    """The kernel compiled for sm_90 with the signature, constants and divisibility hints Triton's JIT would
-    derive from this launch's arguments."""
+def specialization(launch: KernelLaunch
+                   ) -> tuple[dict[str, str], dict[tuple[int], Any], dict[tuple[int], Any]]:
+    """(signature, constants, attributes) that Triton's JIT derives from this launch's arguments: each
+    argument's type; the constexprs, and integer arguments equal to 1; a divisibility-by-16 hint for integers
+    and tensor addresses that have it."""
     kernel = getattr(fused, launch.name)
     names = kernel.arg_names
     values = dict(zip(names, launch.args, strict=False))
@@ -84,7 +86,14 @@ def compile_as_launched(launch: KernelLaunch) -> Any:
         else:
             signature[name] = kind
             attrs[(index,)] = CUDABackend.parse_attr(spec)
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return signature, constexprs, attrs
+
+
+def compile_as_launched(launch: KernelLaunch) -> Any:
+    """The kernel compiled for sm_90 as Triton's JIT would compile it for this launch."""
+    signature, constexprs, attrs = specialization(launch)
+    source = ASTSource(fn=getattr(fused, launch.name), signature=signature, constexprs=constexprs,
+                       attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": launch.meta.get("num_warps", 4)})
 

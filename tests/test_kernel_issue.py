@@ -1,0 +1,59 @@
+"""benchmarks/kernel_issue.py reads how many instructions a Triton kernel issues from its machine code, as
+Triton's JIT would compile it for a launch."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from kernel_issue import instruction_counts, specialization, trips  # noqa: E402
+from step_traffic import KernelLaunch  # noqa: E402
+
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   S2R R0, SR_TID.X ;
+.L_x_0:
+        /*0020*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*0030*/                   FFMA R3, R3, R4, R5 ;
+        /*0040*/                   ISETP.GE.AND P0, PT, R2, R6, PT ;
+        /*0050*/              @!P0 BRA `(.L_x_0) ;
+        /*0060*/               @P1 BRA `(.L_x_1) ;
+        /*0070*/                   STG.E desc[UR4][R8.64], R3 ;
+.L_x_1:
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_a_loop_runs_from_a_label_back_to_the_branch_that_jumps_to_it() -> None:
+    total, loops = instruction_counts(SASS)
+    assert total == 9
+    assert [(size, dict(opcodes)) for size, opcodes in loops] == [
+        (4, {"IADD3": 1, "FFMA": 1, "ISETP": 1, "BRA": 1})]  # the forward branch to .L_x_1 is no loop
+
+
+def _launch(name: str, args: tuple, **meta: int) -> KernelLaunch:
+    return KernelLaunch(name, (1, 1), args, meta, 0)
+
+
+def test_a_launch_is_specialised_as_the_jit_specialises_it() -> None:
+    x = torch.zeros(16, 64, dtype=torch.bfloat16)
+    sums = torch.zeros(1, 64)
+    launch = _launch("_channel_sums_kernel", (x, sums, sums, 16 * 48, 70, 1), BLOCK_P=16, BLOCK_C=64,
+                     num_warps=4)
+    signature, constants, attrs = specialization(launch)
+    assert signature == dict(x_ptr="*bf16", sum_ptr="*fp32", sq_ptr="*fp32", P="i32", C="i32",
+                             BLOCKS="constexpr", BLOCK_P="constexpr", BLOCK_C="constexpr")
+    assert constants == {(5,): 1, (6,): 16, (7,): 64}  # BLOCKS = 1 becomes a constant, as in the JIT
+    divisible = [["tt.divisibility", 16]]
+    assert attrs == {(0,): divisible, (1,): divisible, (2,): divisible, (3,): divisible, (4,): []}  # C = 70
+
+
+def test_trips_are_the_position_blocks_of_a_program_or_of_an_image() -> None:
+    x = torch.zeros(1)
+    assert trips(_launch("_channel_sums_kernel", (x, x, x, 800, 64, 7), BLOCK_P=16)) == 7
+    # the per-image kernels walk an image's 196 positions 16 at a time
+    assert trips(_launch("_image_pool_kernel", (x, x, x, x, 196, 64), BLOCK_P=16)) == 13
+    with pytest.raises(KeyError):
+        trips(_launch("_affine_kernel", (x, x, x, x, 800, 64), BLOCK_P=16))  # no loop to count
