@@ -346,7 +346,8 @@ def _dw_weight_grad_kernel(g_ptr, a_ptr, weight_ptr, P, C, BLOCKS, H: tl.constex
     """The depth-wise weight's gradient over this program's position blocks, ``sum_p a[p + offset_k] * g[p]``
     for each tap k, into rows ``9 * program_id(0) + k`` of ``weight_ptr``. All nine taps in one pass, so
     ``g`` is read once; each tap's sum over the tile's positions is taken once, after the loop (a sum across
-    warps in every iteration would stall them)."""
+    warps in every iteration would stall them). The nine accumulators are spelled out: a Triton loop carries
+    named tensors, not a list of them."""
     t0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     t1 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     t2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
