@@ -98,15 +98,17 @@ def compile_as_launched(launch: KernelLaunch) -> Any:
                           options={"num_warps": launch.meta.get("num_warps", 4)})
 
 
-def registers(ptx: str) -> int:
-    """Registers per thread that ptxas allots the kernel (which, with the warps, sets how many programs fit
-    on one multiprocessor)."""
+def ptxas_usage(ptx: str) -> tuple[int, int]:
+    """(registers per thread, bytes of spill stores) that ptxas reports for the kernel on sm_90: registers
+    and warps set how many programs fit on one multiprocessor, and a spill costs memory bandwidth."""
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as handle:
         handle.write(ptx)
         handle.flush()
         report = subprocess.run([str(NVIDIA_BIN / "ptxas"), "-v", "--gpu-name", "sm_90a", handle.name, "-o",
                                  "/dev/null"], capture_output=True, text=True, check=True).stderr
-    return int(re.search(r"Used (\d+) registers", report).group(1))
+    registers = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    return int(registers.group(1)), int(spills.group(1))
 
 
 def disassemble(cubin: bytes) -> str:
@@ -164,7 +166,7 @@ def analyse(launch: KernelLaunch, args: argparse.Namespace) -> dict[str, Any]:
     warp_instructions = programs * warps * per_program
     return dict(
         kernel=launch.name, grid=launch.grid, tiles=(launch.meta["BLOCK_P"], launch.meta["BLOCK_C"], warps),
-        registers=registers(compiled.asm["ptx"]), loop_body=body, trips=iterations,
+        registers=ptxas_usage(compiled.asm["ptx"])[0], loop_body=body, trips=iterations,
         instructions_per_element=warp_instructions * 32 / elements,
         issue_us=warp_instructions / (4 * args.sms * args.clock_ghz * 1e3),
         memory_us=launch.nbytes / (args.bandwidth_tb_s * 1e6),
@@ -177,8 +179,8 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
         f"### Issue and memory bounds of the fused locality kernels ({env['date'][:10]})", "",
         f"lvit {env['lvit']} at {env['git_sha'][:7]}{' (dirty)' if env['dirty'] else ''}; Triton "
         f"{triton.__version__}, sm_90; batch {args.batch_size}, {4 * args.embed_dim} channels at "
-        f"{args.image_size}², h-swish + SE, bf16; tiles {args.tiles or 'default'}; {args.sms} SMs at "
-        f"{args.clock_ghz} GHz, {args.bandwidth_tb_s} TB/s", "",
+        f"{args.image_size}², h-swish{' + SE' if args.attn == 'se' else ''}, bf16; tiles "
+        f"{args.tiles or 'default'}; {args.sms} SMs at {args.clock_ghz} GHz, {args.bandwidth_tb_s} TB/s", "",
         "| kernel | tiles (P, C, warps) | registers | loop body | trips | instructions / element | issue µs "
         "| memory µs | floor µs |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -200,6 +202,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=14, help="side of the token grid (224 / 16)")
     parser.add_argument("--embed-dim", type=int, default=192, help="LocalViT-T's; the middle has 4x")
+    parser.add_argument("--attn", choices=("se", "none"), default="se", help="SE after the middle or not")
     parser.add_argument("--tiles", choices=list(TILE_SETS), help="a tile set of locality_kernels.py")
     parser.add_argument("--sms", type=int, default=132, help="multiprocessors (H100 SXM and H200: 132)")
     parser.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock (H200: 1.98 at most)")

@@ -60,10 +60,11 @@ TILE_SETS: dict[str, dict[str, Tiles]] = {
 
 
 def build_middle(args: argparse.Namespace, device: torch.device) -> nn.Sequential:
-    """LocalViT-T's middle (``BN, act, DW, BN, act, SE`` on 4 x 192 channels), random batch-norm affines."""
+    """LocalViT-T's middle (``BN, act, DW, BN, act`` on 4 x 192 channels, then SE unless ``args.attn`` is
+    "none"), random batch-norm affines."""
     torch.manual_seed(0)
-    ffn = LocalityFeedForward(args.embed_dim, 4.0, act="hswish", attn="se")
-    middle = ffn.conv[1:7].to(device).train()
+    ffn = LocalityFeedForward(args.embed_dim, 4.0, act="hswish", attn=args.attn)
+    middle = ffn.conv[1:7 if args.attn == "se" else 6].to(device).train()
     for bn in (middle[0], middle[3]):
         nn.init.uniform_(bn.weight, 0.5, 1.5)
         nn.init.uniform_(bn.bias, -0.5, 0.5)
@@ -71,8 +72,8 @@ def build_middle(args: argparse.Namespace, device: torch.device) -> nn.Sequentia
 
 
 def fused_call(middle: nn.Sequential) -> Callable[[torch.Tensor], torch.Tensor]:
-    bn1, _, dw, bn2, _, se = middle
-    return lambda h: fused.locality_middle(h, bn1, dw, bn2, "hswish", se)
+    bn1, _, dw, bn2, _, *se = middle
+    return lambda h: fused.locality_middle(h, bn1, dw, bn2, "hswish", *se)
 
 
 @contextlib.contextmanager
@@ -211,6 +212,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=14, help="side of the token grid (224 / 16)")
     parser.add_argument("--embed-dim", type=int, default=192, help="LocalViT-T's; the middle has 4x")
+    parser.add_argument("--attn", choices=("se", "none"), default="se", help="SE after the middle or not")
     parser.add_argument("--tiles", nargs="+", choices=list(TILE_SETS), default=list(TILE_SETS),
                         help="tile sets of the fused kernels to time, in order")
     parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
