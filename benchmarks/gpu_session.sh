@@ -118,7 +118,7 @@ training_speed_benchmarks() {  # the training-throughput target first: the fused
     # test's time is Triton compiling the kernels' variants (about 12 s per set on a 2-core CPU). The tests
     # of the compiled model (inductor around the kernels' custom ops) and of the CUDA-graph step run after
     # the timings: the first compiles for tens of seconds, and neither gates what the timings time.
-    fused="fused compiled-fused"  # not local: fused_middle_benchmark reads it
+    fused="fused compiled-fused graphed-fused"  # not local: fused_middle_benchmark reads it
     local late_tests="compile_traces or cuda_graph"
     if ! timeout -k 5 "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
         -k "not ($late_tests)" >"$BENCH_DIR/fused_locality_test.log" 2>&1; then
@@ -127,7 +127,7 @@ training_speed_benchmarks() {  # the training-throughput target first: the fused
         fused=""
     fi
     tail -1 "$BENCH_DIR/fused_locality_test.log"
-    timeout -k 5 "$(budget 120)" python3 benchmarks/train_throughput.py --max-seconds 100 \
+    timeout -k 5 "$(budget 140)" python3 benchmarks/train_throughput.py --max-seconds 120 \
         --modes eager $fused compiled --out "$BENCH_DIR/train_throughput.json" \
         >"$BENCH_DIR/train_throughput.log" 2>&1
     stamp "train_throughput exit $?"
