@@ -10,13 +10,15 @@ arguments, tiles. It then compiles every kernel for sm_90 exactly as that launch
 types and divisibility specialisation as Triton's JIT; Triton's own ptxas), disassembles it (nvdisasm),
 counts the instructions of its loop body and of the rest, and multiplies by the loop's trip count, the warps
 and the programs. Beside that issue bound it sets the memory bound: the bytes of the tensors the launch is
-passed over the memory bandwidth. The larger of the two is the kernel's floor.
+passed over the memory bandwidth. The larger of the two is the kernel's floor. It also gives how many of the
+kernel's warps a multiprocessor holds at once (registers, warp slots and shared memory permitting), which
+the floors leave out: few resident warps hide memory latency badly.
 
 Why: on an H200 at ``d0b3b1c`` the fused kernels ran far below the memory bandwidth the byte-count
 prediction assumed (``RESULTS.md``); this tells which kernels are bound by the instructions they issue, and
 how many each output element costs, so that kernel work can be judged on a CPU before a GPU times it.
 Caveats: a warp instruction's issue is counted as one cycle (some take two, e.g. 64-bit integer multiplies
-and memory instructions with many addresses); stalls, occupancy and the memory latency are not modelled; a
+and memory instructions with many addresses); stalls and the memory latency are not modelled; a
 predicated-off instruction still issues, so it is counted.
 
     python benchmarks/kernel_issue.py                      # H200's 132 SMs, 1.98 GHz, 4.8 TB/s; ~1 min
@@ -152,6 +154,20 @@ def trips(launch: KernelLaunch) -> int:
     return triton.cdiv(values["HW"], launch.meta["BLOCK_P"])
 
 
+# Hopper's per-multiprocessor limits: 64 K registers (allotted per warp in units of 256), 64 resident warps,
+# 32 resident programs, 227 KB of shared memory a program may use.
+SM_REGISTERS, SM_WARPS, SM_PROGRAMS, SM_SHARED = 65536, 64, 32, 227 * 1024
+
+
+def resident_warps(registers: int, warps: int, shared: int) -> int:
+    """Warps of this kernel that one multiprocessor holds at once: what hides memory latency. A program
+    needs all its warps resident, so registers, warp slots and shared memory each cap the programs."""
+    per_warp = -(-registers * 32 // 256) * 256
+    programs = min(SM_REGISTERS // (per_warp * warps), SM_WARPS // warps, SM_PROGRAMS,
+                   SM_SHARED // shared if shared else SM_PROGRAMS)
+    return programs * warps
+
+
 def analyse(launch: KernelLaunch, args: argparse.Namespace) -> dict[str, Any]:
     compiled = compile_as_launched(launch)
     total, loops = instruction_counts(disassemble(compiled.asm["cubin"]))
@@ -164,9 +180,11 @@ def analyse(launch: KernelLaunch, args: argparse.Namespace) -> dict[str, Any]:
     programs, warps = int(torch.tensor(launch.grid).prod()), launch.meta["num_warps"]
     elements = launch.meta["BLOCK_P"] * launch.meta["BLOCK_C"] * iterations * programs
     warp_instructions = programs * warps * per_program
+    registers = ptxas_usage(compiled.asm["ptx"])[0]
     return dict(
         kernel=launch.name, grid=launch.grid, tiles=(launch.meta["BLOCK_P"], launch.meta["BLOCK_C"], warps),
-        registers=ptxas_usage(compiled.asm["ptx"])[0], loop_body=body, trips=iterations,
+        registers=registers, resident_warps=resident_warps(registers, warps, compiled.metadata.shared),
+        loop_body=body, trips=iterations,
         instructions_per_element=warp_instructions * 32 / elements,
         issue_us=warp_instructions / (4 * args.sms * args.clock_ghz * 1e3),
         memory_us=launch.nbytes / (args.bandwidth_tb_s * 1e6),
@@ -181,12 +199,13 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
         f"{triton.__version__}, sm_90; batch {args.batch_size}, {4 * args.embed_dim} channels at "
         f"{args.image_size}², h-swish{' + SE' if args.attn == 'se' else ''}, bf16; tiles "
         f"{args.tiles or 'default'}; {args.sms} SMs at {args.clock_ghz} GHz, {args.bandwidth_tb_s} TB/s", "",
-        "| kernel | tiles (P, C, warps) | registers | loop body | trips | instructions / element | issue µs "
-        "| memory µs | floor µs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| kernel | tiles (P, C, warps) | registers | resident warps / SM | loop body | trips "
+        "| instructions / element | issue µs | memory µs | floor µs |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| `{r['kernel']}` | {r['tiles']} | {r['registers']} | {r['loop_body']} | {r['trips']} "
+        lines.append(f"| `{r['kernel']}` | {r['tiles']} | {r['registers']} | {r['resident_warps']} "
+                     f"| {r['loop_body']} | {r['trips']} "
                      f"| {r['instructions_per_element']:.1f} | {r['issue_us']:.1f} | {r['memory_us']:.1f} "
                      f"| {max(r['issue_us'], r['memory_us']):.1f} |")
     issue = sum(r["issue_us"] for r in rows)

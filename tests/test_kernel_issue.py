@@ -57,3 +57,13 @@ def test_trips_are_the_position_blocks_of_a_program_or_of_an_image() -> None:
     assert trips(_launch("_image_pool_kernel", (x, x, x, x, 196, 64), BLOCK_P=16)) == 13
     with pytest.raises(KeyError):
         trips(_launch("_affine_kernel", (x, x, x, x, 800, 64), BLOCK_P=16))  # no loop to count
+
+
+def test_resident_warps_follow_the_scarcest_of_registers_warp_slots_and_shared_memory() -> None:
+    from kernel_issue import resident_warps
+
+    # 252 registers a thread round to 8064 a warp: one 8-warp program fits the 64 K (d0b3b1c's backward)
+    assert resident_warps(252, 8, 0) == 8
+    assert resident_warps(64, 8, 0) == 32  # four programs by registers
+    assert resident_warps(32, 4, 0) == 64  # sixteen by registers, and the 64 warp slots are full
+    assert resident_warps(32, 4, 100 * 1024) == 8  # two programs of 100 KB shared memory
