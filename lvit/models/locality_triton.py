@@ -29,7 +29,8 @@ momentum update, ``num_batches_tracked``), running statistics in eval. Tensors a
 ``(B, H, W, C)`` views of the ``(B, C, H, W)`` modules' tensors. Variance is ``E[x^2] - E[x]^2`` in fp32,
 which loses digits only when a channel's mean dwarfs its spread: where the mean is r spreads, the variance's
 relative error is about r^2 x 6e-8 (r = 100: 6e-4). The expand conv reads the unnormalised residual
-stream (as in the official code), so r depends on the trained model; eager cuDNN uses Welford's update.
+stream (as in the official code), so r depends on the trained model; PyTorch's eager CUDA batch norm uses
+Welford's update.
 """
 
 from __future__ import annotations
