@@ -63,10 +63,10 @@ class Tiles(NamedTuple):
 # Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU and
 # ``benchmarks/kernel_issue.py --tiles`` counts their instructions on a CPU. The three stencil kernels (the
 # conv and its two gradients) keep nine taps in flight: with 8 warps (4 elements of a tile per thread) ptxas
-# fits them in 58, 74 and 72 registers on sm_90 as launched for LocalViT-T (``kernel_issue.py``; the test
-# suite checks every tile set for spills). 8 elements per thread would issue about a fifth fewer
-# instructions per element at twice the registers. The elementwise kernels take larger tiles: fewer, fuller
-# programs. "dw_backward" tiles both depth-wise backward kernels.
+# fits them in 58, 74 and 72 registers on sm_90 as launched for LocalViT-T with Triton 3.8, 80, 98 and 80
+# with 3.6 (``kernel_issue.py``; the test suite checks every tile set for spills). 8 elements per thread
+# would issue about a fifth fewer instructions per element at more registers. The elementwise kernels take
+# larger tiles: fewer, fuller programs. "dw_backward" tiles both depth-wise backward kernels.
 TILES = {
     "sums": Tiles(16, 64, 4),  # the per-channel sums over all positions
     "per_image": Tiles(16, 64, 4),  # SE's per-image pooling and sums
@@ -551,7 +551,8 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
         mean1, var1 = _batch_moments(total, total_sq, P)
     _, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
     # The conv's input is stored rather than recomputed at each tap: nine activations per output would make
-    # the stencil kernels bound by the instructions they issue (benchmarks/kernel_issue.py)
+    # the stencil kernels bound by the instructions they issue (benchmarks/kernel_issue.py). scale1 stands
+    # in for the SE gate, which this pass does not read.
     dw_input = torch.empty_like(x)
     _scale_shift_act_kernel[_map_grid(P, C, TILES["map"])](x, scale1, shift1, scale1, dw_input, P, C, H * W,
                                                            HAS_SE=False, ACT=act, **TILES["map"].meta())
