@@ -67,3 +67,4 @@ def test_resident_warps_follow_the_scarcest_of_registers_warp_slots_and_shared_m
     assert resident_warps(64, 8, 0) == 32  # four programs by registers
     assert resident_warps(32, 4, 0) == 64  # sixteen by registers, and the 64 warp slots are full
     assert resident_warps(32, 4, 100 * 1024) == 8  # two programs of 100 KB shared memory
+    assert resident_warps(41, 4, 0) == 40  # 41 registers are allotted as 48: ten programs, not twelve
