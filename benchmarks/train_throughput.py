@@ -97,11 +97,12 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    if mode.endswith("fused"):
+    runs_as = baseline_mode(mode)  # eager, compiled or graphed; a fused mode adds the kernels to it
+    if runs_as != mode:
         set_fused_locality(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     forward: nn.Module = net
-    compiled = mode in ("compiled", "compiled-fused")
+    compiled = runs_as == "compiled"
     if compiled and args.compile_scope == "blocks" and hasattr(net, "blocks"):
         for block in net.blocks:
             block.compile()
@@ -109,7 +110,7 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
         forward = torch.compile(net)  # type: ignore[assignment]
     loss_fn = nn.CrossEntropyLoss()
     graphed = None
-    if mode in ("graphed", "graphed-fused"):
+    if runs_as == "graphed":
         graphed = capture_step(net, loss_fn, images, labels, lambda: training_autocast(device, cache=False))
         if graphed is None:
             raise RuntimeError("CUDA-graph capture failed (see the warning above)")
