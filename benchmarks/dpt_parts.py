@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import statistics
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
-from bench_common import allow_tf32, before_deadline, environment, synchronize, write_json
+from bench_common import allow_tf32, before_deadline, environment, write_json
 
 from lvit.complexity import count_macs_by_part
 from lvit.models.dpt import DPT
@@ -149,18 +148,10 @@ def replay_max_abs_diff(recording: Recording, part: str) -> float:
     return max(diffs, default=0.0)
 
 
-def seconds(work: Any, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    work()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def profile_pair(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Per-part medians (ms per batch) of lvit and HF, the whole forwards, lvit's GMACs per part, and the
     replay checks."""
-    from dpt_vs_hf import build_pair, inference_autocast  # transformers: the parts alone need only lvit
+    from dpt_vs_hf import build_pair, inference_autocast, interleaved  # needs transformers; the parts don't
 
     device = torch.device(args.device)
     hf, ours, _ = build_pair(name, args)
@@ -168,21 +159,14 @@ def profile_pair(name: str, args: argparse.Namespace) -> dict[str, Any]:
     macs = count_macs_by_part(ours, (3, args.size, args.size), parts=parts["lvit"])
     x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
     models = dict(lvit=ours, hf=hf)
-    times: dict[str, list[float]] = {}
     with torch.inference_mode(), inference_autocast(device):
         recordings = {key: record_calls(model, parts[key], x) for key, model in models.items()}
         replay_diff = {f"{key}/{part}": replay_max_abs_diff(recordings[key], part)
                        for key in models for part in PARTS}
-        for _ in range(args.warmup):
-            for model in models.values():
-                model(x)
-        for _ in range(args.rounds):
-            for key, model in models.items():
-                times.setdefault(f"{key}/whole", []).append(seconds(lambda model=model: model(x), device))
-                for part in PARTS:
-                    work = lambda key=key, part=part: recordings[key].replay(part)  # noqa: E731
-                    times.setdefault(f"{key}/{part}", []).append(seconds(work, device))
-    ms = {key: 1e3 * statistics.median(values) for key, values in times.items()}
+    work = {f"{key}/whole": model for key, model in models.items()}
+    work |= {f"{key}/{part}": lambda _, recording=recordings[key], part=part: recording.replay(part)
+             for key in models for part in PARTS}
+    ms = {key: 1e3 * median for key, median in interleaved(work, x, args.warmup, args.rounds).items()}
     return dict(ms_per_batch=ms, lvit_gmacs_per_image={p: macs.get(p, 0) / 1e9 for p in PARTS},
                 lvit_gmacs_outside_parts=macs.get("", 0) / 1e9, replay_max_abs_diff=replay_diff)
 
