@@ -40,8 +40,8 @@ from typing import Any
 import torch
 import triton
 from bench_common import environment, write_json
-from locality_kernels import TILE_SETS, build_middle, fused_call, tiles_of
-from step_traffic import KernelLaunch, TrafficCounter, TritonKernelCounter
+from locality_kernels import TILE_SETS, build_middle, count_one_call, tiles_of
+from step_traffic import KernelLaunch
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
@@ -57,15 +57,7 @@ _BRANCH = re.compile(r"\bBRA\b.*?(\.L_x_\d+)")
 
 def record_launches(args: argparse.Namespace) -> list[KernelLaunch]:
     """Every kernel launch of one forward and backward of the fused middle at the script's shape."""
-    middle = build_middle(args, torch.device("cpu"))
-    shape = (args.batch_size, 4 * args.embed_dim, args.image_size, args.image_size)
-    h = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    kernels = TritonKernelCounter(TrafficCounter())
-    kernels.active = True
-    with kernels, torch.autocast("cpu", dtype=torch.bfloat16):
-        out = fused_call(middle)(h.requires_grad_())
-        torch.autograd.grad(out, [h, *middle.parameters()], torch.randn_like(h))
-    return kernels.launches
+    return count_one_call(build_middle(args, torch.device("cpu")), True, args, args.batch_size).launches
 
 
 def specialization(launch: KernelLaunch

@@ -111,25 +111,34 @@ def make_runner(path: Callable[[torch.Tensor], torch.Tensor], middle: nn.Sequent
     return run
 
 
+def count_one_call(middle: nn.Sequential, fused_path: bool, args: argparse.Namespace, batch: int
+                   ) -> TritonKernelCounter:
+    """One call of the middle, eager modules or fused kernels, at ``batch`` images on the CPU: the forward
+    under bf16 autocast (as the training loop runs it on a GPU), then the input and parameter gradients,
+    under ``step_traffic.py``'s count. The result holds the bytes per operator (``.counter.bytes``) and, on
+    the fused path, each kernel launch (``.launches``)."""
+    shape = (batch, 4 * args.embed_dim, args.image_size, args.image_size)
+    h = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(h)
+    path = fused_call(middle) if fused_path else middle
+    kernels = TritonKernelCounter(TrafficCounter())
+    kernels.active = True
+    with kernels if fused_path else contextlib.nullcontext(), kernels.counter:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = path(h.requires_grad_())
+        torch.autograd.grad(out, [h, *middle.parameters()], grad)
+    return kernels
+
+
 def counted_mb(fused_path: bool, args: argparse.Namespace) -> float:
     """MB one call moves at ``--batch-size`` by ``step_traffic.py``'s count, eager modules or fused kernels:
-    counted on the CPU (under bf16 autocast, as on a GPU) at batches 4 and 8, which splits each operator's
-    bytes into a part per image and a part per call (parameter gradients, per-channel rows)."""
+    counted at batches 4 and 8, which splits each operator's bytes into a part per image and a part per call
+    (parameter gradients, per-channel rows)."""
     middle = build_middle(args, torch.device("cpu"))
-    path = fused_call(middle) if fused_path else middle
 
     def count(batch: int) -> dict[str, float]:
-        shape = (batch, 4 * args.embed_dim, args.image_size, args.image_size)
-        h = torch.randn(shape, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
-        grad = torch.randn_like(h)
-        counter = TrafficCounter()
-        kernels = TritonKernelCounter(counter)
-        kernels.active = True
-        with kernels if fused_path else contextlib.nullcontext(), counter:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = path(h.requires_grad_())
-            torch.autograd.grad(out, [h, *middle.parameters()], grad)
-        return {f"{phase}/{op}": nbytes / 1e6 for (phase, op), nbytes in counter.bytes.items()}
+        traffic = count_one_call(middle, fused_path, args, batch).counter.bytes
+        return {f"{phase}/{op}": nbytes / 1e6 for (phase, op), nbytes in traffic.items()}
 
     per_image = per_image_at(args.batch_size, 4, count(4), count(8))
     return sum(per_image.values()) * args.batch_size
