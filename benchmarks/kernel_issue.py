@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import math
 import re
 import subprocess
 import tempfile
@@ -169,7 +170,7 @@ def analyse(launch: KernelLaunch, args: argparse.Namespace) -> dict[str, Any]:
     body, opcodes = min(loops, key=lambda loop: loop[0]) if loops else (0, collections.Counter())
     iterations = trips(launch) if loops else 1
     per_program = total - sum(size for size, _ in loops) + iterations * body
-    programs, warps = int(torch.tensor(launch.grid).prod()), launch.meta["num_warps"]
+    programs, warps = math.prod(launch.grid), launch.meta["num_warps"]
     elements = launch.meta["BLOCK_P"] * launch.meta["BLOCK_C"] * iterations * programs
     warp_instructions = programs * warps * per_program
     registers = ptxas_usage(compiled.asm["ptx"])[0]
