@@ -273,3 +273,16 @@ def test_the_untrained_model_is_measured_into_the_first_entry_without_changing_t
     assert [e["train_loss"] for e in with_init] == [e["train_loss"] for e in history]
     for name, value in plain.state_dict().items():
         torch.testing.assert_close(measured.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_on_first_step_is_called_once_after_the_first_optimizer_step(tmp_path):
+    model = _model()
+    initial = [p.detach().clone() for p in model.parameters()]
+    seen = []
+
+    def first_step() -> None:  # the weights have moved by then: the step's state is allocated
+        seen.append(any(not torch.equal(a, p) for a, p in zip(initial, model.parameters(), strict=True)))
+
+    fit(model, ClassificationTask(RECIPE), _dataset(), None, LoopConfig(epochs=2, batch_size=8, seed=7),
+        on_first_step=first_step)
+    assert seen == [True]  # 16 steps, one call

@@ -311,3 +311,26 @@ def test_run_experiment_returns_the_collapse_flag_of_each_run(tmp_path):
     history.to_csv(path, index=False)
     again = run_experiment("dpt_read_ablation", "smoke", seeds=[0], rows=["Add"], **dirs)
     assert again["collapsed"].all() and again["value"].tolist() == df["value"].tolist()
+
+
+def test_a_training_passes_the_gpu_admission_gate_with_its_declared_need(tmp_path, monkeypatch):
+    import contextlib
+
+    gate = []
+
+    @contextlib.contextmanager
+    def recording_gate(device, need_gib):
+        entry = {"device": device, "need": need_gib, "settled": 0}
+        gate.append(entry)
+        yield lambda: entry.__setitem__("settled", entry["settled"] + 1)
+
+    monkeypatch.setattr(runner, "admitted", recording_gate)
+    monkeypatch.setitem(recipes.GPU_MEMORY_GIB, ("classification", "smoke"), 2.5)
+    run_experiment("localvit_curves", "smoke", seeds=[0], results_dir=tmp_path / "results",
+                   data_root=tmp_path / "data", rows=["DeiT-T"])
+    assert gate == [{"device": torch.device("cpu"), "need": 2.5, "settled": 1}]  # released after step one
+
+
+def test_every_proxy_task_declares_the_gpu_memory_its_trainings_wait_for():
+    declared = {task for task, profile in recipes.GPU_MEMORY_GIB if profile == "proxy"}
+    assert declared == set(runner.TRAINING_TASKS)

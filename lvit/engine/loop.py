@@ -297,12 +297,17 @@ def fit(
     val_set: Dataset | None,
     config: LoopConfig,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    on_first_step: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``train_set`` with ``task``'s loss, optimizer and schedule; return the history.
 
     Each history entry holds ``epoch, train_loss, lr, images_per_s, wall_s`` and, on rank 0, the task's
     validation metrics prefixed with ``val_``; the first also its :meth:`Task.init_diagnostics` prefixed
-    with ``init_`` (not after a resume from within the first epoch, whose untrained model is gone).
+    with ``init_`` (not after a resume from within the first epoch, whose untrained model is gone). On CUDA
+    each entry also holds ``gpu_peak_gib``, the most memory this process's allocator had reserved so far.
+
+    ``on_first_step`` is called once, after the first optimizer step this call takes: the step's memory
+    (model, optimizer state, CUDA graph) is allocated by then (:mod:`lvit.engine.admission` waits for it).
     """
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist_info = init_distributed(device)
@@ -437,6 +442,9 @@ def fit(
                 bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), global_step, bad_step)
                 images += micro_batch * dist_info.world
             optimizer.step()
+            if on_first_step is not None:
+                on_first_step()
+                on_first_step = None
             global_step += 1
             step_in_epoch += 1
             if scheduler is not None:
@@ -466,6 +474,8 @@ def fit(
             "wall_s": elapsed,
             "cuda_graph": graphed is not None,
         }
+        if device.type == "cuda":
+            entry["gpu_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
         if epoch == 0:
             entry.update({f"init_{k}": v for k, v in init_metrics.items()})
         _raise_if_non_finite(bad_step, ckpt_path)

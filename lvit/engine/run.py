@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 
 import lvit
 from lvit import results as store
+from lvit.engine.admission import admitted, release_cached_memory
 from lvit.engine.loop import (
     LoopConfig,
     load_checkpoint,
@@ -56,6 +57,7 @@ from lvit.experiments import Experiment, Row, get_experiment, list_experiments
 from lvit.experiments.base import PROFILES
 from lvit.experiments.recipes import (
     CLASSIFICATION_PROFILES,
+    GPU_MEMORY_GIB,
     model_overrides,
     validate_recipe,
 )
@@ -175,10 +177,12 @@ def train(
     data_root: str | Path,
     checkpoint_dir: Path,
     desc: str,
+    on_first_step: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` with a (validated) recipe of ``task``; returns the per-epoch history.
 
-    Resumes from ``checkpoint_dir`` when it holds a checkpoint of an interrupted run.
+    Resumes from ``checkpoint_dir`` when it holds a checkpoint of an interrupted run. ``on_first_step``: as
+    :func:`lvit.engine.loop.fit`'s.
     """
     from lvit.engine.loop import fit
 
@@ -201,7 +205,7 @@ def train(
         device=str(device),
         progress_desc=desc,
     )
-    return fit(model, build_task(task, recipe), train_set, val_set, config)
+    return fit(model, build_task(task, recipe), train_set, val_set, config, on_first_step=on_first_step)
 
 
 _COMPLEXITY_CACHE: dict[str, dict[str, float]] = {}
@@ -333,9 +337,11 @@ class Training:
         # at the recipe's CPU thread count whoever runs it (a notebook, a reproduce worker): float sums
         # depend on the thread count, so a run's numbers would depend on which process did it
         with _cpu_threads(self.recipe.get("cpu_threads") if self.device.type == "cpu" else None):
-            model = self.build_model()
-            return model, train(model, self.task, self.recipe, self.seed, self.device, self.data_root, ckpt,
-                                self.desc)
+            model = self.build_model()  # before admission: a backbone pretraining waits for its own
+            need_gib = GPU_MEMORY_GIB.get((self.task, self.profile), 0.0)
+            with admitted(self.device, need_gib) as settled:
+                return model, train(model, self.task, self.recipe, self.seed, self.device, self.data_root,
+                                    ckpt, self.desc, on_first_step=settled)
 
 
 def _training(row: Row, task: str, recipe: Mapping[str, Any], seed: int, profile: str, device: torch.device,
@@ -511,6 +517,7 @@ def run_pending(work: PendingWork) -> None:
                        work.results_dir, list(work.rows))  # fmt: skip
     else:
         train_shared(work)
+    release_cached_memory(resolve_device(str(work.device)))  # an idle worker keeps no finished run's memory
 
 
 def train_shared(training: Training) -> None:
@@ -609,6 +616,7 @@ def run_experiment(
     target = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     with _cpu_threads(recipe.get("cpu_threads") if target.type == "cpu" else None):
         _run_all(experiment, recipe, selected, seed_list, profile, target, data_root, results_dir, reuse)
+    release_cached_memory(target)  # its models are gone; the notebook's kernel lives on, holding nothing
     return _stored(results_dir, profile, name, selected, seed_list)
 
 

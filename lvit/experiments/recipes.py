@@ -116,6 +116,18 @@ ZERO_SHOT_DEPTH_PROFILES: dict[str, Recipe] = {
     "proxy": {**DEPTH_PROFILES["proxy"], **_ZERO_SHOT},
 }
 
+# GiB of free GPU memory a training waits for before it starts (``lvit.engine.admission``). Scheduling, not
+# recipe: it changes no number a run produces, so it is kept out of the recipes and their config hashes.
+# Dense: the largest process in the out-of-memory report of the 5f8407f H100 run (11.7 GiB with its CUDA
+# context, cached Scenes data and CUDA-graph pools; others held 5-11). Classification: not measured; that
+# run's classification pass (8 workers and 12 notebooks) fitted in 80 GB, under 4 GiB a process on average.
+# Each history entry now records its training's peak (``gpu_peak_gib``) to check these against.
+GPU_MEMORY_GIB: dict[tuple[str, str], float] = {
+    ("classification", "proxy"): 4.0,
+    ("depth", "proxy"): 12.0,
+    ("segmentation", "proxy"): 12.0,
+}
+
 PROFILES_BY_TASK: dict[str, dict[str, Recipe]] = {
     "classification": CLASSIFICATION_PROFILES,
     "depth": DEPTH_PROFILES,
