@@ -334,3 +334,13 @@ def test_a_training_passes_the_gpu_admission_gate_with_its_declared_need(tmp_pat
 def test_every_proxy_task_declares_the_gpu_memory_its_trainings_wait_for():
     declared = {task for task, profile in recipes.GPU_MEMORY_GIB if profile == "proxy"}
     assert declared == set(runner.TRAINING_TASKS)
+
+
+@pytest.mark.parametrize(("free", "kept"), [(100.0, True), (1.0, False)])
+def test_an_idle_worker_drops_its_cached_data_only_when_the_gpu_is_short_of_memory(monkeypatch, free, kept):
+    cache = {"scenes": object()}
+    monkeypatch.setattr(runner, "_DATA_CACHE", cache)
+    runner.release_worker_memory(torch.device("cuda", 0), free_memory=lambda device: free)
+    assert ("scenes" in cache) == kept
+    runner.release_worker_memory(torch.device("cpu"), free_memory=lambda device: 0.0)
+    assert ("scenes" in cache) == kept  # host memory: nothing to hand back
