@@ -22,7 +22,7 @@ and memory instructions with many addresses); stalls and the memory latency are 
 predicated-off instruction still issues, so it is counted.
 
     python benchmarks/kernel_issue.py                      # H200's 132 SMs, 1.98 GHz, 4.8 TB/s; ~1 min
-    python benchmarks/kernel_issue.py --tiles taps-16x64-w4 --out /tmp/kernel_issue.json
+    python benchmarks/kernel_issue.py --tiles sums-map-wide --out /tmp/kernel_issue.json
 """
 
 from __future__ import annotations

@@ -47,14 +47,9 @@ from lvit.models.locality import LocalityFeedForward
 
 Tiles = fused.Tiles
 # Tile sets to time against the defaults (``fused.TILES``): each overrides some kinds of launch. All
-# compile without spilling on sm_90 (ptxas, bf16, h-swish + SE; tests/test_locality_triton.py checks). The
-# two "taps" sets give each thread 8 elements of a stencil tile instead of 4: by kernel_issue.py's count
-# (LocalViT-T, sm_90) the three stencil kernels then issue 17-28 % fewer instructions per element, at 80-128
-# registers a thread instead of 58-74, so fewer programs fit on a multiprocessor. Which wins is for a GPU.
+# compile without spilling on sm_90 (ptxas, bf16, h-swish + SE; tests/test_locality_triton.py checks).
 TILE_SETS: dict[str, dict[str, Tiles]] = {
     "default": {},
-    "taps-16x64-w4": {"dw_forward": Tiles(16, 64, 4), "dw_backward": Tiles(16, 64, 4)},
-    "taps-8x128-w4": {"dw_forward": Tiles(8, 128, 4), "dw_backward": Tiles(8, 128, 4)},
     "sums-map-wide": {"sums": Tiles(32, 64, 8), "per_image": Tiles(32, 64, 8), "map": Tiles(128, 64, 8)},
 }
 

@@ -65,23 +65,22 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     hidden = 2 * 16 * 64
     floats = (2 * hidden + 3 * 64) + (2 * hidden + 2 * 64 + 2 * 64)
     assert fused[("forward", "triton:_scale_shift_act_kernel")] == 4 * floats
-    # DW forward: reads the conv's input and the 64 x 9 weights, writes the conv output and two rows of
-    # partial sums per program
-    rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_forward"])[0][0]
-    floats = 2 * hidden + 64 * 9 + 2 * rows * 64
-    assert fused[("forward", "triton:_dw_forward_kernel")] == 4 * floats
-    # DW backward. The conv output's gradient: reads the output gradient and the conv output, SE's (gate,
-    # pooled-gradient) rows (2 x 2 images x 64) and the five rows of the second batch norm, writes it
-    assert fused[("backward", "triton:_conv_grad_kernel")] == 4 * (3 * hidden + 2 * 2 * 64 + 5 * 64)
-    # the input gradient: reads that and the expand output, the weights and the first batch norm's three
-    # rows, writes the gradient w.r.t. the first batch norm's output and two rows of partial sums per program
-    rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["dw_backward"])[0][0]
-    floats = 3 * hidden + 64 * 9 + 3 * 64 + 2 * rows * 64
-    assert fused[("backward", "triton:_dw_input_grad_kernel")] == 4 * floats
-    # the weight gradient: reads the conv output's gradient and the conv's input (all nine taps in one pass),
-    # writes nine rows of partial sums per program
-    floats = 2 * hidden + 9 * rows * 64
-    assert fused[("backward", "triton:_dw_weight_grad_kernel")] == 4 * floats
+    # The two statistics passes (over the expand output and over the conv's output): each reads its tensor and
+    # writes two rows of partial sums per program
+    rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["sums"])[0][0]
+    assert fused[("forward", "triton:_channel_sums_kernel")] == 4 * 2 * (hidden + 2 * rows * 64)
+    # The two input gradients of act(BN(.)). The conv output's: reads the output gradient and the conv
+    # output, SE's (gate, pooled-gradient) rows (2 x 2 images x 64) and five rows of the second batch norm,
+    # writes it. The expand output's: reads the gradient cuDNN's conv backward wrote and the expand output,
+    # the gate as a stand-in for SE rows it does not read (2 x 64) and five rows of the first batch norm
+    floats = (3 * hidden + 2 * 2 * 64 + 5 * 64) + (3 * hidden + 2 * 64 + 5 * 64)
+    assert fused[("backward", "triton:_act_bn_input_grad_kernel")] == 4 * floats
+    # the first batch norm's sums: read that gradient, the expand output and three rows, write two rows of
+    # partial sums per program (the second's come from SE's per-image pass)
+    floats = 2 * hidden + 3 * 64 + 2 * rows * 64
+    assert fused[("backward", "triton:_act_bn_grad_sums_kernel")] == 4 * floats
+    # the depth-wise conv and its gradients are cuDNN's, counted as the operators they are
+    assert not any(op.startswith("triton:_dw") for _, op in fused)
     assert sum(fused.values()) < sum(eager.values())
 
 

@@ -1,36 +1,33 @@
-"""The middle of the locality feed-forward, ``SE(act(BN(DW3x3(act(BN(h))))))``, as a few Triton kernels.
+"""The middle of the locality feed-forward, ``SE(act(BN(DW3x3(act(BN(h))))))``, as a few Triton kernels
+around cuDNN's depth-wise conv.
 
 Why: at DeiT-T width the training step is bound by the bytes it moves, and this middle stretch runs a dozen
 eager kernels over the widest tensor of the block (4x the embedding width), forward and backward:
 ``benchmarks/step_traffic.py`` counts it as most of the 2x bytes LocalViT-T moves per image compared with
 DeiT-T. Here each batch norm is folded into a per-channel scale and shift applied on the fly, batch-norm
-statistics are gathered by the passes that write the tensors, SE's gate multiplies inside the activation
-pass, and the backward recomputes what it needs from the three tensors it keeps (the input ``h``, the
-depth-wise conv's input and its output) instead of storing six. An earlier version, which recomputed the
-first activation at each of the conv's nine taps instead of storing the conv's input, measured slower than
-the eager modules on an H200 (0.47x for this stretch): its stencil kernels were bound by the instructions
-they issue (``benchmarks/kernel_issue.py`` counts them from the machine code; ``benchmarks/RESULTS.md``).
-So the kernels stay opt-in (``set_fused_locality``) until a GPU has timed this version.
+statistics are gathered in one pass, SE's gate multiplies inside the activation pass, and the backward
+recomputes what it needs from the three tensors it keeps (the input ``h``, the depth-wise conv's input and
+its output) instead of storing six. The conv itself and its two gradients are cuDNN's: Triton stencils of
+our own, fused with the statistics and activations around them, measured slower on an H100 than cuDNN's
+kernels plus the passes they saved (``benchmarks/RESULTS.md``). Without a CUDA graph the kernels' host-side
+work outweighs what they save, so they stay opt-in (``set_fused_locality``).
 
-Forward: a statistics pass over ``h``; the first activation pass, which stores the conv's input; the conv
-pass, which also gathers the second statistics; with SE, a pooling pass; the second activation pass.
-Backward: a sums pass (per image with SE: the gate's gradient and the second batch norm's sums together);
-the conv output's gradient, stored once in the storage dtype (as eager autograd stores it); the depth-wise
-conv's input gradient (gathering the first batch norm's sums) and its weight gradient (all nine taps in one
-pass over the conv's stored input); the final pass. SE's excitation MLP is a few ``(B, C)`` matmuls in
-PyTorch. Forward and backward are custom ops (``lvit::locality_middle``, ``lvit::locality_middle_backward``),
-so ``torch.compile`` keeps them in its graph instead of breaking it. The image's height and width are
-compile-time constants of the stencil kernels (a kernel per token grid), so that finding a neighbour costs a
-multiply instead of a software integer division.
+Forward: a statistics pass over ``h``; the first activation pass, which stores the conv's input; the conv;
+a statistics pass over its output; with SE, a pooling pass; the second activation pass. Backward: a sums
+pass (per image with SE: the gate's gradient and the second batch norm's sums together); the conv output's
+gradient, stored once in the storage dtype (as eager autograd stores it); the conv's input and weight
+gradients; a sums pass for the first batch norm; its input gradient. SE's excitation MLP is a few ``(B, C)``
+matmuls in PyTorch. Forward and backward are custom ops (``lvit::locality_middle``,
+``lvit::locality_middle_backward``), so ``torch.compile`` keeps them in its graph instead of breaking it.
 
-Same arithmetic as the eager modules, in fp32 whatever the storage dtype, with the same batch-norm
-semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``,
-momentum update, ``num_batches_tracked``), running statistics in eval. Tensors are channels-last
-``(B, H, W, C)`` views of the ``(B, C, H, W)`` modules' tensors. Variance is ``E[x^2] - E[x]^2`` in fp32,
-which loses digits only when a channel's mean dwarfs its spread: where the mean is r spreads, the variance's
-relative error is about r^2 x 6e-8 (r = 100: 6e-4). The expand conv reads the unnormalised residual
-stream (as in the official code), so r depends on the trained model; PyTorch's eager CUDA batch norm uses
-Welford's update.
+Same arithmetic as the eager modules: the kernels compute in fp32 whatever the storage dtype, the conv runs as
+the eager module runs it (in the storage dtype, bf16 weights under autocast), with the same batch-norm
+semantics: batch statistics in training (biased for the normalisation, unbiased for ``running_var``, momentum
+update, ``num_batches_tracked``), running statistics in eval. Tensors are channels-last ``(B, H, W, C)`` views
+of the ``(B, C, H, W)`` modules' tensors. Variance is ``E[x^2] - E[x]^2`` in fp32, which loses digits only
+when a channel's mean dwarfs its spread: where the mean is r spreads, the variance's relative error is about
+r^2 x 6e-8 (r = 100: 6e-4). The expand conv reads the unnormalised residual stream (as in the official code),
+so r depends on the trained model; PyTorch's eager CUDA batch norm uses Welford's update.
 """
 
 from __future__ import annotations
@@ -61,17 +58,11 @@ class Tiles(NamedTuple):
 
 
 # Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU and
-# ``benchmarks/kernel_issue.py --tiles`` counts their instructions on a CPU. The three stencil kernels (the
-# conv and its two gradients) keep nine taps in flight: with 8 warps (4 elements of a tile per thread) ptxas
-# fits them in 58, 74 and 72 registers on sm_90 as launched for LocalViT-T with Triton 3.8, 80, 98 and 80
-# with 3.6 (``kernel_issue.py``; the test suite checks every tile set for spills). 8 elements per thread
-# would issue about a fifth fewer instructions per element at more registers. The elementwise kernels take
-# larger tiles: fewer, fuller programs. "dw_backward" tiles both depth-wise backward kernels.
+# ``benchmarks/kernel_issue.py --tiles`` counts their instructions on a CPU (the test suite checks every
+# tile set for spills). The elementwise kernels take larger tiles: fewer, fuller programs.
 TILES = {
     "sums": Tiles(16, 64, 4),  # the per-channel sums over all positions
     "per_image": Tiles(16, 64, 4),  # SE's per-image pooling and sums
-    "dw_forward": Tiles(16, 64, 8),
-    "dw_backward": Tiles(16, 64, 8),
     "map": Tiles(64, 64, 4),  # the elementwise kernels
 }
 
@@ -129,28 +120,6 @@ def _store_channel_sum(ptr, row, values, C, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _neighbour(p, dy, dx, H, W, P):
-    """Flat index of the position ``(dy, dx)`` away from each ``p`` and whether it lies in the image."""
-    y = (p // W) % H + dy
-    x = p % W + dx
-    return p + dy * W + dx, (p < P) & (y >= 0) & (y < H) & (x >= 0) & (x < W)
-
-
-@triton.jit
-def _load_shifted(ptr, p, c, dy, dx, H, W, P, C):
-    """The values at the positions ``(dy, dx)`` away from each ``p``, 0 where that lies outside the image (the
-    conv's zero padding)."""
-    q, inside = _neighbour(p, dy, dx, H, W, P)
-    return _load(ptr, q, c, inside[:, None] & (c < C)[None, :], C)
-
-
-@triton.jit
-def _tap_weight(w_ptr, c, k, C):
-    """Tap ``k`` (row-major in the 3x3 window) of the depth-wise weights ``(9, C)``, as a row."""
-    return tl.load(w_ptr + k * C + c, mask=c < C, other=0.0)[None, :]
-
-
-@triton.jit
 def _channel_sums_kernel(x_ptr, sum_ptr, sq_ptr, P, C, BLOCKS,
                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """Sum and sum of squares per channel over this program's ``BLOCKS`` position blocks."""
@@ -161,26 +130,6 @@ def _channel_sums_kernel(x_ptr, sum_ptr, sq_ptr, P, C, BLOCKS,
         x = _load(x_ptr, p, c, mask, C)
         total += x
         total_sq += x * x
-    _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
-    _store_channel_sum(sq_ptr, tl.program_id(0), total_sq, C, BLOCK_C)
-
-
-@triton.jit
-def _dw_forward_kernel(a_ptr, w_ptr, out_ptr, sum_ptr, sq_ptr, P, C, BLOCKS, H: tl.constexpr,
-                       W: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``out = DW3x3(a)``, zero-padded as ``nn.Conv2d`` pads its input, and the channel sums of ``out`` (as
-    stored) for the next batch norm."""
-    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    total_sq = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for i in range(BLOCKS):
-        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for k in tl.static_range(9):
-            acc += _load_shifted(a_ptr, p, c, k // 3 - 1, k % 3 - 1, H, W, P, C) * _tap_weight(w_ptr, c, k, C)
-        _store(out_ptr, p, c, mask, C, acc)
-        stored = tl.where(mask, acc.to(out_ptr.dtype.element_ty).to(tl.float32), 0.0)  # the values stored
-        total += stored
-        total_sq += stored * stored
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
     _store_channel_sum(sq_ptr, tl.program_id(0), total_sq, C, BLOCK_C)
 
@@ -286,10 +235,10 @@ def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, su
 
 
 @triton.jit
-def _conv_output_grad(grad_ptr, se_ptr, x_ptr, q, c, qmask, P, C, HW, scale, shift, ga, gb, gc,
-                      HAS_SE: tl.constexpr, ACT: tl.constexpr):
-    """Gradient w.r.t. the depth-wise conv's output ``x`` at positions ``q``, from the gradient of
-    ``act(BN(x))``: ``ga * act'(scale * x + shift) * grad + gb * x + gc`` (``ga, gb, gc`` per channel)."""
+def _act_bn_input_grad_tile(grad_ptr, se_ptr, x_ptr, q, c, qmask, P, C, HW, scale, shift, ga, gb, gc,
+                            HAS_SE: tl.constexpr, ACT: tl.constexpr):
+    """Gradient w.r.t. ``x`` at positions ``q``, from the gradient of ``act(BN(x))`` (times SE's gate with
+    ``HAS_SE``): ``ga * act'(scale * x + shift) * grad + gb * x + gc`` (``ga, gb, gc`` per channel)."""
     x = _load(x_ptr, q, c, qmask, C)
     grad = _act_output_grad(grad_ptr, se_ptr, q, c, qmask, P, C, HW, HAS_SE)
     return tl.where(qmask, ga * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc, 0.0)
@@ -297,102 +246,22 @@ def _conv_output_grad(grad_ptr, se_ptr, x_ptr, q, c, qmask, P, C, HW, scale, shi
 
 @triton.jit
 def _load_rows5(ptr, C, BLOCK_C: tl.constexpr):
-    """The five per-channel rows the backward kernels read about the second batch norm: scale, shift and the
-    input-gradient coefficients ga, gb, gc."""
+    """The five per-channel rows the backward reads about a batch norm: scale, shift and the input-gradient
+    coefficients ga, gb, gc."""
     return (_load_channels(ptr, C, BLOCK_C), _load_channels(ptr + C, C, BLOCK_C),
             _load_channels(ptr + 2 * C, C, BLOCK_C), _load_channels(ptr + 3 * C, C, BLOCK_C),
             _load_channels(ptr + 4 * C, C, BLOCK_C))
 
 
 @triton.jit
-def _conv_grad_kernel(grad_ptr, se_ptr, x2_ptr, bn2_ptr, out_ptr, P, C, HW, HAS_SE: tl.constexpr,
-                      ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The gradient w.r.t. the depth-wise conv's output, once per position, for the two depth-wise backward
-    kernels to read at nine taps each. (Recomputing it at each tap instead, in one kernel with the weight
-    gradient, cost three loads and the activation's derivative per tap, nine cross-warp sums per tile and
-    214 registers; on an H200 that kernel ran at about 110 GB/s.) ``bn2_ptr``: see ``_load_rows5``."""
+def _act_bn_input_grad_kernel(grad_ptr, se_ptr, x_ptr, bn_ptr, out_ptr, P, C, HW, HAS_SE: tl.constexpr,
+                              ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The gradient w.r.t. the input ``x`` of ``act(BN(x))`` (times SE's gate with ``HAS_SE``), a batch norm
+    whose sums are known (``bn_ptr``: see ``_load_rows5``): for the conv's output and for ``h``."""
     p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
-    scale2, shift2, ga, gb, gc = _load_rows5(bn2_ptr, C, BLOCK_C)
-    _store(out_ptr, p, c, mask, C, _conv_output_grad(grad_ptr, se_ptr, x2_ptr, p, c, mask, P, C, HW, scale2,
-                                                     shift2, ga, gb, gc, HAS_SE, ACT))
-
-
-@triton.jit
-def _dw_input_grad_kernel(g_ptr, w_ptr, h_ptr, bn1_ptr, out_ptr, sum_ptr, dot_ptr, P, C, BLOCKS,
-                          H: tl.constexpr, W: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
-                          BLOCK_C: tl.constexpr):
-    """``out = act'(z1) * DW3x3^T(g)`` from the conv output's gradient ``g``: the gradient w.r.t. the first
-    batch norm's output ``z1 = scale1 * h + shift1``, and its channel sums ``sum(out)``,
-    ``sum(out * (h - mean1))``. ``bn1_ptr`` holds three rows of C (scale1, shift1, mean1)."""
-    scale1 = _load_channels(bn1_ptr, C, BLOCK_C)
-    shift1 = _load_channels(bn1_ptr + C, C, BLOCK_C)
-    mean1 = _load_channels(bn1_ptr + 2 * C, C, BLOCK_C)
-    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for i in range(BLOCKS):
-        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
-        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-        for k in tl.static_range(9):  # the output at p - offset_k read this input p through tap k
-            acc += _load_shifted(g_ptr, p, c, 1 - k // 3, 1 - k % 3, H, W, P, C) * _tap_weight(w_ptr, c, k, C)
-        h = _load(h_ptr, p, c, mask, C)
-        out = tl.where(mask, acc * _act_grad(h * scale1 + shift1, ACT), 0.0)
-        _store(out_ptr, p, c, mask, C, out)
-        total += out
-        total_dot += out * tl.where(mask, h - mean1, 0.0)
-    _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
-    _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
-
-
-@triton.jit
-def _dw_weight_grad_kernel(g_ptr, a_ptr, weight_ptr, P, C, BLOCKS, H: tl.constexpr, W: tl.constexpr,
-                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The depth-wise weight's gradient over this program's position blocks, ``sum_p a[p + offset_k] * g[p]``
-    for each tap k, into rows ``9 * program_id(0) + k`` of ``weight_ptr``. All nine taps in one pass, so
-    ``g`` is read once; each tap's sum over the tile's positions is taken once, after the loop (a sum across
-    warps in every iteration would stall them). The nine accumulators are spelled out: a Triton loop carries
-    named tensors, not a list of them."""
-    t0 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t1 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t2 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t3 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t4 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t5 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t6 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t7 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    t8 = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for i in range(BLOCKS):
-        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
-        g = _load(g_ptr, p, c, mask, C)
-        t0 += _load_shifted(a_ptr, p, c, -1, -1, H, W, P, C) * g
-        t1 += _load_shifted(a_ptr, p, c, -1, 0, H, W, P, C) * g
-        t2 += _load_shifted(a_ptr, p, c, -1, 1, H, W, P, C) * g
-        t3 += _load_shifted(a_ptr, p, c, 0, -1, H, W, P, C) * g
-        t4 += _load_shifted(a_ptr, p, c, 0, 0, H, W, P, C) * g
-        t5 += _load_shifted(a_ptr, p, c, 0, 1, H, W, P, C) * g
-        t6 += _load_shifted(a_ptr, p, c, 1, -1, H, W, P, C) * g
-        t7 += _load_shifted(a_ptr, p, c, 1, 0, H, W, P, C) * g
-        t8 += _load_shifted(a_ptr, p, c, 1, 1, H, W, P, C) * g
-    row = 9 * tl.program_id(0)
-    _store_channel_sum(weight_ptr, row, t0, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 1, t1, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 2, t2, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 3, t3, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 4, t4, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 5, t5, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 6, t6, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 7, t7, C, BLOCK_C)
-    _store_channel_sum(weight_ptr, row + 8, t8, C, BLOCK_C)
-
-
-@triton.jit
-def _affine_kernel(g_ptr, x_ptr, coef_ptr, out_ptr, P, C, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``out = ga * g + gb * x + gc`` per channel (``coef_ptr``: rows ga, gb, gc): a batch norm's input
-    gradient from the gradient of its output."""
-    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
-    out = (_load_channels(coef_ptr, C, BLOCK_C) * _load(g_ptr, p, c, mask, C)
-           + _load_channels(coef_ptr + C, C, BLOCK_C) * _load(x_ptr, p, c, mask, C)
-           + _load_channels(coef_ptr + 2 * C, C, BLOCK_C))
-    _store(out_ptr, p, c, mask, C, out)
+    scale, shift, ga, gb, gc = _load_rows5(bn_ptr, C, BLOCK_C)
+    _store(out_ptr, p, c, mask, C, _act_bn_input_grad_tile(grad_ptr, se_ptr, x_ptr, p, c, mask, P, C, HW,
+                                                           scale, shift, ga, gb, gc, HAS_SE, ACT))
 
 
 # --- host side ---------------------------------------------------------------------------------------------
@@ -433,10 +302,58 @@ def _bhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
 
-def _tap_weights(weight: torch.Tensor) -> torch.Tensor:
-    """The depth-wise conv's ``(C, 1, 3, 3)`` weight as the ``(9, C)`` fp32 taps the kernels read: a tap's
-    channels are contiguous, so a thread loads its channels of a tap in one vector."""
-    return weight.reshape(weight.shape[0], 9).t().float().contiguous()
+def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's mean and biased variance per channel of a ``(B, H, W, C)`` tensor, in one pass."""
+    P, C = x.numel() // x.shape[-1], x.shape[-1]
+    grid, blocks = _sum_grid(P, C, TILES["sums"])
+    total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
+    _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, **TILES["sums"].meta())
+    return _batch_moments(total, total_sq, P)
+
+
+def _act_bn_grad_sums(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                      mean: torch.Tensor, act: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum(g)`` and ``sum(g * (x - mean))`` per channel, ``g = grad * act'(scale * x + shift)``."""
+    P, C = x.numel() // x.shape[-1], x.shape[-1]
+    grid, blocks = _sum_grid(P, C, TILES["sums"])
+    total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
+    _act_bn_grad_sums_kernel[grid](grad, x, scale, shift, mean, total, dot, P, C, blocks, ACT=act,
+                                   **TILES["sums"].meta())
+    return total.sum(0), dot.sum(0)
+
+
+def _act_bn_input_grad(grad: torch.Tensor, se_rows: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
+                       shift: torch.Tensor, coef: torch.Tensor, act: int, has_se: bool) -> torch.Tensor:
+    """The gradient w.r.t. ``x`` of ``act(scale * x + shift)`` (times SE's gate with ``has_se``), stored in
+    ``x``'s dtype, as eager autograd stores it."""
+    B, H, W, C = x.shape
+    P = B * H * W
+    rows = torch.cat([scale[None], shift[None], coef]).contiguous()
+    out = torch.empty_like(x)
+    _act_bn_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad, se_rows, x, rows, out, P, C, H * W,
+                                                             HAS_SE=has_se, ACT=act, **TILES["map"].meta())
+    return out
+
+
+# The depth-wise conv itself runs in cuDNN, as the eager module does (bf16 weights under autocast): on an H100
+# its kernels took 74 + 126 + 99 us per LocalViT-T block (forward, input and weight gradient) where Triton
+# stencils of our own, which read each input nine times from global memory, took 124, 209 and 148
+# (``benchmarks/RESULTS.md``). Tensors stay ``(B, H, W, C)``: a channels-last conv reads and writes them as
+# they are.
+def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``DW3x3(x)`` with ``nn.Conv2d``'s zero padding, ``(B, H, W, C)`` in and out, in ``x``'s dtype."""
+    out = F.conv2d(x.permute(0, 3, 1, 2), weight.to(x.dtype), padding=1, groups=weight.shape[0])
+    return _bhwc(out)
+
+
+def _depthwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_depthwise_conv` w.r.t. its input (``(B, H, W, C)``) and its weight (in the
+    weight's dtype), from its output's gradient."""
+    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), weight.to(x.dtype), None, [1, 1], [1, 1], [1, 1],
+        False, [0, 0], weight.shape[0], [True, True, False])
+    return _bhwc(grad_input), grad_weight.to(weight.dtype)
 
 
 def _batch_moments(total: torch.Tensor, total_sq: torch.Tensor, count: int
@@ -545,23 +462,15 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
     P = B * H * W
     mean1, var1 = moments[0], moments[1]
     if batch[0]:
-        grid, blocks = _sum_grid(P, C, TILES["sums"])
-        total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
-        _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, **TILES["sums"].meta())
-        mean1, var1 = _batch_moments(total, total_sq, P)
+        mean1, var1 = _channel_moments(x)
     _, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
-    # The conv's input is stored rather than recomputed at each tap: nine activations per output would make
-    # the stencil kernels bound by the instructions they issue (benchmarks/kernel_issue.py). scale1 stands
-    # in for the SE gate, which this pass does not read.
+    # The conv's input is stored: the conv reads it, and the weight gradient again. scale1 stands in for the
+    # SE gate, which this pass does not read.
     dw_input = torch.empty_like(x)
     _scale_shift_act_kernel[_map_grid(P, C, TILES["map"])](x, scale1, shift1, scale1, dw_input, P, C, H * W,
                                                            HAS_SE=False, ACT=act, **TILES["map"].meta())
-    conv = torch.empty_like(x)
-    grid, blocks = _sum_grid(P, C, TILES["dw_forward"])
-    total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
-    _dw_forward_kernel[grid](dw_input, _tap_weights(weight), conv, total, total_sq, P, C, blocks, H=H, W=W,
-                             **TILES["dw_forward"].meta())
-    mean2, var2 = _batch_moments(total, total_sq, P) if batch[1] else (moments[2], moments[3])
+    conv = _depthwise_conv(dw_input, weight)
+    mean2, var2 = _channel_moments(conv) if batch[1] else (moments[2], moments[3])
     _, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
     pooled, gate = _se_forward(conv, scale2, shift2, se_params, act)
     out = torch.empty_like(x)
@@ -601,32 +510,15 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Te
                                                        se_params, act)
     else:
         se_rows, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
-        grid, blocks = _sum_grid(P, C, TILES["sums"])
-        total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
-        _act_bn_grad_sums_kernel[grid](grad, conv, scale2, shift2, mean2, total, dot, P, C, blocks,
-                                       ACT=act, **TILES["sums"].meta())
-        total2, dot2 = total.sum(0), dot.sum(0)
+        total2, dot2 = _act_bn_grad_sums(grad, conv, scale2, shift2, mean2, act)
     coef2 = _input_grad_coefficients(affine[2], mean2, rstd2, total2, dot2, P, batch[1])
-    bn2_rows = torch.cat([scale2[None], shift2[None], coef2]).contiguous()
-    bn1_rows = torch.stack([scale1, shift1, mean1]).contiguous()
-    conv_grad = torch.empty_like(x)
-    _conv_grad_kernel[_map_grid(P, C, TILES["map"])](grad, se_rows, conv, bn2_rows, conv_grad, P, C, H * W,
-                                                     HAS_SE=bool(se_params), ACT=act, **TILES["map"].meta())
-    grad_z1 = torch.empty_like(x)
-    tiles = TILES["dw_backward"]
-    grid, blocks = _sum_grid(P, C, tiles)
-    total, dot, weight_partial = _partial(grid[0], C, x), _partial(grid[0], C, x), _partial(grid[0] * 9, C, x)
-    _dw_input_grad_kernel[grid](conv_grad, _tap_weights(weight), x, bn1_rows, grad_z1, total, dot, P, C,
-                                blocks, H=H, W=W, ACT=act, **tiles.meta())
-    _dw_weight_grad_kernel[grid](conv_grad, dw_input, weight_partial, P, C, blocks, H=H, W=W, **tiles.meta())
-    total1, dot1 = total.sum(0), dot.sum(0)
-    grad_weight = weight_partial.view(grid[0], 9, C).sum(0).t().reshape(C, 1, 3, 3).contiguous()
+    conv_grad = _act_bn_input_grad(grad, se_rows, conv, scale2, shift2, coef2, act, has_se=bool(se_params))
+    grad_a, grad_weight = _depthwise_conv_backward(conv_grad, dw_input, weight)
+    total1, dot1 = _act_bn_grad_sums(grad_a, x, scale1, shift1, mean1, act)
     coef1 = _input_grad_coefficients(affine[0], mean1, rstd1, total1, dot1, P, batch[0])
-    grad_h = torch.empty_like(x)
-    _affine_kernel[_map_grid(P, C, TILES["map"])](grad_z1, x, coef1.contiguous(), grad_h, P, C,
-                                                  **TILES["map"].meta())
+    grad_h = _act_bn_input_grad(grad_a, gate, x, scale1, shift1, coef1, act, has_se=False)
     grad_affine = torch.stack([rstd1 * dot1, total1, rstd2 * dot2, total2])
-    return grad_h.permute(0, 3, 1, 2), grad_weight.to(weight.dtype), grad_affine, se_grads
+    return grad_h.permute(0, 3, 1, 2), grad_weight, grad_affine, se_grads
 
 
 @_middle_backward.register_fake
