@@ -42,13 +42,13 @@ import torch
 import triton
 from bench_common import environment, write_json
 from locality_kernels import TILE_SETS, build_middle, count_one_call, tiles_of
-from step_traffic import KernelLaunch
+from step_traffic import KernelLaunch, TrafficCounter, TritonKernelCounter
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
 from triton.runtime.jit import native_specialize_impl
 
-import lvit.models.locality_triton as fused
+from lvit.models.locality import fused_kernels
 
 NVIDIA_BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
@@ -57,8 +57,32 @@ _BRANCH = re.compile(r"\bBRA\b.*?(\.L_x_\d+)")
 
 
 def record_launches(args: argparse.Namespace) -> list[KernelLaunch]:
-    """Every kernel launch of one forward and backward of the fused middle at the script's shape."""
-    return count_one_call(build_middle(args, torch.device("cpu")), True, args, args.batch_size).launches
+    """Every kernel launch of one forward and backward of the fused middle at the script's shape, then of
+    the block's token ends (``lvit.models.locality_tokens_triton``)."""
+    middle = count_one_call(build_middle(args, torch.device("cpu")), True, args, args.batch_size).launches
+    return middle + record_token_launches(args)
+
+
+def record_token_launches(args: argparse.Namespace) -> list[KernelLaunch]:
+    """The token ends' launches, forward and backward, at the block's shape as the training loop runs it:
+    the residual stream in fp32 with a class token, the projection's output in bf16."""
+    from lvit.models.locality_tokens_triton import _gather_patches, _residual_batch_norm
+
+    B, side, C = args.batch_size, args.image_size, args.embed_dim
+    x = torch.randn(B, 1 + side * side, C, requires_grad=True)
+    y = torch.randn(B, C, side, side, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    affine = torch.rand(2, C, requires_grad=True)
+    kernels = TritonKernelCounter(TrafficCounter())
+    kernels.active = True
+    with kernels:
+        image = _gather_patches(x, 1, [side, side], torch.bfloat16)
+        out, _ = _residual_batch_norm(x, y.requires_grad_(), affine, torch.zeros(2, C), 1e-5, True, 1)
+        torch.autograd.grad([image, out], [x, y, affine], [torch.ones_like(image), torch.ones_like(out)])
+    return kernels.launches
+
+
+def kernel_of(launch: KernelLaunch) -> Any:
+    return fused_kernels()[launch.name][1]
 
 
 def specialization(launch: KernelLaunch
@@ -66,7 +90,7 @@ def specialization(launch: KernelLaunch
     """(signature, constants, attributes) that Triton's JIT derives from this launch's arguments: each
     argument's type; the constexprs, and integer arguments equal to 1; a divisibility-by-16 hint for integers
     and tensor addresses that have it."""
-    kernel = getattr(fused, launch.name)
+    kernel = kernel_of(launch)
     names = kernel.arg_names
     values = dict(zip(names, launch.args, strict=False))
     values |= {k: v for k, v in launch.meta.items() if k in names}
@@ -87,7 +111,7 @@ def specialization(launch: KernelLaunch
 def compile_as_launched(launch: KernelLaunch) -> Any:
     """The kernel compiled for sm_90 as Triton's JIT would compile it for this launch."""
     signature, constexprs, attrs = specialization(launch)
-    source = ASTSource(fn=getattr(fused, launch.name), signature=signature, constexprs=constexprs,
+    source = ASTSource(fn=kernel_of(launch), signature=signature, constexprs=constexprs,
                        attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": launch.meta.get("num_warps", 4)})
@@ -141,7 +165,7 @@ def instruction_counts(sass: str) -> tuple[int, list[tuple[int, collections.Coun
 
 def trips(launch: KernelLaunch) -> int:
     """Iterations of the kernel's one loop: its ``BLOCKS`` position blocks, or an image's positions."""
-    values = dict(zip(getattr(fused, launch.name).arg_names, launch.args, strict=False))
+    values = dict(zip(kernel_of(launch).arg_names, launch.args, strict=False))
     if "BLOCKS" in values:
         return values["BLOCKS"]
     return triton.cdiv(values["HW"], launch.meta["BLOCK_P"])

@@ -51,7 +51,7 @@ from torch.utils._pytree import tree_flatten
 
 import lvit
 from lvit.models.dpt import set_low_precision_norms
-from lvit.models.locality import set_fused_locality
+from lvit.models.locality import fused_kernels, set_fused_locality
 
 PHASES = ("forward", "backward", "optimizer")
 ALLOCATIONS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
@@ -110,24 +110,20 @@ class TritonKernelCounter:
     def __init__(self, counter: TrafficCounter) -> None:
         self.counter = counter
         self.active = False
-        self.saved: dict[str, Any] = {}
+        self.saved: dict[str, tuple[Any, Any]] = {}  # name: (module, kernel)
         self.launches: list[KernelLaunch] = []
 
     def __enter__(self) -> TritonKernelCounter:
-        import lvit.models.locality_triton as kernels
-
-        self.module = kernels
-        for name, kernel in vars(kernels).items():
-            if name.endswith("_kernel"):
-                self.saved[name] = kernel
-                setattr(kernels, name, _KernelStandIn(name, self))
+        self.saved = fused_kernels()
+        for name, (module, _) in self.saved.items():
+            setattr(module, name, _KernelStandIn(name, self))
         self.saved_interpret = os.environ.get("TRITON_INTERPRET")
         os.environ["TRITON_INTERPRET"] = "1"  # the feed-forward takes the fused path on CPU only with it
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for name, kernel in self.saved.items():
-            setattr(self.module, name, kernel)
+        for name, (module, kernel) in self.saved.items():
+            setattr(module, name, kernel)
         if self.saved_interpret is None:
             os.environ.pop("TRITON_INTERPRET")
         else:

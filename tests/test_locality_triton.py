@@ -20,7 +20,7 @@ from child_pytest import assert_passes_in_child
 
 import lvit
 import lvit.models.locality_triton as fused
-from lvit.models.locality import LocalityFeedForward, set_fused_locality
+from lvit.models.locality import LocalityFeedForward, fused_kernels, set_fused_locality
 
 ON_GPU = torch.cuda.is_available()
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -157,7 +157,7 @@ def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
                     assert spilled == 0, f"{launch.name} with {launch.meta} spills ({registers} registers)"
                     checked.add(key)
                     kernels.add(launch.name)
-    assert kernels == {name for name in vars(fused) if name.endswith("_kernel")}  # every kernel checked
+    assert kernels == set(fused_kernels())  # every kernel checked
 
 
 @needs_kernels
@@ -200,6 +200,51 @@ def test_custom_ops_pass_torch_library_opcheck(attn: str) -> None:
     backward_args = (torch.randn_like(h), h.detach(), dw_input, conv, weight.detach(), affine, moments,
                      pooled, gate, *settings, se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle_backward.default, backward_args)
+
+
+@needs_kernels
+@pytest.mark.parametrize(("prefix", "grid", "training"), [(1, (4, 5), True), (0, (3, 3), True),
+                                                          (2, (4, 5), False)])
+def test_block_tokens_equal_the_split_feed_forward_and_cat(prefix: int, grid: tuple[int, int],
+                                                           training: bool) -> None:
+    """The fused block's ends (lvit.models.locality_tokens_triton) against the eager split, feed-forward and
+    cat: output, the sequence's gradient (the residual's and the conv path's, joined), every parameter's
+    gradient and the batch norms' state, with and without prefix tokens, on a non-square grid."""
+    from lvit.models.locality import apply_to_patch_tokens
+
+    torch.manual_seed(0)
+    ffn = LocalityFeedForward(40, 2.0, se_reduction=4).to(DEVICE).train(training)
+    _randomise_batch_norms(ffn)
+    reference = copy.deepcopy(ffn)
+    assert set_fused_locality(ffn) == 1
+    x = torch.randn(3, prefix + grid[0] * grid[1], 40, device=DEVICE) * 2 + 0.3
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn_like(x)
+    out = ffn.forward_tokens(x_ours, prefix, grid)
+    out.backward(grad)
+    expected = apply_to_patch_tokens(reference, x_ref, prefix, grid)
+    expected.backward(grad)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    _assert_same_state_and_grads(ffn, reference)
+
+
+@needs_kernels
+def test_token_ops_pass_torch_library_opcheck() -> None:
+    import lvit.models.locality_tokens_triton as tokens
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1 + 12, 16, device=DEVICE, requires_grad=True)
+    torch.library.opcheck(torch.ops.lvit.gather_patches.default, (x, 1, [3, 4], torch.float32))
+    image = torch.randn(2, 16, 3, 4, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.lvit.scatter_patches.default, (image, 1, torch.float32))
+    affine, moments = torch.rand(2, 16, device=DEVICE) + 0.5, torch.rand(2, 16, device=DEVICE) + 0.5
+    for batch in (True, False):
+        args = (x, image.clone().requires_grad_(), affine.requires_grad_(), moments, 1e-5, batch, 1)
+        torch.library.opcheck(torch.ops.lvit.residual_batch_norm.default, args)
+        _, used = tokens._residual_batch_norm(*args)
+        backward_args = (torch.randn_like(x), image, affine.detach(), used, 1e-5, batch, 1)
+        torch.library.opcheck(torch.ops.lvit.residual_batch_norm_backward.default, backward_args)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a CUDA device")

@@ -65,10 +65,12 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     hidden = 2 * 16 * 64
     floats = (2 * hidden + 3 * 64) + (2 * hidden + 2 * 64 + 2 * 64)
     assert fused[("forward", "triton:_scale_shift_act_kernel")] == 4 * floats
-    # The two statistics passes (over the expand output and over the conv's output): each reads its tensor and
-    # writes two rows of partial sums per program
+    # The three statistics passes (over the expand output, the conv's output and the projection's 16
+    # channels): each reads its tensor and writes two rows of partial sums per program
     rows = kernels._sum_grid(2 * 16, 64, kernels.TILES["sums"])[0][0]
-    assert fused[("forward", "triton:_channel_sums_kernel")] == 4 * 2 * (hidden + 2 * rows * 64)
+    rows_out = kernels._sum_grid(2 * 16, 16, kernels.TILES["sums"])[0][0]
+    floats = 2 * (hidden + 2 * rows * 64) + (2 * 16 * 16 + 2 * rows_out * 16)
+    assert fused[("forward", "triton:_channel_sums_kernel")] == 4 * floats
     # The two input gradients of act(BN(.)). The conv output's: reads the output gradient and the conv
     # output, SE's (gate, pooled-gradient) rows (2 x 2 images x 64) and five rows of the second batch norm,
     # writes it. The expand output's: reads the gradient cuDNN's conv backward wrote and the expand output,
@@ -81,6 +83,14 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     assert fused[("backward", "triton:_act_bn_grad_sums_kernel")] == 4 * floats
     # the depth-wise conv and its gradients are cuDNN's, counted as the operators they are
     assert not any(op.startswith("triton:_dw") for _, op in fused)
+    # The block's ends: the patch tokens gathered (read the 2 x 17 x 16 fp32 sequence, write the image) and
+    # the output written (read the sequence, the projection's output and BN's scale and shift); no cat
+    sequence, image = 2 * 17 * 16, 2 * 16 * 16
+    assert fused[("forward", "triton:_gather_patches_kernel")] == 4 * (sequence + image)
+    assert fused[("forward", "triton:_residual_norm_kernel")] == 4 * (2 * sequence + image + 2 * 16)
+    # the only forward cat left is the class token's at the embedding, as in DeiT
+    deit = step_traffic("deit_tiny_patch16_224", args, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+    assert fused[("forward", "cat")] == deit[("forward", "cat")] < eager[("forward", "cat")]
     assert sum(fused.values()) < sum(eager.values())
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -119,8 +119,11 @@ class LocalityFeedForward(nn.Module):
 
     ``fused`` (default False; :func:`set_fused_locality` turns it on) runs ``BN -> act -> DW -> BN -> act``
     and SE (not ECA) in the Triton kernels of :mod:`lvit.models.locality_triton` when the input is on a GPU:
-    same parameters, buffers and arithmetic, fewer passes over memory. The kernels are custom ops, so
-    ``torch.compile`` traces the fused feed-forward without a graph break and compiles the rest around them.
+    same parameters, buffers and arithmetic, fewer passes over memory. On a block's tokens
+    (:meth:`forward_tokens`, which :class:`~lvit.models.localvit.LocalityBlock` calls) the gather of the patch
+    tokens, the last batch norm, the residual and the class token's bypass are fused too
+    (:mod:`lvit.models.locality_tokens_triton`). The kernels are custom ops, so ``torch.compile`` traces the
+    fused feed-forward without a graph break and compiles the rest around them.
     """
 
     def __init__(
@@ -154,20 +157,51 @@ class LocalityFeedForward(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            return x + self._fused_conv(x)
+        if self.runs_fused(x):
+            return x + self.conv[-1](self._fused_branch(x))
         return x + self.conv(x)
 
-    def _fused_conv(self, x: torch.Tensor) -> torch.Tensor:
+    def runs_fused(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` takes the fused kernels: switched on, and where Triton runs."""
+        return self.fused and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+    def forward_tokens(self, x: torch.Tensor, num_prefix_tokens: int,
+                       grid_size: tuple[int, int] | None) -> torch.Tensor:
+        """The fused path on a block's tokens ``(B, P + H*W, C)``: what ``apply_to_patch_tokens(self, ...)``
+        computes, with the patch tokens gathered into an image, and the last batch norm, the residual and the
+        prefix tokens written back, in the kernels of :mod:`lvit.models.locality_tokens_triton` instead of a
+        split, a cast, a batch norm, an add and a cat."""
+        from lvit.models.locality_tokens_triton import gather_patches, residual_batch_norm
+
+        grid = patch_grid(x.shape[1] - num_prefix_tokens, grid_size)
+        image = gather_patches(x, num_prefix_tokens, grid)
+        return residual_batch_norm(x, self._fused_branch(image), self.conv[-1], num_prefix_tokens)
+
+    def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.conv`` up to its last batch norm, with the middle in the fused kernels."""
         from lvit.models.locality_triton import locality_middle  # imports triton: only where it runs
 
         # indexing, not starred unpacking: dynamo in torch 2.11 makes ``*rest`` of a module a tuple
         expand, bn1, dw, bn2 = self.conv[0], self.conv[1], self.conv[3], self.conv[4]
         se = self.conv[6] if isinstance(self.conv[6], SELayer) else None  # ECA stays an eager module
         out = locality_middle(expand(x), bn1, dw, bn2, self.act, se)
-        for i in range(6 if se is None else 7, len(self.conv)):  # ECA if any, projection, BN
+        for i in range(6 if se is None else 7, len(self.conv) - 1):  # ECA if any, the projection
             out = self.conv[i](out)
         return out
+
+
+# The modules that hold the fused path's Triton kernels (every ``*_kernel`` in them): benchmarks count and
+# compile them by name (benchmarks/step_traffic.py, benchmarks/kernel_issue.py).
+FUSED_KERNEL_MODULES = ("lvit.models.locality_triton", "lvit.models.locality_tokens_triton")
+
+
+def fused_kernels() -> dict[str, tuple[Any, Any]]:
+    """Every Triton kernel of the fused path by name: (its module, the kernel). Imports triton."""
+    import importlib
+
+    modules = [importlib.import_module(name) for name in FUSED_KERNEL_MODULES]
+    return {name: (module, kernel) for module in modules for name, kernel in vars(module).items()
+            if name.endswith("_kernel")}
 
 
 def set_fused_locality(model: nn.Module, enabled: bool = True) -> int:
@@ -193,12 +227,19 @@ def tokens_to_image(
     # one split, not two slices: its backward is one cat, where each slice's backward writes a zero-filled
     # copy of the whole sequence and autograd then adds the two
     prefix, patches = x.split([num_prefix_tokens, x.shape[1] - num_prefix_tokens], dim=1)
-    if grid_size is None:
-        side = math.isqrt(patches.shape[1])
-        if side * side != patches.shape[1]:
-            raise ValueError(f"{patches.shape[1]} patch tokens do not form a square grid; pass grid_size")
-        grid_size = (side, side)
-    return prefix, rearrange(patches, "b (h w) c -> b c h w", h=grid_size[0], w=grid_size[1])
+    h, w = patch_grid(patches.shape[1], grid_size)
+    return prefix, rearrange(patches, "b (h w) c -> b c h w", h=h, w=w)
+
+
+def patch_grid(num_patches: int, grid_size: tuple[int, int] | None) -> tuple[int, int]:
+    """``grid_size``, or the square grid of ``num_patches`` when it is None (the official code's
+    ``p = sqrt(N)``)."""
+    if grid_size is not None:
+        return grid_size
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} patch tokens do not form a square grid; pass grid_size")
+    return side, side
 
 
 def image_to_tokens(prefix: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,8 @@ class LocalityBlock(Block):
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
+        if self.conv.runs_fused(x):  # the class token's bypass in the fused kernels too
+            return self.conv.forward_tokens(x, self.num_prefix_tokens, self.grid_size)
         return apply_to_patch_tokens(self.conv, x, self.num_prefix_tokens, self.grid_size)
 
 

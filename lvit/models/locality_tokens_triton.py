@@ -1,0 +1,258 @@
+"""The two ends of a fused locality block, where the token sequence meets the image, as Triton kernels.
+
+A locality block's feed-forward runs on the patch tokens as an image while the class token bypasses it. In
+PyTorch that is a split of the sequence, a cast of the patch tokens for the expand conv, the last batch norm,
+the residual add and a cat that re-attaches the class token; backward, a cat for the split and an add that
+joins the two gradients of the sequence. The patch tokens are a view strided by image, so the casts and adds
+take PyTorch's slower non-vectorised kernels; on an H100 the cats, the strided adds and casts and the last
+batch norm's kernels took about 0.4 ms of LocalViT-T's 3.4 ms per block (``benchmarks/RESULTS.md``). Here:
+
+* :func:`gather_patches`: the patch tokens copied out as a channels-last image in the conv's dtype, one pass;
+  its backward writes their gradient into a sequence-shaped gradient with zeros at the prefix tokens.
+* :func:`residual_batch_norm`: ``x`` with ``BN(y)`` added to its patch tokens, the statistics of ``y`` in one
+  pass and the output in another; its backward passes the sequence's gradient on to ``x`` as it is and
+  computes the batch norm's gradients from two passes over the patch tokens' gradient.
+
+Sequences are ``(B, PREFIX + H*W, C)`` and contiguous; images ``(B, C, H, W)`` channels-last, indexed as the
+``(B*H*W, C)`` rows the kernels of :mod:`lvit.models.locality_triton` use, whose helpers these share.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+from lvit.models.locality_triton import (
+    TILES,
+    _bhwc,
+    _channel_moments,
+    _input_grad_coefficients,
+    _load,
+    _load_channels,
+    _map_grid,
+    _partial,
+    _scale_shift,
+    _store,
+    _store_channel_sum,
+    _sum_grid,
+    _tile,
+    _update_running_statistics,
+    _uses_batch_statistics,
+)
+
+__all__ = ["gather_patches", "residual_batch_norm"]
+
+
+@triton.jit
+def _token_of(p, HW, PREFIX):
+    """Row of the sequence ``(B * (PREFIX + HW), C)`` that holds row ``p`` of the image ``(B * HW, C)``."""
+    return (p // HW) * (HW + PREFIX) + PREFIX + p % HW
+
+
+@triton.jit
+def _patch_of(q, HW, PREFIX):
+    """Row of the image that sequence row ``q`` holds, and whether it holds one (not a prefix token)."""
+    t = q % (HW + PREFIX)
+    return (q // (HW + PREFIX)) * HW + t - PREFIX, t >= PREFIX
+
+
+@triton.jit
+def _gather_patches_kernel(x_ptr, out_ptr, P, C, HW, PREFIX, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out[p] = x[token of p]``, in ``out``'s dtype."""
+    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
+    _store(out_ptr, p, c, mask, C, _load(x_ptr, _token_of(p, HW, PREFIX), c, mask, C))
+
+
+@triton.jit
+def _scatter_patches_kernel(g_ptr, out_ptr, T, C, HW, PREFIX, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out[q] = g[patch of q]`` at the patch tokens, 0 at the prefix tokens."""
+    q, c, mask = _tile(tl.program_id(0), T, C, BLOCK_P, BLOCK_C)
+    p, is_patch = _patch_of(q, HW, PREFIX)
+    _store(out_ptr, q, c, mask, C, _load(g_ptr, p, c, mask & is_patch[:, None], C))
+
+
+@triton.jit
+def _residual_norm_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, out_ptr, T, C, HW, PREFIX,
+                          BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out = x + scale * y[patch] + shift`` at the patch tokens, ``x`` at the prefix tokens."""
+    q, c, mask = _tile(tl.program_id(0), T, C, BLOCK_P, BLOCK_C)
+    p, is_patch = _patch_of(q, HW, PREFIX)
+    patch = mask & is_patch[:, None]
+    scale = _load_channels(scale_ptr, C, BLOCK_C)
+    shift = _load_channels(shift_ptr, C, BLOCK_C)
+    update = tl.where(patch, _load(y_ptr, p, c, patch, C) * scale + shift, 0.0)
+    _store(out_ptr, q, c, mask, C, _load(x_ptr, q, c, mask, C) + update)
+
+
+@triton.jit
+def _norm_grad_sums_kernel(grad_ptr, y_ptr, mean_ptr, sum_ptr, dot_ptr, P, C, HW, PREFIX, BLOCKS,
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per channel over the patch tokens: ``sum(g)`` and ``sum(g * (y - mean))``, ``g`` the sequence's
+    gradient there: the two sums a batch norm's backward needs."""
+    mean = _load_channels(mean_ptr, C, BLOCK_C)
+    total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+    for i in range(BLOCKS):
+        p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
+        g = _load(grad_ptr, _token_of(p, HW, PREFIX), c, mask, C)
+        total += g
+        total_dot += g * tl.where(mask, _load(y_ptr, p, c, mask, C) - mean, 0.0)
+    _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
+    _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
+
+
+@triton.jit
+def _norm_input_grad_kernel(grad_ptr, y_ptr, coef_ptr, out_ptr, P, C, HW, PREFIX, BLOCK_P: tl.constexpr,
+                            BLOCK_C: tl.constexpr):
+    """``out = ga * g + gb * y + gc`` per channel (``coef_ptr``: rows ga, gb, gc), ``g`` the sequence's
+    gradient at the patch tokens: the batch norm's input gradient, in ``out``'s dtype."""
+    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
+    out = (_load_channels(coef_ptr, C, BLOCK_C) * _load(grad_ptr, _token_of(p, HW, PREFIX), c, mask, C)
+           + _load_channels(coef_ptr + C, C, BLOCK_C) * _load(y_ptr, p, c, mask, C)
+           + _load_channels(coef_ptr + 2 * C, C, BLOCK_C))
+    _store(out_ptr, p, c, mask, C, out)
+
+
+# --- host side ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("lvit::gather_patches", mutates_args=())
+def _gather_patches(x: torch.Tensor, prefix: int, grid: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """The patch tokens of ``x`` as a channels-last ``(B, C, H, W)`` image in ``dtype``."""
+    B, _, C = x.shape
+    H, W = grid
+    out = torch.empty(B, H, W, C, dtype=dtype, device=x.device)
+    P = B * H * W
+    _gather_patches_kernel[_map_grid(P, C, TILES["map"])](x.contiguous(), out, P, C, H * W, prefix,
+                                                          **TILES["map"].meta())
+    return out.permute(0, 3, 1, 2)
+
+
+@_gather_patches.register_fake
+def _gather_patches_shape(x: torch.Tensor, prefix: int, grid: list[int], dtype: torch.dtype) -> torch.Tensor:
+    return x.new_empty((x.shape[0], grid[0], grid[1], x.shape[2]), dtype=dtype).permute(0, 3, 1, 2)
+
+
+@torch.library.custom_op("lvit::scatter_patches", mutates_args=())
+def _scatter_patches(grad: torch.Tensor, prefix: int, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`_gather_patches`'s backward: the image's gradient placed at the patch tokens of a
+    ``(B, prefix + H*W, C)`` sequence gradient in ``dtype``, zeros at the prefix tokens."""
+    g = _bhwc(grad)
+    B, H, W, C = g.shape
+    out = torch.empty(B, prefix + H * W, C, dtype=dtype, device=g.device)
+    T = B * (prefix + H * W)
+    _scatter_patches_kernel[_map_grid(T, C, TILES["map"])](g, out, T, C, H * W, prefix, **TILES["map"].meta())
+    return out
+
+
+@_scatter_patches.register_fake
+def _scatter_patches_shape(grad: torch.Tensor, prefix: int, dtype: torch.dtype) -> torch.Tensor:
+    B, C, H, W = grad.shape
+    return grad.new_empty((B, prefix + H * W, C), dtype=dtype)
+
+
+def _gather_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    x, prefix, _, _ = inputs
+    ctx.prefix, ctx.dtype = prefix, x.dtype
+
+
+def _gather_gradients(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    return _scatter_patches(grad, ctx.prefix, ctx.dtype), None, None, None
+
+
+_gather_patches.register_autograd(_gather_gradients, setup_context=_gather_setup)
+
+
+@torch.library.custom_op("lvit::residual_batch_norm", mutates_args=())
+def _residual_batch_norm(x: torch.Tensor, y: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+                         eps: float, batch: bool, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``x`` with ``BN(y)`` added at its patch tokens, the (mean, biased variance) used). ``affine``: rows
+    (gamma, beta); ``moments``: the running (mean, variance), read when ``batch`` is False."""
+    image = _bhwc(y)
+    B, H, W, C = image.shape
+    mean, var = _channel_moments(image) if batch else (moments[0], moments[1])
+    _, scale, shift = _scale_shift(affine[0], affine[1], mean, var, eps)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    T = B * (prefix + H * W)
+    _residual_norm_kernel[_map_grid(T, C, TILES["map"])](x, image, scale, shift, out, T, C, H * W, prefix,
+                                                         **TILES["map"].meta())
+    return out, torch.stack([mean, var])
+
+
+@_residual_batch_norm.register_fake
+def _residual_batch_norm_shapes(x: torch.Tensor, y: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+                                eps: float, batch: bool, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(moments)
+
+
+@torch.library.custom_op("lvit::residual_batch_norm_backward", mutates_args=())
+def _residual_batch_norm_backward(grad_out: torch.Tensor, y: torch.Tensor, affine: torch.Tensor,
+                                  moments: torch.Tensor, eps: float, batch: bool, prefix: int
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. (``y``, ``affine``) from the output's; ``moments``: the ones the forward used."""
+    image = _bhwc(y)
+    B, H, W, C = image.shape
+    P = B * H * W
+    grad_out = grad_out.contiguous()
+    mean, var = moments[0], moments[1]
+    rstd, _, _ = _scale_shift(affine[0], affine[1], mean, var, eps)
+    grid, blocks = _sum_grid(P, C, TILES["sums"])
+    total, dot = _partial(grid[0], C, image), _partial(grid[0], C, image)
+    _norm_grad_sums_kernel[grid](grad_out, image, mean, total, dot, P, C, H * W, prefix, blocks,
+                                 **TILES["sums"].meta())
+    total, dot = total.sum(0), dot.sum(0)
+    coef = _input_grad_coefficients(affine[0], mean, rstd, total, dot, P, batch).contiguous()
+    grad_y = torch.empty_like(image)
+    _norm_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad_out, image, coef, grad_y, P, C, H * W, prefix,
+                                                           **TILES["map"].meta())
+    return grad_y.permute(0, 3, 1, 2), torch.stack([rstd * dot, total])
+
+
+@_residual_batch_norm_backward.register_fake
+def _residual_batch_norm_backward_shapes(grad_out: torch.Tensor, y: torch.Tensor, affine: torch.Tensor,
+                                         moments: torch.Tensor, eps: float, batch: bool, prefix: int
+                                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(y, memory_format=torch.channels_last), torch.empty_like(affine)
+
+
+def _residual_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    _, y, affine, _, eps, batch, prefix = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(y, affine, output[1])
+    ctx.eps, ctx.batch, ctx.prefix = eps, batch, prefix
+
+
+def _residual_gradients(ctx: Any, grad_out: torch.Tensor, _moments_grad: torch.Tensor) -> tuple[Any, ...]:
+    y, affine, moments = ctx.saved_tensors
+    grad_y, grad_affine = _residual_batch_norm_backward(grad_out, y, affine, moments, ctx.eps, ctx.batch,
+                                                        ctx.prefix)
+    # the residual: the sequence's gradient reaches x unchanged, with no copy
+    return grad_out, grad_y, grad_affine, None, None, None, None
+
+
+_residual_batch_norm.register_autograd(_residual_gradients, setup_context=_residual_setup)
+
+
+def gather_patches(x: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The patch tokens of ``x`` ``(B, prefix + H*W, C)`` as a channels-last ``(B, C, H, W)`` image, in the
+    dtype the expand conv computes in (autocast's where it is on), as the eager path's cast gives it."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    return _gather_patches(x, prefix, list(grid), dtype)
+
+
+def residual_batch_norm(x: torch.Tensor, y: torch.Tensor, bn: nn.BatchNorm2d, prefix: int) -> torch.Tensor:
+    """``x`` with ``bn(y)`` added to its patch tokens (``y``: ``(B, C, H, W)``), with ``bn``'s parameters and
+    batch-norm state (its running statistics updated in training, as ``nn.BatchNorm2d`` does)."""
+    batch = _uses_batch_statistics(bn)
+    moments = (torch.stack([bn.running_mean, bn.running_var]).float() if not batch
+               else torch.zeros(2, bn.num_features, dtype=torch.float32, device=y.device))
+    affine = torch.stack([bn.weight, bn.bias]).float()
+    out, used = _residual_batch_norm(x, y, affine, moments, bn.eps, batch, prefix)
+    _update_running_statistics(bn, used[0], used[1], y.shape[0] * y.shape[2] * y.shape[3])
+    return out
