@@ -154,15 +154,17 @@ fused_middle_benchmark() {  # the fused middle alone against the eager modules a
     fi
 }
 
-dpt_batch_benchmark() {  # the DPT batch-32 target in what is left: eager pair, channels_last, compiled
+dpt_batch_benchmark() {  # the DPT targets in what is left: eager pair, b1 graph replay, channels_last, compiled
     # (--max-seconds starts after the imports, which take seconds: hence 20 s under the timeout; compiling
-    # dpt_hybrid did not finish in 38 s on the H200)
+    # dpt_hybrid took 57 s on the H100 at 5f8407f; the b1 graph replay takes seconds, and had been timed on
+    # an H200 only)
     local left
     left=$(budget 130)
     if [ "$left" -lt 50 ]; then stamp "dpt_vs_hf (batch 32) skipped: ${left} s left"; return; fi
-    timeout -k 5 "$left" python3 benchmarks/dpt_vs_hf.py --models dpt_hybrid --graph-models --compile-models \
-        --max-seconds $((left - 20)) --out "$BENCH_DIR/dpt_vs_hf_batch.json" >"$BENCH_DIR/dpt_vs_hf_batch.log" 2>&1
-    stamp "dpt_vs_hf (b32: eager, low-precision norms, channels_last, compiled) exit $?"
+    timeout -k 5 "$left" python3 benchmarks/dpt_vs_hf.py --models dpt_hybrid --graph-models dpt_hybrid \
+        --compile-models --max-seconds $((left - 20)) --out "$BENCH_DIR/dpt_vs_hf_batch.json" \
+        >"$BENCH_DIR/dpt_vs_hf_batch.log" 2>&1
+    stamp "dpt_vs_hf (b32: eager, low-precision norms, channels_last, compiled; b1: graph) exit $?"
 }
 
 dpt_parts_benchmark() {  # which part of DPT's forward holds the batch-32 ratio down, lvit beside HF
