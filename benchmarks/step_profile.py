@@ -19,8 +19,12 @@ CPU plumbing check (CPU times say nothing about a GPU):
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,10 +35,12 @@ from train_throughput import BASELINE, HEADLINE, Model, build_runner
 
 
 def operator_times(model: Model, args: argparse.Namespace) -> dict[str, float]:
-    """Self time per operator (or CUDA kernel, ``--by kernel``) in ms per step, over ``args.steps``
-    profiled steps after a warm-up."""
+    """Self time per operator (or CUDA kernel, ``--by kernel``; Python function on the host, ``--by host``)
+    in ms per step, over ``args.steps`` profiled steps after a warm-up."""
     run = build_runner(model, args, args.mode)
     run(args.warmup)
+    if args.by == "host":
+        return host_times(run, args.steps)
     cuda = args.device.startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
@@ -53,6 +59,21 @@ def operator_times(model: Model, args: argparse.Namespace) -> dict[str, float]:
     return dict(per_op)
 
 
+def host_times(run: Callable[[int], float], steps: int) -> dict[str, float]:
+    """cProfile's own time per Python function (built-ins included) in ms per step: where the host spends a
+    step, e.g. in Triton's launcher against PyTorch's dispatch, for a step the GPU waits on. The wait for the
+    GPU at the end of the steps shows as ``_cuda_synchronize``."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run(steps)
+    profiler.disable()
+    per_function: dict[str, float] = defaultdict(float)
+    for (file, line, name), (_, _, own_seconds, _, _) in pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
+        where = name if file == "~" else f"{Path(file).name}:{line}({name})"
+        per_function[where[:120]] += own_seconds * 1000 / steps
+    return dict(per_function)
+
+
 def compare(ours: dict[str, float], baseline: dict[str, float]) -> list[dict[str, Any]]:
     """One row per operator: ms per step in each model and the difference, largest difference first."""
     rows = [dict(op=op, ours_ms=ours.get(op, 0.0), deit_ms=baseline.get(op, 0.0)) for op in ours | baseline]
@@ -63,7 +84,7 @@ def compare(ours: dict[str, float], baseline: dict[str, float]) -> list[dict[str
 
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
     total_ours, total_deit = sum(r["ours_ms"] for r in rows), sum(r["deit_ms"] for r in rows)
-    unit = "device" if args.device.startswith("cuda") else "CPU"
+    unit = "host" if args.by == "host" else "device" if args.device.startswith("cuda") else "CPU"
     lines = [
         f"### Per-{args.by} {unit} time of one training step, {HEADLINE[0]} vs DeiT-T ({env['date'][:10]})",
         "",
@@ -97,8 +118,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="steps before profiling (compiles)")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--top", type=int, default=15, help="operators listed in the table")
-    parser.add_argument("--by", choices=("op", "kernel"), default="op",
-                        help="aten operators, or CUDA kernels (CUDA only: tells depth-wise from 1x1 convs)")
+    parser.add_argument("--by", choices=("op", "kernel", "host"), default="op",
+                        help="aten operators, or CUDA kernels (CUDA only: tells depth-wise from 1x1 convs), "
+                             "or the host's Python functions (cProfile: what a host-bound step does)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                         help="default: on for CUDA, as the training loop")
     parser.add_argument("--out", help="write every operator's row as JSON to this path")
