@@ -35,6 +35,7 @@ from lvit.models.locality_triton import (
     _load_channels,
     _map_grid,
     _partial,
+    _running_moments,
     _scale_shift,
     _store,
     _store_channel_sum,
@@ -249,10 +250,8 @@ def gather_patches(x: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch
 def residual_batch_norm(x: torch.Tensor, y: torch.Tensor, bn: nn.BatchNorm2d, prefix: int) -> torch.Tensor:
     """``x`` with ``bn(y)`` added to its patch tokens (``y``: ``(B, C, H, W)``), with ``bn``'s parameters and
     batch-norm state (its running statistics updated in training, as ``nn.BatchNorm2d`` does)."""
-    batch = _uses_batch_statistics(bn)
-    moments = (torch.stack([bn.running_mean, bn.running_var]).float() if not batch
-               else torch.zeros(2, bn.num_features, dtype=torch.float32, device=y.device))
+    moments = torch.stack(_running_moments(bn, y.device))
     affine = torch.stack([bn.weight, bn.bias]).float()
-    out, used = _residual_batch_norm(x, y, affine, moments, bn.eps, batch, prefix)
+    out, used = _residual_batch_norm(x, y, affine, moments, bn.eps, _uses_batch_statistics(bn), prefix)
     _update_running_statistics(bn, used[0], used[1], y.shape[0] * y.shape[2] * y.shape[3])
     return out
