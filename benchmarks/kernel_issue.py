@@ -12,7 +12,8 @@ counts the instructions of its loop body and of the rest, and multiplies by the 
 and the programs. Beside that issue bound it sets the memory bound: the bytes of the tensors the launch is
 passed over the memory bandwidth. The larger of the two is the kernel's floor. It also gives how many of the
 kernel's warps a multiprocessor holds at once (registers, warp slots and shared memory permitting), which
-the floors leave out: few resident warps hide memory latency badly.
+the floors leave out: few resident warps hide memory latency badly, and how many asynchronous copies
+(``LDGSTS``, Triton's software pipelining of a loop's loads) each trip of the loop issues.
 
 Why: on an H200 at ``d0b3b1c`` the fused kernels ran far below the memory bandwidth the byte-count
 prediction assumed (``RESULTS.md``); this tells which kernels are bound by the instructions they issue, and
@@ -201,7 +202,7 @@ def analyse(launch: KernelLaunch, args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         kernel=launch.name, grid=launch.grid, tiles=(launch.meta["BLOCK_P"], launch.meta["BLOCK_C"], warps),
         registers=registers, resident_warps=resident_warps(registers, warps, compiled.metadata.shared),
-        loop_body=body, trips=iterations,
+        loop_body=body, trips=iterations, async_loads=opcodes["LDGSTS"],
         instructions_per_element=warp_instructions * 32 / elements,
         issue_us=warp_instructions / (4 * args.sms * args.clock_ghz * 1e3),
         memory_us=launch.nbytes / (args.bandwidth_tb_s * 1e6),
@@ -216,13 +217,13 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
         f"{triton.__version__}, sm_90; batch {args.batch_size}, {4 * args.embed_dim} channels at "
         f"{args.image_size}², h-swish{' + SE' if args.attn == 'se' else ''}, bf16; tiles "
         f"{args.tiles or 'default'}; {args.sms} SMs at {args.clock_ghz} GHz, {args.bandwidth_tb_s} TB/s", "",
-        "| kernel | tiles (P, C, warps) | registers | resident warps / SM | loop body | trips "
+        "| kernel | tiles (P, C, warps) | registers | resident warps / SM | loop body | async loads | trips "
         "| instructions / element | issue µs | memory µs | floor µs |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| `{r['kernel']}` | {r['tiles']} | {r['registers']} | {r['resident_warps']} "
-                     f"| {r['loop_body']} | {r['trips']} "
+                     f"| {r['loop_body']} | {r['async_loads']} | {r['trips']} "
                      f"| {r['instructions_per_element']:.1f} | {r['issue_us']:.1f} | {r['memory_us']:.1f} "
                      f"| {max(r['issue_us'], r['memory_us']):.1f} |")
     issue = sum(r["issue_us"] for r in rows)

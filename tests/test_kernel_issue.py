@@ -40,11 +40,12 @@ def test_a_launch_is_specialised_as_the_jit_specialises_it() -> None:
     x = torch.zeros(16, 64, dtype=torch.bfloat16)
     sums = torch.zeros(1, 64)
     launch = _launch("_channel_sums_kernel", (x, sums, sums, 16 * 48, 70, 1), BLOCK_P=16, BLOCK_C=64,
-                     num_warps=4)
+                     STAGES=3, num_warps=4)
     signature, constants, attrs = specialization(launch)
     assert signature == dict(x_ptr="*bf16", sum_ptr="*fp32", sq_ptr="*fp32", P="i32", C="i32",
-                             BLOCKS="constexpr", BLOCK_P="constexpr", BLOCK_C="constexpr")
-    assert constants == {(5,): 1, (6,): 16, (7,): 64}  # BLOCKS = 1 becomes a constant, as in the JIT
+                             BLOCKS="constexpr", BLOCK_P="constexpr", BLOCK_C="constexpr", STAGES="constexpr")
+    # BLOCKS = 1 becomes a constant, as in the JIT
+    assert constants == {(5,): 1, (6,): 16, (7,): 64, (8,): 3}
     divisible = [["tt.divisibility", 16]]
     assert attrs == {(0,): divisible, (1,): divisible, (2,): divisible, (3,): divisible, (4,): []}  # C = 70
 

@@ -91,17 +91,17 @@ def _residual_norm_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, out_ptr, T, C, HW,
 
 @triton.jit
 def _norm_grad_sums_kernel(grad_ptr, y_ptr, mean_ptr, sum_ptr, dot_ptr, P, C, HW, PREFIX, BLOCKS,
-                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
     """Per channel over the patch tokens: ``sum(g)`` and ``sum(g * (y - mean))``, ``g`` the sequence's
     gradient there: the two sums a batch norm's backward needs."""
     mean = _load_channels(mean_ptr, C, BLOCK_C)
     total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for i in range(BLOCKS):
+    for i in tl.range(BLOCKS, num_stages=STAGES):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
         g = _load(grad_ptr, _token_of(p, HW, PREFIX), c, mask, C)
         total += g
-        total_dot += g * tl.where(mask, _load(y_ptr, p, c, mask, C) - mean, 0.0)
+        total_dot += g * (_load(y_ptr, p, c, mask, C) - mean)  # g is 0 where the loads are masked
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
     _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
 

@@ -47,22 +47,30 @@ ACT_CODES = {"relu6": 0, "hswish": 1}
 
 class Tiles(NamedTuple):
     """How a kernel's launch cuts the ``(positions, channels)`` plane: a tile of ``positions`` (b, y, x) by
-    ``channels`` (contiguous in channels-last memory) per step, run by ``warps`` warps."""
+    ``channels`` (contiguous in channels-last memory) per step, run by ``warps`` warps. ``stages``, for the
+    kernels that loop over position tiles: how many tiles' loads are in flight at once (Triton's software
+    pipelining, through shared memory); None for the kernels that take one tile."""
 
     positions: int
     channels: int
     warps: int
+    stages: int | None = None
 
     def meta(self) -> dict[str, int]:
-        return dict(BLOCK_P=self.positions, BLOCK_C=self.channels, num_warps=self.warps)
+        meta = dict(BLOCK_P=self.positions, BLOCK_C=self.channels, num_warps=self.warps)
+        return meta if self.stages is None else meta | dict(STAGES=self.stages)
 
 
 # Tiles per kind of launch; ``benchmarks/locality_kernels.py --tiles`` times alternatives on a GPU and
 # ``benchmarks/kernel_issue.py --tiles`` counts their instructions on a CPU (the test suite checks every
-# tile set for spills). The elementwise kernels take larger tiles: fewer, fuller programs.
+# tile set for spills). The elementwise kernels take larger tiles: fewer, fuller programs. The looping
+# kernels pipeline their loads: unpipelined, each warp waited for one 16-byte load per thread before the
+# next, and on an H100 these kernels ran at 1.6-2.0x their memory floor, the fewer their resident warps the
+# slower, where the one-tile kernels, whose loads are all issued at once, ran at 1.1-1.5x
+# (``benchmarks/RESULTS.md``).
 TILES = {
-    "sums": Tiles(16, 64, 4),  # the per-channel sums over all positions
-    "per_image": Tiles(16, 64, 4),  # SE's per-image pooling and sums
+    "sums": Tiles(16, 64, 4, stages=3),  # the per-channel sums over all positions
+    "per_image": Tiles(16, 64, 4, stages=3),  # SE's per-image pooling and sums
     "map": Tiles(64, 64, 4),  # the elementwise kernels
 }
 
@@ -121,11 +129,11 @@ def _store_channel_sum(ptr, row, values, C, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _channel_sums_kernel(x_ptr, sum_ptr, sq_ptr, P, C, BLOCKS,
-                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
     """Sum and sum of squares per channel over this program's ``BLOCKS`` position blocks."""
     total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     total_sq = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for i in range(BLOCKS):
+    for i in tl.range(BLOCKS, num_stages=STAGES):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
         x = _load(x_ptr, p, c, mask, C)
         total += x
@@ -148,14 +156,14 @@ def _scale_shift_act_kernel(x_ptr, scale_ptr, shift_ptr, gate_ptr, out_ptr, P, C
 
 @triton.jit
 def _image_pool_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, HW, C,
-                       ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                       ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
     """SE's pooling: ``out[b, c] = sum of act(scale * x + shift)`` over image b. One program per image and
     channel block."""
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     scale = _load_channels(scale_ptr, C, BLOCK_C)
     shift = _load_channels(shift_ptr, C, BLOCK_C)
     total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for start in range(0, HW, BLOCK_P):
+    for start in tl.range(0, HW, BLOCK_P, num_stages=STAGES):
         s = start + tl.arange(0, BLOCK_P)
         mask = (s < HW)[:, None] & (c < C)[None, :]
         p = tl.program_id(0) * HW + s
@@ -165,7 +173,8 @@ def _image_pool_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, HW, C,
 
 @triton.jit
 def _image_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, out_ptr, B, HW, C,
-                            ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                            ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                            STAGES: tl.constexpr):
     """With SE: the five per-image sums from which the host forms SE's gate gradient and the second batch
     norm's backward sums in one read of ``grad`` (of ``a * gate``) and ``x``. With ``z = scale * x + shift``,
     ``a = act(z)``, ``d = act'(z)``, ``xc = x - mean``, rows of ``out`` (each ``(B, C)``): sum(grad * a),
@@ -179,16 +188,17 @@ def _image_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, out
     d_sum = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     grad_d_xc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     d_xc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for start in range(0, HW, BLOCK_P):
+    for start in tl.range(0, HW, BLOCK_P, num_stages=STAGES):
         s = start + tl.arange(0, BLOCK_P)
         mask = (s < HW)[:, None] & (c < C)[None, :]
         p = tl.program_id(0) * HW + s
         x = _load(x_ptr, p, c, mask, C)
         grad = _load(grad_ptr, p, c, mask, C)
         z = x * scale + shift
+        # the loads leave 0 where ``mask`` is off, so grad * (anything) is 0 there; d must be masked itself
         d = tl.where(mask, _act_grad(z, ACT), 0.0)
-        xc = tl.where(mask, x - mean, 0.0)
-        grad_a += grad * tl.where(mask, _act(z, ACT), 0.0)
+        xc = x - mean
+        grad_a += grad * _act(z, ACT)
         grad_d += grad * d
         d_sum += d
         grad_d_xc += grad * d * xc
@@ -216,7 +226,8 @@ def _act_output_grad(grad_ptr, se_ptr, q, c, qmask, P, C, HW, HAS_SE: tl.constex
 
 @triton.jit
 def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, sum_ptr, dot_ptr, P, C, BLOCKS,
-                             ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                             ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                             STAGES: tl.constexpr):
     """Per channel: ``sum(g)`` and ``sum(g * (x - mean))`` with ``g = grad * act'(scale * x + shift)``, the
     two sums the backward of ``act(BN(x))`` needs."""
     scale = _load_channels(scale_ptr, C, BLOCK_C)
@@ -224,24 +235,14 @@ def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, su
     mean = _load_channels(mean_ptr, C, BLOCK_C)
     total = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
     total_dot = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
-    for i in range(BLOCKS):
+    for i in tl.range(BLOCKS, num_stages=STAGES):
         p, c, mask = _tile(tl.program_id(0) * BLOCKS + i, P, C, BLOCK_P, BLOCK_C)
         x = _load(x_ptr, p, c, mask, C)
-        g = tl.where(mask, _load(grad_ptr, p, c, mask, C) * _act_grad(x * scale + shift, ACT), 0.0)
+        g = _load(grad_ptr, p, c, mask, C) * _act_grad(x * scale + shift, ACT)  # 0 where the load is masked
         total += g
-        total_dot += g * tl.where(mask, x - mean, 0.0)
+        total_dot += g * (x - mean)
     _store_channel_sum(sum_ptr, tl.program_id(0), total, C, BLOCK_C)
     _store_channel_sum(dot_ptr, tl.program_id(0), total_dot, C, BLOCK_C)
-
-
-@triton.jit
-def _act_bn_input_grad_tile(grad_ptr, se_ptr, x_ptr, q, c, qmask, P, C, HW, scale, shift, ga, gb, gc,
-                            HAS_SE: tl.constexpr, ACT: tl.constexpr):
-    """Gradient w.r.t. ``x`` at positions ``q``, from the gradient of ``act(BN(x))`` (times SE's gate with
-    ``HAS_SE``): ``ga * act'(scale * x + shift) * grad + gb * x + gc`` (``ga, gb, gc`` per channel)."""
-    x = _load(x_ptr, q, c, qmask, C)
-    grad = _act_output_grad(grad_ptr, se_ptr, q, c, qmask, P, C, HW, HAS_SE)
-    return tl.where(qmask, ga * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc, 0.0)
 
 
 @triton.jit
@@ -257,11 +258,13 @@ def _load_rows5(ptr, C, BLOCK_C: tl.constexpr):
 def _act_bn_input_grad_kernel(grad_ptr, se_ptr, x_ptr, bn_ptr, out_ptr, P, C, HW, HAS_SE: tl.constexpr,
                               ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """The gradient w.r.t. the input ``x`` of ``act(BN(x))`` (times SE's gate with ``HAS_SE``), a batch norm
-    whose sums are known (``bn_ptr``: see ``_load_rows5``): for the conv's output and for ``h``."""
+    whose sums are known (``bn_ptr``: see ``_load_rows5``): for the conv's output and for ``h``. It is
+    ``ga * act'(scale * x + shift) * grad + gb * x + gc``, with ``ga, gb, gc`` per channel."""
     p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
     scale, shift, ga, gb, gc = _load_rows5(bn_ptr, C, BLOCK_C)
-    _store(out_ptr, p, c, mask, C, _act_bn_input_grad_tile(grad_ptr, se_ptr, x_ptr, p, c, mask, P, C, HW,
-                                                           scale, shift, ga, gb, gc, HAS_SE, ACT))
+    x = _load(x_ptr, p, c, mask, C)
+    grad = _act_output_grad(grad_ptr, se_ptr, p, c, mask, P, C, HW, HAS_SE)
+    _store(out_ptr, p, c, mask, C, ga * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc)
 
 
 # --- host side ---------------------------------------------------------------------------------------------
@@ -349,11 +352,17 @@ def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _depthwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
                              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`_depthwise_conv` w.r.t. its input (``(B, H, W, C)``) and its weight (in the
-    weight's dtype), from its output's gradient."""
-    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+    weight's dtype), from its output's gradient.
+
+    The input gradient of a 3x3 depth-wise conv with stride 1 and padding 1 is the same conv of the output's
+    gradient with each kernel turned by 180 degrees, so it runs in cuDNN's forward kernel: on an H100 that
+    took 74 us per LocalViT-T block where cuDNN's data-gradient kernel, which ``convolution_backward`` picks,
+    took 126 (eager profile, ``benchmarks/RESULTS.md``)."""
+    grad_input = _depthwise_conv(grad, weight.flip(-2, -1))
+    _, grad_weight, _ = torch.ops.aten.convolution_backward(
         grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), weight.to(x.dtype), None, [1, 1], [1, 1], [1, 1],
-        False, [0, 0], weight.shape[0], [True, True, False])
-    return _bhwc(grad_input), grad_weight.to(weight.dtype)
+        False, [0, 0], weight.shape[0], [False, True, False])
+    return grad_input, grad_weight.to(weight.dtype)
 
 
 def _batch_moments(total: torch.Tensor, total_sq: torch.Tensor, count: int
