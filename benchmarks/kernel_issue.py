@@ -105,7 +105,8 @@ def specialization(launch: KernelLaunch
             signature[name], constexprs[(index,)] = "constexpr", spec
         else:
             signature[name] = kind
-            attrs[(index,)] = CUDABackend.parse_attr(spec)
+            # a float (eps, a count) has no specialisation key, and so no attribute
+            attrs[(index,)] = CUDABackend.parse_attr(spec) if spec is not None else []
     return signature, constexprs, attrs
 
 
@@ -164,12 +165,19 @@ def instruction_counts(sass: str) -> tuple[int, list[tuple[int, collections.Coun
     return len(instructions), loops
 
 
+def rows_per_step(launch: KernelLaunch) -> int:
+    """Rows of a step of the kernel's loop: positions (``BLOCK_P``), or, in the two kernels that finish a
+    batch norm's statistics, rows of partial sums (``BLOCK_R``)."""
+    return launch.meta.get("BLOCK_P", launch.meta.get("BLOCK_R"))
+
+
 def trips(launch: KernelLaunch) -> int:
-    """Iterations of the kernel's one loop: its ``BLOCKS`` position blocks, or an image's positions."""
+    """Iterations of the kernel's loop: its ``BLOCKS`` position blocks, an image's positions, or the rows of
+    partial sums it adds up (the finishing kernels loop twice over them, counted here as once)."""
     values = dict(zip(kernel_of(launch).arg_names, launch.args, strict=False))
     if "BLOCKS" in values:
         return values["BLOCKS"]
-    return triton.cdiv(values["HW"], launch.meta["BLOCK_P"])
+    return triton.cdiv(values["HW"] if "HW" in values else values["ROWS"], rows_per_step(launch))
 
 
 # Hopper's per-multiprocessor limits: 64 K registers (allotted per warp in units of 256), 64 resident warps,
@@ -196,11 +204,11 @@ def analyse(launch: KernelLaunch, args: argparse.Namespace) -> dict[str, Any]:
     iterations = trips(launch) if loops else 1
     per_program = total - sum(size for size, _ in loops) + iterations * body
     programs, warps = math.prod(launch.grid), launch.meta["num_warps"]
-    elements = launch.meta["BLOCK_P"] * launch.meta["BLOCK_C"] * iterations * programs
+    elements = rows_per_step(launch) * launch.meta["BLOCK_C"] * iterations * programs
     warp_instructions = programs * warps * per_program
     registers = ptxas_usage(compiled.asm["ptx"])[0]
     return dict(
-        kernel=launch.name, grid=launch.grid, tiles=(launch.meta["BLOCK_P"], launch.meta["BLOCK_C"], warps),
+        kernel=launch.name, grid=launch.grid, tiles=(rows_per_step(launch), launch.meta["BLOCK_C"], warps),
         registers=registers, resident_warps=resident_warps(registers, warps, compiled.metadata.shared),
         loop_body=body, trips=iterations, async_loads=opcodes["LDGSTS"],
         instructions_per_element=warp_instructions * 32 / elements,

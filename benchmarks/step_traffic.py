@@ -71,9 +71,9 @@ CPU_KERNEL = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 
 class TrafficCounter(TorchDispatchMode):
-    """Bytes read + written per (phase, operator) by every aten operator that moves data: one that writes its
-    input in place, or whose outputs are not all storage of its inputs (which leaves out views, dropout in
-    eval mode and a cast to the dtype a tensor already has).
+    """Bytes read + written, and calls, per (phase, operator) of every aten operator that moves data: one that
+    writes its input in place, or whose outputs are not all storage of its inputs (which leaves out views,
+    dropout in eval mode and a cast to the dtype a tensor already has).
 
     Whether an operator moves data is read off its outputs, not its schema: under ``inference_mode`` the mode
     sees ``to``, ``reshape`` and ``contiguous`` themselves, whose schemas say "may alias the input" although
@@ -84,6 +84,7 @@ class TrafficCounter(TorchDispatchMode):
         super().__init__()
         self.phase = PHASES[0]
         self.bytes: dict[tuple[str, str], int] = defaultdict(int)
+        self.calls: dict[tuple[str, str], int] = defaultdict(int)  # each at least one kernel on a GPU
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if func.namespace == "lvit":  # the fused locality path's custom ops: count what runs inside them
@@ -97,6 +98,7 @@ class TrafficCounter(TorchDispatchMode):
         allocates = func.overloadpacket.__name__ in ALLOCATIONS  # reserves memory, moves none
         if (writes_in_place or not aliases_input) and not allocates:
             self.bytes[(self.phase, func.overloadpacket.__name__)] += sum(map(tensor_bytes, inputs + outputs))
+            self.calls[(self.phase, func.overloadpacket.__name__)] += 1
         return out
 
 
@@ -146,7 +148,9 @@ class _KernelStandIn:
         def launch(*args: Any, **meta: Any) -> None:
             if self.owner.active:
                 nbytes = sum(tensor_bytes(a) for a in args if isinstance(a, torch.Tensor))
-                self.owner.counter.bytes[(self.owner.counter.phase, f"triton:{self.name}")] += nbytes
+                key = (self.owner.counter.phase, f"triton:{self.name}")
+                self.owner.counter.bytes[key] += nbytes
+                self.owner.counter.calls[key] += 1
                 self.owner.launches.append(KernelLaunch(self.name, tuple(grid), args, meta, nbytes))
 
         return launch
@@ -154,9 +158,15 @@ class _KernelStandIn:
 
 def step_traffic(name: str, args: argparse.Namespace, fused: bool = False, **kwargs: Any
                  ) -> dict[tuple[str, str], int]:
-    """Bytes per (phase, operator) of one training step of ``name`` (built with ``kwargs``) on a fixed random
-    batch, counted after a warm-up step, from which on AdamW's state exists as in every later step. ``fused``:
-    with the locality feed-forward's Triton kernels, counted by :class:`TritonKernelCounter`."""
+    """Bytes per (phase, operator) of one training step of ``name`` (built with ``kwargs``): see
+    :func:`count_step`."""
+    return dict(count_step(name, args, fused, **kwargs).bytes)
+
+
+def count_step(name: str, args: argparse.Namespace, fused: bool = False, **kwargs: Any) -> TrafficCounter:
+    """The count of one training step of ``name`` (built with ``kwargs``) on a fixed random batch, counted
+    after a warm-up step, from which on AdamW's state exists as in every later step. ``fused``: with the
+    locality feed-forward's Triton kernels, counted by :class:`TritonKernelCounter`."""
     torch.manual_seed(0)
     model = lvit.create_model(name, img_size=args.image_size, **kwargs).train()
     model = model.to(memory_format=torch.channels_last)
@@ -180,7 +190,7 @@ def step_traffic(name: str, args: argparse.Namespace, fused: bool = False, **kwa
             counter.phase = "optimizer"
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return dict(counter.bytes)
+    return counter
 
 
 @contextlib.contextmanager
@@ -326,8 +336,8 @@ def operator_rows(ours: dict[tuple[str, str], int], baseline: dict[tuple[str, st
     return sorted(rows, key=lambda row: -row["extra_mb"])
 
 
-def markdown(totals: dict[str, dict[str, float]], rows: list[dict[str, Any]], env: dict[str, Any],
-             args: argparse.Namespace) -> str:
+def markdown(totals: dict[str, dict[str, float]], launches: dict[str, int], rows: list[dict[str, Any]],
+             env: dict[str, Any], args: argparse.Namespace) -> str:
     ours, deit = totals["localvit_tiny"], totals["deit_tiny_patch16_224"]
     lines = [
         f"### Memory traffic of one eager training step ({env['date'][:10]})",
@@ -342,6 +352,10 @@ def markdown(totals: dict[str, dict[str, float]], rows: list[dict[str, Any]], en
         "|---|---:|---:|---:|",
         *[f"| {phase} | {deit[phase]:.1f} | {ours[phase]:.1f} | {deit[phase] / ours[phase]:.3f} |"
           for phase in (*PHASES, "step")],
+        "",
+        "Operators that move data, and Triton launches, per step: "
+        f"DeiT-T {launches['deit_tiny_patch16_224']}, LocalViT-T {launches['localvit_tiny']}. On a GPU each "
+        "is a kernel launch or more, and a small one costs a few µs even inside a CUDA graph.",
         "",
         f"Operators with the most extra traffic in LocalViT-T (top {args.top}):",
         "",
@@ -398,11 +412,13 @@ def main() -> None:
                    operators_mb_per_image=operators)
         return
     models = ("deit_tiny_patch16_224", "localvit_tiny")
-    traffic = {name: step_traffic(name, args, fused=args.fused and name == models[1]) for name in models}
-    totals = {name: per_image_mb(traffic[name], args.batch_size) for name in models}
-    rows = operator_rows(traffic["localvit_tiny"], traffic["deit_tiny_patch16_224"], args.batch_size)
-    print(markdown(totals, rows, env, args))
-    write_json(args.out, "step_traffic", env, args, wall, totals_mb_per_image=totals, operators=rows)
+    counts = {name: count_step(name, args, fused=args.fused and name == models[1]) for name in models}
+    totals = {name: per_image_mb(counts[name].bytes, args.batch_size) for name in models}
+    launches = {name: sum(counts[name].calls.values()) for name in models}
+    rows = operator_rows(counts[models[1]].bytes, counts[models[0]].bytes, args.batch_size)
+    print(markdown(totals, launches, rows, env, args))
+    write_json(args.out, "step_traffic", env, args, wall, totals_mb_per_image=totals,
+               launches_per_step=launches, operators=rows)
 
 
 if __name__ == "__main__":

@@ -196,9 +196,9 @@ def test_custom_ops_pass_torch_library_opcheck(attn: str) -> None:
     settings = ([1e-5, 1e-5], [True, False], 1)  # eps, batch statistics?, act
     args = (h.requires_grad_(), weight.requires_grad_(), affine, affine.clone(), *settings, se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle.default, args)
-    _, dw_input, conv, moments, pooled, gate = torch.ops.lvit.locality_middle(*args)
-    backward_args = (torch.randn_like(h), h.detach(), dw_input, conv, weight.detach(), affine, moments,
-                     pooled, gate, *settings, se_params)
+    _, dw_input, conv, stats, pooled, gate = torch.ops.lvit.locality_middle(*args)
+    backward_args = (torch.randn_like(h), h.detach(), dw_input, conv, weight.detach(), stats, pooled, gate,
+                     *settings[1:], se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle_backward.default, backward_args)
 
 
@@ -242,8 +242,8 @@ def test_token_ops_pass_torch_library_opcheck() -> None:
     for batch in (True, False):
         args = (x, image.clone().requires_grad_(), affine.requires_grad_(), moments, 1e-5, batch, 1)
         torch.library.opcheck(torch.ops.lvit.residual_batch_norm.default, args)
-        _, used = tokens._residual_batch_norm(*args)
-        backward_args = (torch.randn_like(x), image, affine.detach(), used, 1e-5, batch, 1)
+        _, stats = tokens._residual_batch_norm(*args)
+        backward_args = (torch.randn_like(x), image, stats, batch, 1)
         torch.library.opcheck(torch.ops.lvit.residual_batch_norm_backward.default, backward_args)
 
 

@@ -72,15 +72,21 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     floats = 2 * (hidden + 2 * rows * 64) + (2 * 16 * 16 + 2 * rows_out * 16)
     assert fused[("forward", "triton:_channel_sums_kernel")] == 4 * floats
     # The two input gradients of act(BN(.)). The conv output's: reads the output gradient and the conv
-    # output, SE's (gate, pooled-gradient) rows (2 x 2 images x 64) and five rows of the second batch norm,
-    # writes it. The expand output's: reads the gradient cuDNN's conv backward wrote and the expand output,
-    # the gate as a stand-in for SE rows it does not read (2 x 64) and five rows of the first batch norm
-    floats = (3 * hidden + 2 * 2 * 64 + 5 * 64) + (3 * hidden + 2 * 64 + 5 * 64)
+    # output, SE's (gate, pooled-gradient) rows (2 x 2 images x 64) and four rows of the second batch norm
+    # (scale, shift, and the coefficients gb, gc), writes it. The expand output's: reads the gradient cuDNN's
+    # conv backward wrote and the expand output, the gate as a stand-in for SE rows it does not read (2 x 64)
+    # and four rows of the first batch norm
+    floats = (3 * hidden + 2 * 2 * 64 + 4 * 64) + (3 * hidden + 2 * 64 + 4 * 64)
     assert fused[("backward", "triton:_act_bn_input_grad_kernel")] == 4 * floats
     # the first batch norm's sums: read that gradient, the expand output and three rows, write two rows of
     # partial sums per program (the second's come from SE's per-image pass)
     floats = 2 * hidden + 3 * 64 + 2 * rows * 64
     assert fused[("backward", "triton:_act_bn_grad_sums_kernel")] == 4 * floats
+    # the batch norms' per-channel arithmetic (moments, 1/std, scale and shift, the backward's coefficients,
+    # the running statistics' update) runs in two small kernels per batch norm, not as PyTorch operators on
+    # (C,) vectors, each of which is a kernel launch of its own
+    assert not {op for _, op in fused} & {"rsqrt", "clamp_min", "neg", "lerp_", "sub"}
+    assert ("forward", "triton:_bn_stats_kernel") in fused and ("backward", "triton:_bn_grad_kernel") in fused
     # the depth-wise conv and its gradients are cuDNN's, counted as the operators they are
     assert not any(op.startswith("triton:_dw") for _, op in fused)
     # The block's ends: the patch tokens gathered (read the 2 x 17 x 16 fp32 sequence, write the image) and

@@ -27,16 +27,19 @@ import triton
 import triton.language as tl
 
 from lvit.models.locality_triton import (
+    MEAN,
+    SCALE,
+    SHIFT,
+    STAT_ROWS,
     TILES,
     _bhwc,
-    _channel_moments,
-    _input_grad_coefficients,
+    _bn_gradients,
+    _bn_statistics,
     _load,
     _load_channels,
     _map_grid,
     _partial,
     _running_moments,
-    _scale_shift,
     _store,
     _store_channel_sum,
     _sum_grid,
@@ -107,14 +110,14 @@ def _norm_grad_sums_kernel(grad_ptr, y_ptr, mean_ptr, sum_ptr, dot_ptr, P, C, HW
 
 
 @triton.jit
-def _norm_input_grad_kernel(grad_ptr, y_ptr, coef_ptr, out_ptr, P, C, HW, PREFIX, BLOCK_P: tl.constexpr,
-                            BLOCK_C: tl.constexpr):
-    """``out = ga * g + gb * y + gc`` per channel (``coef_ptr``: rows ga, gb, gc), ``g`` the sequence's
+def _norm_input_grad_kernel(grad_ptr, y_ptr, scale_ptr, coef_ptr, out_ptr, P, C, HW, PREFIX,
+                            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``out = scale * g + gb * y + gc`` per channel (``coef_ptr``: rows gb, gc), ``g`` the sequence's
     gradient at the patch tokens: the batch norm's input gradient, in ``out``'s dtype."""
     p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
-    out = (_load_channels(coef_ptr, C, BLOCK_C) * _load(grad_ptr, _token_of(p, HW, PREFIX), c, mask, C)
-           + _load_channels(coef_ptr + C, C, BLOCK_C) * _load(y_ptr, p, c, mask, C)
-           + _load_channels(coef_ptr + 2 * C, C, BLOCK_C))
+    out = (_load_channels(scale_ptr, C, BLOCK_C) * _load(grad_ptr, _token_of(p, HW, PREFIX), c, mask, C)
+           + _load_channels(coef_ptr, C, BLOCK_C) * _load(y_ptr, p, c, mask, C)
+           + _load_channels(coef_ptr + C, C, BLOCK_C))
     _store(out_ptr, p, c, mask, C, out)
 
 
@@ -169,69 +172,68 @@ _gather_patches.register_autograd(_gather_gradients, setup_context=_gather_setup
 
 
 @torch.library.custom_op("lvit::residual_batch_norm", mutates_args=())
-def _residual_batch_norm(x: torch.Tensor, y: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+def _residual_batch_norm(x: torch.Tensor, y: torch.Tensor, affine: torch.Tensor, running: torch.Tensor,
                          eps: float, batch: bool, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(``x`` with ``BN(y)`` added at its patch tokens, the (mean, biased variance) used). ``affine``: rows
-    (gamma, beta); ``moments``: the running (mean, variance), read when ``batch`` is False."""
+    """(``x`` with ``BN(y)`` added at its patch tokens, the batch norm's ``(STAT_ROWS, C)`` statistic rows).
+    ``affine``: rows (gamma, beta); ``running``: the running (mean, variance), read when ``batch`` is
+    False."""
     image = _bhwc(y)
     B, H, W, C = image.shape
-    mean, var = _channel_moments(image) if batch else (moments[0], moments[1])
-    _, scale, shift = _scale_shift(affine[0], affine[1], mean, var, eps)
+    stats = _partial(STAT_ROWS, C, image)
+    _bn_statistics(image if batch else None, affine, running, eps, B * H * W, stats)
     x = x.contiguous()
     out = torch.empty_like(x)
     T = B * (prefix + H * W)
+    scale, shift = stats[SCALE], stats[SHIFT]
     _residual_norm_kernel[_map_grid(T, C, TILES["map"])](x, image, scale, shift, out, T, C, H * W, prefix,
                                                          **TILES["map"].meta())
-    return out, torch.stack([mean, var])
+    return out, stats
 
 
 @_residual_batch_norm.register_fake
-def _residual_batch_norm_shapes(x: torch.Tensor, y: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+def _residual_batch_norm_shapes(x: torch.Tensor, y: torch.Tensor, affine: torch.Tensor, running: torch.Tensor,
                                 eps: float, batch: bool, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(moments)
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            affine.new_empty((STAT_ROWS, affine.shape[1])))
 
 
 @torch.library.custom_op("lvit::residual_batch_norm_backward", mutates_args=())
-def _residual_batch_norm_backward(grad_out: torch.Tensor, y: torch.Tensor, affine: torch.Tensor,
-                                  moments: torch.Tensor, eps: float, batch: bool, prefix: int
-                                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients w.r.t. (``y``, ``affine``) from the output's; ``moments``: the ones the forward used."""
+def _residual_batch_norm_backward(grad_out: torch.Tensor, y: torch.Tensor, stats: torch.Tensor, batch: bool,
+                                  prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients w.r.t. (``y``, ``affine``) from the output's; ``stats``: the forward's statistic rows."""
     image = _bhwc(y)
     B, H, W, C = image.shape
     P = B * H * W
     grad_out = grad_out.contiguous()
-    mean, var = moments[0], moments[1]
-    rstd, _, _ = _scale_shift(affine[0], affine[1], mean, var, eps)
     grid, blocks = _sum_grid(P, C, TILES["sums"])
     total, dot = _partial(grid[0], C, image), _partial(grid[0], C, image)
-    _norm_grad_sums_kernel[grid](grad_out, image, mean, total, dot, P, C, H * W, prefix, blocks,
+    _norm_grad_sums_kernel[grid](grad_out, image, stats[MEAN], total, dot, P, C, H * W, prefix, blocks,
                                  **TILES["sums"].meta())
-    total, dot = total.sum(0), dot.sum(0)
-    coef = _input_grad_coefficients(affine[0], mean, rstd, total, dot, P, batch).contiguous()
+    grad_affine = _partial(2, C, image)
+    coef = _bn_gradients(total, dot, stats, P, batch, grad_affine)
     grad_y = torch.empty_like(image)
-    _norm_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad_out, image, coef, grad_y, P, C, H * W, prefix,
-                                                           **TILES["map"].meta())
-    return grad_y.permute(0, 3, 1, 2), torch.stack([rstd * dot, total])
+    _norm_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad_out, image, stats[SCALE], coef, grad_y, P, C,
+                                                           H * W, prefix, **TILES["map"].meta())
+    return grad_y.permute(0, 3, 1, 2), grad_affine
 
 
 @_residual_batch_norm_backward.register_fake
-def _residual_batch_norm_backward_shapes(grad_out: torch.Tensor, y: torch.Tensor, affine: torch.Tensor,
-                                         moments: torch.Tensor, eps: float, batch: bool, prefix: int
-                                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(y, memory_format=torch.channels_last), torch.empty_like(affine)
+def _residual_batch_norm_backward_shapes(grad_out: torch.Tensor, y: torch.Tensor, stats: torch.Tensor,
+                                         batch: bool, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(y, memory_format=torch.channels_last), stats.new_empty((2, stats.shape[1]))
 
 
 def _residual_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    _, y, affine, _, eps, batch, prefix = inputs
+    _, y, _, _, _, batch, prefix = inputs
     ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(y, affine, output[1])
-    ctx.eps, ctx.batch, ctx.prefix = eps, batch, prefix
+    ctx.set_materialize_grads(False)  # else autograd fills a zero gradient for the statistic rows
+    ctx.save_for_backward(y, output[1])
+    ctx.batch, ctx.prefix = batch, prefix
 
 
-def _residual_gradients(ctx: Any, grad_out: torch.Tensor, _moments_grad: torch.Tensor) -> tuple[Any, ...]:
-    y, affine, moments = ctx.saved_tensors
-    grad_y, grad_affine = _residual_batch_norm_backward(grad_out, y, affine, moments, ctx.eps, ctx.batch,
-                                                        ctx.prefix)
+def _residual_gradients(ctx: Any, grad_out: torch.Tensor, _stats_grad: torch.Tensor) -> tuple[Any, ...]:
+    y, stats = ctx.saved_tensors
+    grad_y, grad_affine = _residual_batch_norm_backward(grad_out, y, stats, ctx.batch, ctx.prefix)
     # the residual: the sequence's gradient reaches x unchanged, with no copy
     return grad_out, grad_y, grad_affine, None, None, None, None
 
@@ -250,8 +252,8 @@ def gather_patches(x: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch
 def residual_batch_norm(x: torch.Tensor, y: torch.Tensor, bn: nn.BatchNorm2d, prefix: int) -> torch.Tensor:
     """``x`` with ``bn(y)`` added to its patch tokens (``y``: ``(B, C, H, W)``), with ``bn``'s parameters and
     batch-norm state (its running statistics updated in training, as ``nn.BatchNorm2d`` does)."""
-    moments = torch.stack(_running_moments(bn, y.device))
     affine = torch.stack([bn.weight, bn.bias]).float()
-    out, used = _residual_batch_norm(x, y, affine, moments, bn.eps, _uses_batch_statistics(bn), prefix)
-    _update_running_statistics(bn, used[0], used[1], y.shape[0] * y.shape[2] * y.shape[3])
+    out, stats = _residual_batch_norm(x, y, affine, _running_moments([bn], y.device), bn.eps,
+                                      _uses_batch_statistics(bn), prefix)
+    _update_running_statistics([bn], stats[None])
     return out

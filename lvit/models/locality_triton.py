@@ -157,7 +157,7 @@ def _scale_shift_act_kernel(x_ptr, scale_ptr, shift_ptr, gate_ptr, out_ptr, P, C
 @triton.jit
 def _image_pool_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, HW, C,
                        ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
-    """SE's pooling: ``out[b, c] = sum of act(scale * x + shift)`` over image b. One program per image and
+    """SE's pooling: ``out[b, c] = mean of act(scale * x + shift)`` over image b. One program per image and
     channel block."""
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     scale = _load_channels(scale_ptr, C, BLOCK_C)
@@ -168,7 +168,7 @@ def _image_pool_kernel(x_ptr, scale_ptr, shift_ptr, out_ptr, HW, C,
         mask = (s < HW)[:, None] & (c < C)[None, :]
         p = tl.program_id(0) * HW + s
         total += tl.where(mask, _act(_load(x_ptr, p, c, mask, C) * scale + shift, ACT), 0.0)
-    _store_channel_sum(out_ptr, tl.program_id(0), total, C, BLOCK_C)
+    _store_channel_sum(out_ptr, tl.program_id(0), total / HW, C, BLOCK_C)
 
 
 @triton.jit
@@ -246,25 +246,89 @@ def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, su
 
 
 @triton.jit
-def _load_rows5(ptr, C, BLOCK_C: tl.constexpr):
-    """The five per-channel rows the backward reads about a batch norm: scale, shift and the input-gradient
-    coefficients ga, gb, gc."""
-    return (_load_channels(ptr, C, BLOCK_C), _load_channels(ptr + C, C, BLOCK_C),
-            _load_channels(ptr + 2 * C, C, BLOCK_C), _load_channels(ptr + 3 * C, C, BLOCK_C),
-            _load_channels(ptr + 4 * C, C, BLOCK_C))
+def _act_bn_input_grad_kernel(grad_ptr, se_ptr, x_ptr, scale_ptr, shift_ptr, coef_ptr, out_ptr, P, C, HW,
+                              HAS_SE: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
+                              BLOCK_C: tl.constexpr):
+    """The gradient w.r.t. the input ``x`` of ``act(scale * x + shift)`` (times SE's gate with ``HAS_SE``), a
+    batch norm, for the conv's output and for ``h``: ``scale * act'(scale * x + shift) * grad + gb * x + gc``
+    with the rows (gb, gc) at ``coef_ptr`` (``_bn_grad_kernel``)."""
+    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
+    scale = _load_channels(scale_ptr, C, BLOCK_C)
+    shift = _load_channels(shift_ptr, C, BLOCK_C)
+    x = _load(x_ptr, p, c, mask, C)
+    grad = _act_output_grad(grad_ptr, se_ptr, p, c, mask, P, C, HW, HAS_SE)
+    gb, gc = _load_channels(coef_ptr, C, BLOCK_C), _load_channels(coef_ptr + C, C, BLOCK_C)
+    _store(out_ptr, p, c, mask, C, scale * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc)
 
 
 @triton.jit
-def _act_bn_input_grad_kernel(grad_ptr, se_ptr, x_ptr, bn_ptr, out_ptr, P, C, HW, HAS_SE: tl.constexpr,
-                              ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The gradient w.r.t. the input ``x`` of ``act(BN(x))`` (times SE's gate with ``HAS_SE``), a batch norm
-    whose sums are known (``bn_ptr``: see ``_load_rows5``): for the conv's output and for ``h``. It is
-    ``ga * act'(scale * x + shift) * grad + gb * x + gc``, with ``ga, gb, gc`` per channel."""
-    p, c, mask = _tile(tl.program_id(0), P, C, BLOCK_P, BLOCK_C)
-    scale, shift, ga, gb, gc = _load_rows5(bn_ptr, C, BLOCK_C)
-    x = _load(x_ptr, p, c, mask, C)
-    grad = _act_output_grad(grad_ptr, se_ptr, p, c, mask, P, C, HW, HAS_SE)
-    _store(out_ptr, p, c, mask, C, ga * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc)
+def _sum_rows(ptr, ROWS, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The sum over the ``ROWS`` rows of a ``(ROWS, C)`` buffer of partial sums, at the program's channels."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    total = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for start in range(0, ROWS, BLOCK_R):
+        r = start + tl.arange(0, BLOCK_R)
+        mask = (r < ROWS)[:, None] & (c < C)[None, :]
+        total += tl.sum(tl.load(ptr + r[:, None] * C + c[None, :], mask=mask, other=0.0), 0)
+    return total
+
+
+@triton.jit
+def _load_row(ptr, C, BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return tl.load(ptr + c, mask=c < C, other=0.0)
+
+
+@triton.jit
+def _store_row(ptr, values, C, BLOCK_C: tl.constexpr):
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    tl.store(ptr + c, values, mask=c < C)
+
+
+@triton.jit
+def _bn_stats_kernel(sum_ptr, sq_ptr, ROWS, running_ptr, affine_ptr, mean_ptr, var_ptr, unbiased_var_ptr,
+                     rstd_ptr, scale_ptr, shift_ptr, C, count, unbias, eps,
+                     BATCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """A batch norm's statistic rows (see ``STAT_ROWS``), from ``ROWS`` rows of partial sums and sums of
+    squares over ``count`` positions (``BATCH``: training), or from the running (mean, var) rows at
+    ``running_ptr`` (eval); with the (gamma, beta) rows at ``affine_ptr``; ``unbias`` is
+    ``count / (count - 1)``."""
+    if BATCH:
+        mean = _sum_rows(sum_ptr, ROWS, C, BLOCK_R, BLOCK_C) / count
+        var = tl.maximum(_sum_rows(sq_ptr, ROWS, C, BLOCK_R, BLOCK_C) / count - mean * mean, 0.0)
+    else:
+        mean = _load_row(running_ptr, C, BLOCK_C)
+        var = _load_row(running_ptr + C, C, BLOCK_C)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    scale = _load_row(affine_ptr, C, BLOCK_C) * rstd
+    _store_row(mean_ptr, mean, C, BLOCK_C)
+    _store_row(var_ptr, var, C, BLOCK_C)
+    _store_row(unbiased_var_ptr, var * unbias, C, BLOCK_C)
+    _store_row(rstd_ptr, rstd, C, BLOCK_C)
+    _store_row(scale_ptr, scale, C, BLOCK_C)
+    _store_row(shift_ptr, _load_row(affine_ptr + C, C, BLOCK_C) - mean * scale, C, BLOCK_C)
+
+
+@triton.jit
+def _bn_grad_kernel(total_ptr, dot_ptr, ROWS, mean_ptr, rstd_ptr, scale_ptr, coef_ptr, grad_affine_ptr, C,
+                    count, BATCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """From ``ROWS`` rows of partial ``sum(g)`` and ``sum(g * (x - mean))``, ``g`` the gradient of a batch
+    norm's output over ``count`` positions: the rows (gb, gc) of its input gradient
+    ``scale * g + gb * x + gc`` at ``coef_ptr``, and the gradients of (gamma, beta) at ``grad_affine_ptr``.
+    With batch statistics (``BATCH``) the mean and variance depend on x, which adds the gb, gc terms."""
+    total = _sum_rows(total_ptr, ROWS, C, BLOCK_R, BLOCK_C)
+    dot = _sum_rows(dot_ptr, ROWS, C, BLOCK_R, BLOCK_C)
+    rstd = _load_row(rstd_ptr, C, BLOCK_C)
+    _store_row(grad_affine_ptr, rstd * dot, C, BLOCK_C)
+    _store_row(grad_affine_ptr + C, total, C, BLOCK_C)
+    gb = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    gc = gb
+    if BATCH:
+        scale = _load_row(scale_ptr, C, BLOCK_C)
+        gb = -scale * rstd * rstd * dot / count
+        gc = -scale * total / count - gb * _load_row(mean_ptr, C, BLOCK_C)
+    _store_row(coef_ptr, gb, C, BLOCK_C)
+    _store_row(coef_ptr + C, gc, C, BLOCK_C)
 
 
 # --- host side ---------------------------------------------------------------------------------------------
@@ -305,36 +369,76 @@ def _bhwc(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
 
 
-def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's mean and biased variance per channel of a ``(B, H, W, C)`` tensor, in one pass."""
-    P, C = x.numel() // x.shape[-1], x.shape[-1]
-    grid, blocks = _sum_grid(P, C, TILES["sums"])
-    total, total_sq = _partial(grid[0], C, x), _partial(grid[0], C, x)
-    _channel_sums_kernel[grid](x, total, total_sq, P, C, blocks, **TILES["sums"].meta())
-    return _batch_moments(total, total_sq, P)
+# A batch norm's per-channel rows, one ``(STAT_ROWS, C)`` fp32 tensor per batch norm that the forward writes
+# once and the backward reads: the mean and biased variance it normalised with, the unbiased variance (what
+# ``running_var`` moves towards), 1/std, and the normalisation as ``scale * x + shift``. One kernel computes
+# them, and one the backward's coefficients from them: as PyTorch operators on ``(C,)`` vectors they were
+# some eighty small kernels per block, forward and backward (``benchmarks/RESULTS.md``).
+MEAN, VAR, UNBIASED_VAR, RSTD, SCALE, SHIFT = range(6)
+STAT_ROWS = 6
+FINAL_TILES = Tiles(32, 64, 4)  # (partial-sum rows, channels) per step of the two kernels that finish them
 
 
-def _act_bn_grad_sums(grad: torch.Tensor, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                      mean: torch.Tensor, act: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``sum(g)`` and ``sum(g * (x - mean))`` per channel, ``g = grad * act'(scale * x + shift)``."""
+def _final_grid(C: int) -> tuple[int]:
+    return (triton.cdiv(C, FINAL_TILES.channels),)
+
+
+def _final_meta() -> dict[str, int]:
+    return dict(BLOCK_R=FINAL_TILES.positions, BLOCK_C=FINAL_TILES.channels, num_warps=FINAL_TILES.warps)
+
+
+def _bn_statistics(x: torch.Tensor | None, affine: torch.Tensor, running: torch.Tensor, eps: float,
+                   count: int, out: torch.Tensor) -> None:
+    """Write a batch norm's ``(STAT_ROWS, C)`` rows into ``out``: from the batch's moments over the
+    ``(B, H, W, C)`` tensor ``x`` (one pass), or, with ``x`` None, from the rows (mean, var) of ``running``.
+    ``affine``: rows (gamma, beta); ``count``: positions per channel."""
+    C = affine.shape[1]
+    sums = squares = running  # unread without x
+    rows = 0
+    if x is not None:
+        grid, blocks = _sum_grid(count, C, TILES["sums"])
+        sums, squares = _partial(grid[0], C, x), _partial(grid[0], C, x)
+        _channel_sums_kernel[grid](x, sums, squares, count, C, blocks, **TILES["sums"].meta())
+        rows = grid[0]
+    _bn_stats_kernel[_final_grid(C)](sums, squares, rows, running, affine, *out, C, float(count),
+                                     count / max(count - 1, 1), eps, BATCH=x is not None, **_final_meta())
+
+
+def _bn_gradients(total: torch.Tensor, dot: torch.Tensor, stats: torch.Tensor, count: int, batch: bool,
+                  grad_affine: torch.Tensor) -> torch.Tensor:
+    """A batch norm's input-gradient rows (gb, gc) ``(2, C)``, from partial rows of ``sum(g)`` and
+    ``sum(g * (x - mean))`` (``total``, ``dot``: ``(rows, C)``) and its ``stats``; writes the gradients of
+    (gamma, beta) into the ``(2, C)`` ``grad_affine``."""
+    C = stats.shape[1]
+    coef = _partial(2, C, stats)
+    _bn_grad_kernel[_final_grid(C)](total, dot, total.shape[0], stats[MEAN], stats[RSTD], stats[SCALE], coef,
+                                    grad_affine, C, float(count), BATCH=batch, **_final_meta())
+    return coef
+
+
+def _act_bn_grad_sums(grad: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, act: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Partial rows of ``sum(g)`` and ``sum(g * (x - mean))`` per channel, ``g = grad * act'(scale * x +
+    shift)``: what :func:`_bn_gradients` sums."""
     P, C = x.numel() // x.shape[-1], x.shape[-1]
     grid, blocks = _sum_grid(P, C, TILES["sums"])
     total, dot = _partial(grid[0], C, x), _partial(grid[0], C, x)
-    _act_bn_grad_sums_kernel[grid](grad, x, scale, shift, mean, total, dot, P, C, blocks, ACT=act,
-                                   **TILES["sums"].meta())
-    return total.sum(0), dot.sum(0)
+    _act_bn_grad_sums_kernel[grid](grad, x, stats[SCALE], stats[SHIFT], stats[MEAN], total, dot, P, C, blocks,
+                                   ACT=act, **TILES["sums"].meta())
+    return total, dot
 
 
-def _act_bn_input_grad(grad: torch.Tensor, se_rows: torch.Tensor, x: torch.Tensor, scale: torch.Tensor,
-                       shift: torch.Tensor, coef: torch.Tensor, act: int, has_se: bool) -> torch.Tensor:
-    """The gradient w.r.t. ``x`` of ``act(scale * x + shift)`` (times SE's gate with ``has_se``), stored in
-    ``x``'s dtype, as eager autograd stores it."""
+def _act_bn_input_grad(grad: torch.Tensor, se_rows: torch.Tensor, x: torch.Tensor, stats: torch.Tensor,
+                       coef: torch.Tensor, act: int, has_se: bool) -> torch.Tensor:
+    """The gradient w.r.t. ``x`` of ``act(BN(x))`` (times SE's gate with ``has_se``), stored in ``x``'s dtype,
+    as eager autograd stores it."""
     B, H, W, C = x.shape
     P = B * H * W
-    rows = torch.cat([scale[None], shift[None], coef]).contiguous()
     out = torch.empty_like(x)
-    _act_bn_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad, se_rows, x, rows, out, P, C, H * W,
-                                                             HAS_SE=has_se, ACT=act, **TILES["map"].meta())
+    scale, shift = stats[SCALE], stats[SHIFT]
+    _act_bn_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad, se_rows, x, scale, shift, coef, out, P, C,
+                                                             H * W, HAS_SE=has_se, ACT=act,
+                                                             **TILES["map"].meta())
     return out
 
 
@@ -358,39 +462,12 @@ def _depthwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
     gradient with each kernel turned by 180 degrees, so it runs in cuDNN's forward kernel: on an H100 that
     took 74 us per LocalViT-T block where cuDNN's data-gradient kernel, which ``convolution_backward`` picks,
     took 126 (eager profile, ``benchmarks/RESULTS.md``)."""
-    grad_input = _depthwise_conv(grad, weight.flip(-2, -1))
+    cast = weight.to(x.dtype)
+    grad_input = _depthwise_conv(grad, cast.flip(-2, -1))
     _, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), weight.to(x.dtype), None, [1, 1], [1, 1], [1, 1],
-        False, [0, 0], weight.shape[0], [False, True, False])
+        grad.permute(0, 3, 1, 2), x.permute(0, 3, 1, 2), cast, None, [1, 1], [1, 1], [1, 1], False, [0, 0],
+        weight.shape[0], [False, True, False])
     return grad_input, grad_weight.to(weight.dtype)
-
-
-def _batch_moments(total: torch.Tensor, total_sq: torch.Tensor, count: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's mean and biased variance per channel, from per-program sums and sums of squares."""
-    mean = total.sum(0) / count
-    return mean, (total_sq.sum(0) / count - mean * mean).clamp_min(0.0)
-
-
-def _scale_shift(gamma: torch.Tensor, beta: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch norm as ``scale * x + shift`` per channel; also returns 1/std."""
-    rstd = torch.rsqrt(var + eps)
-    scale = gamma * rstd
-    return rstd, scale, beta - mean * scale
-
-
-def _input_grad_coefficients(gamma: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                             total: torch.Tensor, dot: torch.Tensor, count: int, batch_stats: bool
-                             ) -> torch.Tensor:
-    """Rows (ga, gb, gc) with ``dL/dx = ga * g + gb * x + gc`` for a batch norm whose output gradient is
-    ``g``, given ``total = sum(g)`` and ``dot = sum(g * (x - mean))``. With batch statistics the mean and
-    variance depend on x, which adds the ``gb``, ``gc`` terms."""
-    ga = gamma * rstd
-    if not batch_stats:
-        return torch.stack([ga, torch.zeros_like(ga), torch.zeros_like(ga)])
-    gb = -ga * rstd * rstd * dot / count
-    return torch.stack([ga, gb, -ga * total / count - gb * mean])
 
 
 def _se_hidden(pooled: torch.Tensor, se_params: list[torch.Tensor]
@@ -407,19 +484,19 @@ def _se_hidden(pooled: torch.Tensor, se_params: list[torch.Tensor]
 def _se_gate_backward(gate_grad: torch.Tensor, pooled: torch.Tensor, se_params: list[torch.Tensor]
                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The excitation's backward by hand (a custom op's kernel runs below autograd): gradients w.r.t. the
-    pooled input and the four parameters, with PyTorch's conventions at the kinks (the hard sigmoid passes
-    the gradient on ``-3 < z < 3`` only, the ReLU on ``pre > 0``)."""
+    pooled input and the four parameters, through PyTorch's own backward kernels of the hard sigmoid and the
+    ReLU, and so with their conventions at the kinks."""
     pre, hidden, z = _se_hidden(pooled, se_params)
     w1, w2 = se_params[0].float(), se_params[2].float()
     with torch.autocast(pooled.device.type, enabled=False):
-        grad_z = gate_grad * ((z > -3) & (z < 3)) / 6
-        grad_pre = (grad_z @ w2) * (pre > 0)
+        grad_z = torch.ops.aten.hardsigmoid_backward(gate_grad, z)
+        grad_pre = torch.ops.aten.threshold_backward(grad_z @ w2, pre, 0)
         grads = [grad_pre.t() @ pooled, grad_pre.sum(0), grad_z.t() @ hidden, grad_z.sum(0)]
         return grad_pre @ w1, [g.to(p.dtype) for g, p in zip(grads, se_params, strict=True)]
 
 
-def _se_forward(conv: torch.Tensor, scale2: torch.Tensor, shift2: torch.Tensor, se_params: list[torch.Tensor],
-                act: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _se_forward(conv: torch.Tensor, stats2: torch.Tensor, se_params: list[torch.Tensor], act: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """SE's (pooled input, gate), each ``(B, C)``; one-element stand-ins without SE."""
     if not se_params:  # two tensors, as a custom op's outputs may not alias each other; zeros, as its
         # outputs must be deterministic (torch.library.opcheck compares two runs)
@@ -427,157 +504,155 @@ def _se_forward(conv: torch.Tensor, scale2: torch.Tensor, shift2: torch.Tensor, 
     B, H, W, C = conv.shape
     pooled = _partial(B, C, conv)
     tiles = TILES["per_image"]
-    _image_pool_kernel[_image_grid(B, C, tiles)](conv, scale2, shift2, pooled, H * W, C, ACT=act,
-                                                 **tiles.meta())
-    pooled /= H * W
+    _image_pool_kernel[_image_grid(B, C, tiles)](conv, stats2[SCALE], stats2[SHIFT], pooled, H * W, C,
+                                                 ACT=act, **tiles.meta())
     return pooled, F.hardsigmoid(_se_hidden(pooled, se_params)[2])
 
 
-def _se_backward(grad: torch.Tensor, conv: torch.Tensor, scale2: torch.Tensor, shift2: torch.Tensor,
-                 mean2: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor, se_params: list[torch.Tensor],
-                 act: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def _se_backward(grad: torch.Tensor, conv: torch.Tensor, stats2: torch.Tensor, pooled: torch.Tensor,
+                 gate: torch.Tensor, se_params: list[torch.Tensor], act: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Backward through SE, from one read of ``grad`` and ``conv``: the second batch norm's sums
-    (``sum(g)``, ``sum(g * (x - mean))``), the rows (gate, gradient through the pooling / HW) that the
-    backward kernels read, and the gradients of SE's parameters."""
+    (``sum(g)``, ``sum(g * (x - mean))``, each ``(1, C)``), the rows (gate, gradient through the pooling / HW)
+    that the backward kernels read, and the gradients of SE's parameters."""
     B, H, W, C = conv.shape
     sums = _partial(5 * B, C, conv).view(5, B, C)
     tiles = TILES["per_image"]
-    _image_grad_sums_kernel[_image_grid(B, C, tiles)](grad, conv, scale2, shift2, mean2, sums, B, H * W, C,
-                                                      ACT=act, **tiles.meta())
-    gate_grad, grad_d, d_sum, grad_d_xc, d_xc = sums
-    pooled_grad, se_grads = _se_gate_backward(gate_grad, pooled, se_params)
-    # the activation's output gradient is grad * gate + pooled_grad / HW, per image and channel
-    through_pool = pooled_grad / (H * W)
-    total = (gate * grad_d + through_pool * d_sum).sum(0)
-    dot = (gate * grad_d_xc + through_pool * d_xc).sum(0)
-    return total, dot, torch.stack([gate, through_pool]).contiguous(), se_grads
+    _image_grad_sums_kernel[_image_grid(B, C, tiles)](grad, conv, stats2[SCALE], stats2[SHIFT], stats2[MEAN],
+                                                      sums, B, H * W, C, ACT=act, **tiles.meta())
+    pooled_grad, se_grads = _se_gate_backward(sums[0], pooled, se_params)
+    # the activation's output gradient is grad * gate + pooled_grad / HW, per image and channel, so the batch
+    # norm's sums are gate * (grad_d, grad_d_xc) + pooled_grad / HW * (d_sum, d_xc), summed over images
+    se_rows = torch.stack([gate, pooled_grad / (H * W)])
+    total_dot = (se_rows * sums[1:].view(2, 2, B, C)).sum((1, 2))
+    return total_dot[0:1], total_dot[1:2], se_rows, se_grads
 
 
 # The kernels are wrapped as two custom ops (forward, backward) so that torch.compile traces through them:
 # the graph keeps them as opaque calls and compiles the rest of the block around them. Ops may not mutate
-# module state, so the batch norms' running statistics are updated by the caller, from the moments the
-# forward returns. Arguments: ``affine`` rows (gamma1, beta1, gamma2, beta2) in fp32; ``moments`` rows
-# (mean1, var1, mean2, var2), read for a batch norm that normalises with its running statistics
-# (``batch[i]`` False); ``act`` a code of ACT_CODES; ``se_params`` SE's (w1, b1, w2, b2), or empty.
+# module state, so the batch norms' running statistics are updated by the caller, from the statistic rows the
+# forward returns (``(2, STAT_ROWS, C)``, one block per batch norm). Arguments: ``affine`` rows (gamma1,
+# beta1, gamma2, beta2) in fp32; ``running`` rows (mean1, var1, mean2, var2), read for a batch norm that
+# normalises with its running statistics (``batch[i]`` False); ``act`` a code of ACT_CODES; ``se_params``
+# SE's (w1, b1, w2, b2), or empty.
 @torch.library.custom_op("lvit::locality_middle", mutates_args=())
-def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, running: torch.Tensor,
                     eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                torch.Tensor]:
-    """(output, the depth-wise conv's input and output, the moments used (as ``moments``), SE's pooled input,
+    """(output, the depth-wise conv's input and output, the batch norms' statistic rows, SE's pooled input,
     SE's gate)."""
     B, C, H, W = h.shape
     x = _bhwc(h)
     P = B * H * W
-    mean1, var1 = moments[0], moments[1]
-    if batch[0]:
-        mean1, var1 = _channel_moments(x)
-    _, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
-    # The conv's input is stored: the conv reads it, and the weight gradient again. scale1 stands in for the
-    # SE gate, which this pass does not read.
+    stats = _partial(2 * STAT_ROWS, C, x).view(2, STAT_ROWS, C)
+    _bn_statistics(x if batch[0] else None, affine[0:2], running[0:2], eps[0], P, stats[0])
+    # The conv's input is stored: the conv reads it, and the weight gradient again. The scale row stands in
+    # for the SE gate, which this pass does not read.
     dw_input = torch.empty_like(x)
+    scale1, shift1 = stats[0, SCALE], stats[0, SHIFT]
     _scale_shift_act_kernel[_map_grid(P, C, TILES["map"])](x, scale1, shift1, scale1, dw_input, P, C, H * W,
                                                            HAS_SE=False, ACT=act, **TILES["map"].meta())
     conv = _depthwise_conv(dw_input, weight)
-    mean2, var2 = _channel_moments(conv) if batch[1] else (moments[2], moments[3])
-    _, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
-    pooled, gate = _se_forward(conv, scale2, shift2, se_params, act)
+    _bn_statistics(conv if batch[1] else None, affine[2:4], running[2:4], eps[1], P, stats[1])
+    pooled, gate = _se_forward(conv, stats[1], se_params, act)
     out = torch.empty_like(x)
+    scale2, shift2 = stats[1, SCALE], stats[1, SHIFT]
     _scale_shift_act_kernel[_map_grid(P, C, TILES["map"])](conv, scale2, shift2, gate, out, P, C, H * W,
                                                            HAS_SE=bool(se_params), ACT=act,
                                                            **TILES["map"].meta())
-    used = torch.stack([mean1, var1, mean2, var2])
-    return (out.permute(0, 3, 1, 2), dw_input.permute(0, 3, 1, 2), conv.permute(0, 3, 1, 2), used, pooled,
+    return (out.permute(0, 3, 1, 2), dw_input.permute(0, 3, 1, 2), conv.permute(0, 3, 1, 2), stats, pooled,
             gate)
 
 
 @_middle_forward.register_fake
-def _middle_forward_shapes(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor,
+def _middle_forward_shapes(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, running: torch.Tensor,
                            eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
                            ) -> tuple[torch.Tensor, ...]:
     se_shape = h.shape[:2] if se_params else (1,)
     maps = [torch.empty_like(h, memory_format=torch.channels_last) for _ in range(3)]  # out, dw_input, conv
-    return (*maps, torch.empty_like(moments), h.new_empty(se_shape, dtype=torch.float32),
+    return (*maps, affine.new_empty((2, STAT_ROWS, h.shape[1])), h.new_empty(se_shape, dtype=torch.float32),
             h.new_empty(se_shape, dtype=torch.float32))
 
 
 @torch.library.custom_op("lvit::locality_middle_backward", mutates_args=())
 def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Tensor, conv: torch.Tensor,
-                     weight: torch.Tensor, affine: torch.Tensor, moments: torch.Tensor, pooled: torch.Tensor,
-                     gate: torch.Tensor, eps: list[float], batch: list[bool], act: int,
-                     se_params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                             list[torch.Tensor]]:
+                     weight: torch.Tensor, stats: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor,
+                     batch: list[bool], act: int, se_params: list[torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Gradients w.r.t. (h, weight, affine, se_params), from the forward's inputs and saved outputs."""
     x, dw_input, conv, grad = _bhwc(h), _bhwc(dw_input), _bhwc(conv), _bhwc(grad_out)
     B, H, W, C = x.shape
     P = B * H * W
-    mean1, var1, mean2, var2 = moments
-    rstd1, scale1, shift1 = _scale_shift(affine[0], affine[1], mean1, var1, eps[0])
-    rstd2, scale2, shift2 = _scale_shift(affine[2], affine[3], mean2, var2, eps[1])
+    grad_affine = _partial(4, C, x)  # rows (gamma1, beta1, gamma2, beta2), as ``affine``
     if se_params:
-        total2, dot2, se_rows, se_grads = _se_backward(grad, conv, scale2, shift2, mean2, pooled, gate,
-                                                       se_params, act)
+        total2, dot2, se_rows, se_grads = _se_backward(grad, conv, stats[1], pooled, gate, se_params, act)
     else:
         se_rows, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
-        total2, dot2 = _act_bn_grad_sums(grad, conv, scale2, shift2, mean2, act)
-    coef2 = _input_grad_coefficients(affine[2], mean2, rstd2, total2, dot2, P, batch[1])
-    conv_grad = _act_bn_input_grad(grad, se_rows, conv, scale2, shift2, coef2, act, has_se=bool(se_params))
+        total2, dot2 = _act_bn_grad_sums(grad, conv, stats[1], act)
+    coef2 = _bn_gradients(total2, dot2, stats[1], P, batch[1], grad_affine[2:4])
+    conv_grad = _act_bn_input_grad(grad, se_rows, conv, stats[1], coef2, act, has_se=bool(se_params))
     grad_a, grad_weight = _depthwise_conv_backward(conv_grad, dw_input, weight)
-    total1, dot1 = _act_bn_grad_sums(grad_a, x, scale1, shift1, mean1, act)
-    coef1 = _input_grad_coefficients(affine[0], mean1, rstd1, total1, dot1, P, batch[0])
-    grad_h = _act_bn_input_grad(grad_a, gate, x, scale1, shift1, coef1, act, has_se=False)
-    grad_affine = torch.stack([rstd1 * dot1, total1, rstd2 * dot2, total2])
+    total1, dot1 = _act_bn_grad_sums(grad_a, x, stats[0], act)
+    coef1 = _bn_gradients(total1, dot1, stats[0], P, batch[0], grad_affine[0:2])
+    grad_h = _act_bn_input_grad(grad_a, gate, x, stats[0], coef1, act, has_se=False)
     return grad_h.permute(0, 3, 1, 2), grad_weight, grad_affine, se_grads
 
 
 @_middle_backward.register_fake
 def _middle_backward_shapes(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Tensor,
-                            conv: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
-                            moments: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor, eps: list[float],
-                            batch: list[bool], act: int, se_params: list[torch.Tensor]) -> tuple[Any, ...]:
+                            conv: torch.Tensor, weight: torch.Tensor, stats: torch.Tensor,
+                            pooled: torch.Tensor, gate: torch.Tensor, batch: list[bool], act: int,
+                            se_params: list[torch.Tensor]) -> tuple[Any, ...]:
     return (torch.empty_like(h, memory_format=torch.channels_last), torch.empty_like(weight),
-            torch.empty_like(affine), [torch.empty_like(p) for p in se_params])
+            stats.new_empty((4, stats.shape[2])), [torch.empty_like(p) for p in se_params])
 
 
 def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-    h, weight, affine, _, eps, batch, act, se_params = inputs
-    _, dw_input, conv, moments, pooled, gate = output
-    ctx.mark_non_differentiable(dw_input, conv, moments, pooled, gate)
+    h, weight, _, _, _, batch, act, se_params = inputs
+    _, dw_input, conv, stats, pooled, gate = output
+    ctx.mark_non_differentiable(dw_input, conv, stats, pooled, gate)
     # else autograd passes a zero-filled gradient for each of those five; the node only runs when ``out`` has
     # a gradient, the one differentiable output
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h, dw_input, conv, weight, affine, moments, pooled, gate, *se_params)
-    ctx.eps, ctx.batch, ctx.act = eps, batch, act
+    ctx.save_for_backward(h, dw_input, conv, weight, stats, pooled, gate, *se_params)
+    ctx.batch, ctx.act = batch, act
 
 
 def _middle_gradients(ctx: Any, grad_out: torch.Tensor, *_non_differentiable: None) -> tuple[Any, ...]:
-    h, dw_input, conv, weight, affine, moments, pooled, gate, *se_params = ctx.saved_tensors
+    h, dw_input, conv, weight, stats, pooled, gate, *se_params = ctx.saved_tensors
     grad_h, grad_weight, grad_affine, se_grads = _middle_backward(
-        grad_out, h, dw_input, conv, weight, affine, moments, pooled, gate, ctx.eps, ctx.batch, ctx.act,
-        se_params)
+        grad_out, h, dw_input, conv, weight, stats, pooled, gate, ctx.batch, ctx.act, se_params)
     return grad_h, grad_weight, grad_affine, None, None, None, None, se_grads
 
 
 _middle_forward.register_autograd(_middle_gradients, setup_context=_save_for_backward)
 
 
-def _running_moments(bn: nn.BatchNorm2d, device: torch.device) -> list[torch.Tensor]:
-    """The running mean and variance ``bn`` normalises with in eval mode; zeros (unread) where it uses the
-    batch's."""
-    if _uses_batch_statistics(bn):
-        return [torch.zeros(bn.num_features, dtype=torch.float32, device=device)] * 2
-    return [bn.running_mean.float(), bn.running_var.float()]
+def _running_moments(bns: list[nn.BatchNorm2d], device: torch.device) -> torch.Tensor:
+    """Rows (mean, var) per batch norm of the running statistics it normalises with in eval mode. Where every
+    one uses the batch's (training), the rows are unread and left uninitialised: no kernel fills them."""
+    C = bns[0].num_features
+    if all(_uses_batch_statistics(bn) for bn in bns):
+        return torch.empty(2 * len(bns), C, dtype=torch.float32, device=device)
+    zeros = torch.zeros(C, dtype=torch.float32, device=device)
+    return torch.stack([row for bn in bns for row in (
+        (zeros, zeros) if _uses_batch_statistics(bn) else (bn.running_mean.float(), bn.running_var.float()))])
 
 
-def _update_running_statistics(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
-    """What ``nn.BatchNorm2d.forward`` does to its buffers in training, given the batch's mean and biased
-    variance: the momentum update, with the unbiased variance, and ``num_batches_tracked``."""
-    if not (bn.training and bn.track_running_stats):
+def _update_running_statistics(bns: list[nn.BatchNorm2d], stats: torch.Tensor) -> None:
+    """What ``nn.BatchNorm2d.forward`` does to its buffers in training, for each of ``bns`` from its block of
+    ``stats``: ``num_batches_tracked``, and the momentum update towards the batch's mean and unbiased
+    variance. One multi-tensor kernel for the counters, one per batch norm for its two buffers."""
+    tracked = [(bn, rows) for bn, rows in zip(bns, stats, strict=True)
+               if bn.training and bn.track_running_stats]
+    if not tracked:
         return
-    bn.num_batches_tracked.add_(1)
-    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-    bn.running_var.lerp_((var * count / max(count - 1, 1)).to(bn.running_var.dtype), momentum)
+    torch._foreach_add_([bn.num_batches_tracked for bn, _ in tracked], 1)
+    for bn, rows in tracked:
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        batch_rows = [rows[MEAN].to(bn.running_mean.dtype), rows[UNBIASED_VAR].to(bn.running_var.dtype)]
+        torch._foreach_lerp_([bn.running_mean, bn.running_var], batch_rows, momentum)
 
 
 def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn.BatchNorm2d, act: str,
@@ -587,11 +662,9 @@ def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn
     device Triton runs on."""
     se_params = [se.fc[0].weight, se.fc[0].bias, se.fc[2].weight, se.fc[2].bias] if se is not None else []
     affine = torch.stack([bn1.weight, bn1.bias, bn2.weight, bn2.bias]).float()
-    moments = torch.stack([*_running_moments(bn1, h.device), *_running_moments(bn2, h.device)])
-    out, _, _, used, _, _ = _middle_forward(h, dw.weight, affine, moments, [bn1.eps, bn2.eps],
-                                         [_uses_batch_statistics(bn1), _uses_batch_statistics(bn2)],
-                                         ACT_CODES[act], se_params)
-    count = h.shape[0] * h.shape[2] * h.shape[3]
-    _update_running_statistics(bn1, used[0], used[1], count)
-    _update_running_statistics(bn2, used[2], used[3], count)
+    out, _, _, stats, _, _ = _middle_forward(h, dw.weight, affine, _running_moments([bn1, bn2], h.device),
+                                          [bn1.eps, bn2.eps],
+                                          [_uses_batch_statistics(bn1), _uses_batch_statistics(bn2)],
+                                          ACT_CODES[act], se_params)
+    _update_running_statistics([bn1, bn2], stats)
     return out
