@@ -52,6 +52,8 @@ from lvit.models.locality import set_fused_locality
 
 Model = tuple[str, dict[str, Any]]
 BASELINE: Model = ("deit_tiny_patch16_224", {})
+MODES = ("eager", "compiled", "graphed", "compiled-graphed", "fused", "compiled-fused", "graphed-fused",
+         "compiled-graphed-fused")
 HEADLINE: Model = ("localvit_tiny", {})
 
 
@@ -80,12 +82,11 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     """A function ``run(steps) -> images/s`` training ``model`` on one fixed random batch.
 
     ``mode``: ``eager``; ``compiled`` (``torch.compile``); ``graphed``, the training loop's CUDA-graph step
-    (``lvit.engine.graphed``: forward, loss and backward replayed, the optimizer eager); ``fused``, eager with
-    the locality feed-forward's Triton kernels (``set_fused_locality``; DeiT-T, which has none, runs eager);
-    ``compiled-fused``, compiled with those kernels as custom ops in the graph; ``graphed-fused``, the
-    CUDA-graph step with those kernels, which replays them without the host-side work around each launch
-    (about 180 small PyTorch operators per block for the per-channel rows, SE's MLP and the casts, that a
-    compiled graph still runs eagerly inside the custom ops).
+    (``lvit.engine.graphed``: forward, loss and backward replayed, the optimizer eager); ``compiled-graphed``,
+    the compiled model's step captured so (inductor's kernels without its host-side work: the strongest
+    DeiT-T, the target's "compiled" without the launch overhead); each with ``-fused``: the locality
+    feed-forward's Triton kernels (``set_fused_locality``; DeiT-T, which has none, runs without), as custom
+    ops in a compiled graph (``fused`` alone is eager with them).
     """
     device = torch.device(args.device)
     name, kwargs = model
@@ -102,7 +103,7 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
         set_fused_locality(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     forward: nn.Module = net
-    compiled = runs_as == "compiled"
+    compiled = runs_as in ("compiled", "compiled-graphed")
     if compiled and args.compile_scope == "blocks" and hasattr(net, "blocks"):
         for block in net.blocks:
             block.compile()
@@ -110,7 +111,7 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
         forward = torch.compile(net)  # type: ignore[assignment]
     loss_fn = nn.CrossEntropyLoss()
     graphed = None
-    if runs_as == "graphed":
+    if runs_as in ("graphed", "compiled-graphed"):  # a compiled model compiles in the capture's warm-up
         graphed = capture_step(net, loss_fn, images, labels, lambda: training_autocast(device, cache=False))
         if graphed is None:
             raise RuntimeError("CUDA-graph capture failed (see the warning above)")
@@ -152,9 +153,10 @@ def compare(
 
 
 def baseline_mode(mode: str) -> str:
-    """The mode DeiT-T actually runs in under ``mode``: it has no locality feed-forward, so the fused modes
-    run it as eager or compiled, and one warm baseline serves both (a second compile would only cost time)."""
-    return {"fused": "eager", "compiled-fused": "compiled", "graphed-fused": "graphed"}.get(mode, mode)
+    """The mode DeiT-T actually runs in under ``mode``: it has no locality feed-forward, so a fused mode runs
+    it as the mode without the kernels, and one warm baseline serves both (a second compile would only cost
+    time)."""
+    return "eager" if mode == "fused" else mode.removesuffix("-fused")
 
 
 class Bench:
@@ -229,12 +231,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--modes",
         nargs="+",
-        choices=("eager", "compiled", "graphed", "fused", "compiled-fused", "graphed-fused"),
+        choices=MODES,
         default=["eager", "fused", "compiled-fused", "compiled"],
         help="modes of the headline pair; the other table rows run eager only. graphed: the training "
-        "loop's CUDA-graph step (CUDA only), which the proxy recipes use; fused: eager with the locality "
-        "feed-forward's Triton kernels (a GPU, or TRITON_INTERPRET=1 on the CPU); compiled-fused: compiled "
-        "around them; graphed-fused: the CUDA-graph step with them",
+        "loop's CUDA-graph step (CUDA only), which the proxy recipes use; compiled-graphed: that step of "
+        "the compiled model; fused: eager with the locality feed-forward's Triton kernels (a GPU, or "
+        "TRITON_INTERPRET=1 on the CPU); X-fused: mode X with them",
     )
     parser.add_argument("--patch-size", type=int, default=None,
                         help="patch size of every model (default: each model's own); the proxy uses "
