@@ -5,9 +5,8 @@ each tile set of ``--tiles``, and the modules compiled by inductor, in the same 
 convs of every LocalViT feed-forward. ``train_throughput.py`` times whole training steps; this times that
 stretch alone, at LocalViT-T's shape (768 channels at 14x14, batch 256, h-swish, SE, bf16 autocast,
 channels_last), so that a GPU says three things: how much faster the kernels run it than the eager modules,
-whether inductor does as well from the same modules, and which tiles suit the two nine-tap kernels (the
-merged backward one needs 214 registers a thread with the default tiles: one 8-warp program per
-multiprocessor on sm_90).
+whether inductor does as well from the same modules, and which tiles suit the kernels (``TILE_SETS``: the
+looping kernels with their loads pipelined or not, wider tiles).
 
 Each call is the middle's forward and ``torch.autograd.grad`` of its output w.r.t. its input and
 parameters, with a fixed output gradient. The eager modules are the baseline: rounds alternate between
