@@ -16,9 +16,11 @@ Forward: a statistics pass over ``h``; the first activation pass, which stores t
 a statistics pass over its output; with SE, a pooling pass; the second activation pass. Backward: a sums
 pass (per image with SE: the gate's gradient and the second batch norm's sums together); the conv output's
 gradient, stored once in the storage dtype (as eager autograd stores it); the conv's input and weight
-gradients; a sums pass for the first batch norm; its input gradient. SE's excitation MLP is a few ``(B, C)``
-matmuls in PyTorch. Forward and backward are custom ops (``lvit::locality_middle``,
-``lvit::locality_middle_backward``), so ``torch.compile`` keeps them in its graph instead of breaking it.
+gradients; a sums pass for the first batch norm; its input gradient. Each batch norm's per-channel
+arithmetic (from the sums to scale and shift, and to the backward's coefficients) is one small kernel each
+way. SE's excitation MLP is a few ``(B, C)`` matmuls in PyTorch. Forward and backward are custom ops
+(``lvit::locality_middle``, ``lvit::locality_middle_backward``), so ``torch.compile`` keeps them in its graph
+instead of breaking it.
 
 Same arithmetic as the eager modules: the kernels compute in fp32 whatever the storage dtype, the conv runs as
 the eager module runs it (in the storage dtype, bf16 weights under autocast), with the same batch-norm
@@ -289,8 +291,8 @@ def _store_row(ptr, values, C, BLOCK_C: tl.constexpr):
 def _bn_stats_kernel(sum_ptr, sq_ptr, ROWS, running_ptr, affine_ptr, mean_ptr, var_ptr, unbiased_var_ptr,
                      rstd_ptr, scale_ptr, shift_ptr, C, count, unbias, eps,
                      BATCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """A batch norm's statistic rows (see ``STAT_ROWS``), from ``ROWS`` rows of partial sums and sums of
-    squares over ``count`` positions (``BATCH``: training), or from the running (mean, var) rows at
+    """A batch norm's statistic rows (``MEAN`` to ``SHIFT`` below), from ``ROWS`` rows of partial sums and
+    sums of squares over ``count`` positions (``BATCH``: training), or from the running (mean, var) rows at
     ``running_ptr`` (eval); with the (gamma, beta) rows at ``affine_ptr``; ``unbias`` is
     ``count / (count - 1)``."""
     if BATCH:
@@ -376,15 +378,12 @@ def _bhwc(t: torch.Tensor) -> torch.Tensor:
 # some eighty small kernels per block, forward and backward (``benchmarks/RESULTS.md``).
 MEAN, VAR, UNBIASED_VAR, RSTD, SCALE, SHIFT = range(6)
 STAT_ROWS = 6
-FINAL_TILES = Tiles(32, 64, 4)  # (partial-sum rows, channels) per step of the two kernels that finish them
+# The two kernels that finish them: rows of partial sums and channels per step; a program per channel block
+FINAL_META = dict(BLOCK_R=32, BLOCK_C=64, num_warps=4)
 
 
 def _final_grid(C: int) -> tuple[int]:
-    return (triton.cdiv(C, FINAL_TILES.channels),)
-
-
-def _final_meta() -> dict[str, int]:
-    return dict(BLOCK_R=FINAL_TILES.positions, BLOCK_C=FINAL_TILES.channels, num_warps=FINAL_TILES.warps)
+    return (triton.cdiv(C, FINAL_META["BLOCK_C"]),)
 
 
 def _bn_statistics(x: torch.Tensor | None, affine: torch.Tensor, running: torch.Tensor, eps: float,
@@ -401,7 +400,7 @@ def _bn_statistics(x: torch.Tensor | None, affine: torch.Tensor, running: torch.
         _channel_sums_kernel[grid](x, sums, squares, count, C, blocks, **TILES["sums"].meta())
         rows = grid[0]
     _bn_stats_kernel[_final_grid(C)](sums, squares, rows, running, affine, *out, C, float(count),
-                                     count / max(count - 1, 1), eps, BATCH=x is not None, **_final_meta())
+                                     count / max(count - 1, 1), eps, BATCH=x is not None, **FINAL_META)
 
 
 def _bn_gradients(total: torch.Tensor, dot: torch.Tensor, stats: torch.Tensor, count: int, batch: bool,
@@ -412,7 +411,7 @@ def _bn_gradients(total: torch.Tensor, dot: torch.Tensor, stats: torch.Tensor, c
     C = stats.shape[1]
     coef = _partial(2, C, stats)
     _bn_grad_kernel[_final_grid(C)](total, dot, total.shape[0], stats[MEAN], stats[RSTD], stats[SCALE], coef,
-                                    grad_affine, C, float(count), BATCH=batch, **_final_meta())
+                                    grad_affine, C, float(count), BATCH=batch, **FINAL_META)
     return coef
 
 
