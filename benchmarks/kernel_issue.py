@@ -223,8 +223,9 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
         f"### Issue and memory bounds of the fused locality kernels ({env['date'][:10]})", "",
         f"lvit {env['lvit']} at {env['git_sha'][:7]}{' (dirty)' if env['dirty'] else ''}; Triton "
         f"{triton.__version__}, sm_90; batch {args.batch_size}, {4 * args.embed_dim} channels at "
-        f"{args.image_size}², h-swish{' + SE' if args.attn == 'se' else ''}, bf16; tiles "
-        f"{args.tiles or 'default'}; {args.sms} SMs at {args.clock_ghz} GHz, {args.bandwidth_tb_s} TB/s", "",
+        f"{args.image_size}², h-swish{f' + SE-{args.se_reduction}' if args.attn == 'se' else ''}, bf16; "
+        f"tiles {args.tiles or 'default'}; {args.sms} SMs at {args.clock_ghz} GHz, "
+        f"{args.bandwidth_tb_s} TB/s", "",
         "| kernel | tiles (P, C, warps) | registers | resident warps / SM | loop body | async loads | trips "
         "| instructions / element | issue µs | memory µs | floor µs |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -248,6 +249,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=14, help="side of the token grid (224 / 16)")
     parser.add_argument("--embed-dim", type=int, default=192, help="LocalViT-T's; the middle has 4x")
     parser.add_argument("--attn", choices=("se", "none"), default="se", help="SE after the middle or not")
+    parser.add_argument("--se-reduction", type=int, default=192,
+                        help="SE's reduction: LocalViT-T's 192 (hidden 4); the SE-4 rows' 4 (hidden 192)")
     parser.add_argument("--tiles", choices=list(TILE_SETS), help="a tile set of locality_kernels.py")
     parser.add_argument("--sms", type=int, default=132, help="multiprocessors (H100 SXM and H200: 132)")
     parser.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock (H200: 1.98 at most)")

@@ -60,7 +60,8 @@ def build_middle(args: argparse.Namespace, device: torch.device) -> nn.Sequentia
     """LocalViT-T's middle (``BN, act, DW, BN, act`` on 4 x 192 channels, then SE unless ``args.attn`` is
     "none"), random batch-norm affines."""
     torch.manual_seed(0)
-    ffn = LocalityFeedForward(args.embed_dim, 4.0, act="hswish", attn=args.attn)
+    ffn = LocalityFeedForward(args.embed_dim, 4.0, act="hswish", attn=args.attn,
+                              se_reduction=args.se_reduction)
     middle = ffn.conv[1:7 if args.attn == "se" else 6].to(device).train()
     for bn in (middle[0], middle[3]):
         nn.init.uniform_(bn.weight, 0.5, 1.5)
@@ -219,6 +220,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=14, help="side of the token grid (224 / 16)")
     parser.add_argument("--embed-dim", type=int, default=192, help="LocalViT-T's; the middle has 4x")
     parser.add_argument("--attn", choices=("se", "none"), default="se", help="SE after the middle or not")
+    parser.add_argument("--se-reduction", type=int, default=192,
+                        help="SE's reduction: LocalViT-T's 192 (hidden 4); the SE-4 rows' 4 (hidden 192)")
     parser.add_argument("--tiles", nargs="+", choices=list(TILE_SETS), default=list(TILE_SETS),
                         help="tile sets of the fused kernels to time, in order")
     parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,

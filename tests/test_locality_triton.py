@@ -135,8 +135,8 @@ def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
     """A kernel that spills registers to local memory loses much of its bandwidth; the tile sizes and warp
     counts are chosen so that none does, and so are the alternatives that benchmarks/locality_kernels.py
     times. Each kernel is compiled for sm_90 (Triton's ptxas; no GPU) exactly as the fused middle launches it
-    at LocalViT-T's training shape, with and without SE (benchmarks/kernel_issue.py records the launches and
-    specialises them as Triton's JIT does)."""
+    at LocalViT-T's training shape, with LocalViT-T's SE, the table rows' widest SE and none
+    (benchmarks/kernel_issue.py records the launches and specialises them as Triton's JIT does)."""
     import argparse
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -145,8 +145,12 @@ def test_kernels_compile_for_hopper_without_spilling_registers() -> None:
 
     checked: set[str] = set()  # launches compiled, as (kernel, tiles, specialisation)
     kernels: set[str] = set()
-    for attn, tile_sets in (("se", list(TILE_SETS)), ("none", ["default"])):
-        args = argparse.Namespace(batch_size=256, embed_dim=192, image_size=14, attn=attn)
+    # LocalViT-T's SE-192 (hidden 4) with every tile set; SE-4 (hidden 192, the largest of the table rows) and
+    # no SE with the default tiles
+    for attn, reduction, tile_sets in (("se", 192, list(TILE_SETS)), ("se", 4, ["default"]),
+                                       ("none", 4, ["default"])):
+        args = argparse.Namespace(batch_size=256, embed_dim=192, image_size=14, attn=attn,
+                                  se_reduction=reduction)
         for tiles in tile_sets:
             with tiles_of(tiles):
                 launches = record_launches(args)
@@ -196,9 +200,9 @@ def test_custom_ops_pass_torch_library_opcheck(attn: str) -> None:
     settings = ([1e-5, 1e-5], [True, False], 1)  # eps, batch statistics?, act
     args = (h.requires_grad_(), weight.requires_grad_(), affine, affine.clone(), *settings, se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle.default, args)
-    _, dw_input, conv, stats, pooled, gate = torch.ops.lvit.locality_middle(*args)
+    _, dw_input, conv, stats, pooled, gate, hidden = torch.ops.lvit.locality_middle(*args)
     backward_args = (torch.randn_like(h), h.detach(), dw_input, conv, weight.detach(), stats, pooled, gate,
-                     *settings[1:], se_params)
+                     hidden, *settings[1:], se_params)
     torch.library.opcheck(torch.ops.lvit.locality_middle_backward.default, backward_args)
 
 

@@ -74,9 +74,9 @@ def test_fused_locality_kernels_are_counted_by_their_tensors():
     # The two input gradients of act(BN(.)). The conv output's: reads the output gradient and the conv
     # output, SE's (gate, pooled-gradient) rows (2 x 2 images x 64) and four rows of the second batch norm
     # (scale, shift, and the coefficients gb, gc), writes it. The expand output's: reads the gradient cuDNN's
-    # conv backward wrote and the expand output, the gate as a stand-in for SE rows it does not read (2 x 64)
-    # and four rows of the first batch norm
-    floats = (3 * hidden + 2 * 2 * 64 + 4 * 64) + (3 * hidden + 2 * 64 + 4 * 64)
+    # conv backward wrote and the expand output, the gate twice as a stand-in for SE rows it does not read
+    # (2 x 2 x 64) and four rows of the first batch norm
+    floats = 2 * (3 * hidden + 2 * 2 * 64 + 4 * 64)
     assert fused[("backward", "triton:_act_bn_input_grad_kernel")] == 4 * floats
     # the first batch norm's sums: read that gradient, the expand output and three rows, write two rows of
     # partial sums per program (the second's come from SE's per-image pass)

@@ -18,7 +18,8 @@ pass (per image with SE: the gate's gradient and the second batch norm's sums to
 gradient, stored once in the storage dtype (as eager autograd stores it); the conv's input and weight
 gradients; a sums pass for the first batch norm; its input gradient. Each batch norm's per-channel
 arithmetic (from the sums to scale and shift, and to the backward's coefficients) is one small kernel each
-way. SE's excitation MLP is a few ``(B, C)`` matmuls in PyTorch. Forward and backward are custom ops
+way, and SE's excitation (two small linear layers on the pooled ``(B, C)``) one kernel forward and two
+backward, in fp32. Forward and backward are custom ops
 (``lvit::locality_middle``, ``lvit::locality_middle_backward``), so ``torch.compile`` keeps them in its graph
 instead of breaking it.
 
@@ -214,15 +215,15 @@ def _image_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, out
 
 
 @triton.jit
-def _act_output_grad(grad_ptr, se_ptr, q, c, qmask, P, C, HW, HAS_SE: tl.constexpr):
+def _act_output_grad(grad_ptr, gate_ptr, pool_grad_ptr, q, c, qmask, C, HW, HAS_SE: tl.constexpr):
     """Gradient w.r.t. the second activation's output at positions ``q``. With SE after it, ``grad`` is the
-    gradient of ``a * gate[b]``, and ``se_ptr`` holds two ``(B, C)`` blocks: the gate and the gradient that
-    reaches ``a`` through the pooling, already divided by ``HW``."""
+    gradient of ``a * gate[b]``; ``gate_ptr`` and ``pool_grad_ptr`` hold ``(B, C)`` rows: the gate and the
+    gradient that reaches ``a`` through the pooling (already divided by ``HW``)."""
     grad = _load(grad_ptr, q, c, qmask, C)
     if HAS_SE:
         image = (q // HW)[:, None] * C + c[None, :]
-        gate = tl.load(se_ptr + image, mask=qmask, other=0.0)
-        grad = grad * gate + tl.load(se_ptr + (P // HW) * C + image, mask=qmask, other=0.0)
+        gate = tl.load(gate_ptr + image, mask=qmask, other=0.0)
+        grad = grad * gate + tl.load(pool_grad_ptr + image, mask=qmask, other=0.0)
     return grad
 
 
@@ -248,9 +249,9 @@ def _act_bn_grad_sums_kernel(grad_ptr, x_ptr, scale_ptr, shift_ptr, mean_ptr, su
 
 
 @triton.jit
-def _act_bn_input_grad_kernel(grad_ptr, se_ptr, x_ptr, scale_ptr, shift_ptr, coef_ptr, out_ptr, P, C, HW,
-                              HAS_SE: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr,
-                              BLOCK_C: tl.constexpr):
+def _act_bn_input_grad_kernel(grad_ptr, gate_ptr, pool_grad_ptr, x_ptr, scale_ptr, shift_ptr, coef_ptr,
+                              out_ptr, P, C, HW, HAS_SE: tl.constexpr, ACT: tl.constexpr,
+                              BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """The gradient w.r.t. the input ``x`` of ``act(scale * x + shift)`` (times SE's gate with ``HAS_SE``), a
     batch norm, for the conv's output and for ``h``: ``scale * act'(scale * x + shift) * grad + gb * x + gc``
     with the rows (gb, gc) at ``coef_ptr`` (``_bn_grad_kernel``)."""
@@ -258,7 +259,7 @@ def _act_bn_input_grad_kernel(grad_ptr, se_ptr, x_ptr, scale_ptr, shift_ptr, coe
     scale = _load_channels(scale_ptr, C, BLOCK_C)
     shift = _load_channels(shift_ptr, C, BLOCK_C)
     x = _load(x_ptr, p, c, mask, C)
-    grad = _act_output_grad(grad_ptr, se_ptr, p, c, mask, P, C, HW, HAS_SE)
+    grad = _act_output_grad(grad_ptr, gate_ptr, pool_grad_ptr, p, c, mask, C, HW, HAS_SE)
     gb, gc = _load_channels(coef_ptr, C, BLOCK_C), _load_channels(coef_ptr + C, C, BLOCK_C)
     _store(out_ptr, p, c, mask, C, scale * _act_grad(x * scale + shift, ACT) * grad + gb * x + gc)
 
@@ -331,6 +332,111 @@ def _bn_grad_kernel(total_ptr, dot_ptr, ROWS, mean_ptr, rstd_ptr, scale_ptr, coe
         gc = -scale * total / count - gb * _load_row(mean_ptr, C, BLOCK_C)
     _store_row(coef_ptr, gb, C, BLOCK_C)
     _store_row(coef_ptr + C, gc, C, BLOCK_C)
+
+
+@triton.jit
+def _hard_sigmoid_grad(gate):
+    """d hardsigmoid(z) / dz read off ``gate = hardsigmoid(z)``: 1/6 where ``0 < gate < 1``. PyTorch's
+    backward tests ``-3 < z < 3`` instead; the two differ only where ``z + 3`` rounds to exactly 0 or 6."""
+    return tl.where((gate > 0.0) & (gate < 1.0), 1.0 / 6.0, 0.0)
+
+
+@triton.jit
+def _rows(ptr, rows, cols, stride, row_mask, col_mask):
+    """Block ``rows`` x ``cols`` of a row-major matrix of ``stride`` columns, in fp32, 0 outside."""
+    offsets = rows[:, None] * stride + cols[None, :]
+    return tl.load(ptr + offsets, mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _se_excite_kernel(pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, hidden_ptr, gate_ptr, B, C, R,
+                      BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    """SE's excitation for ``BLOCK_B`` images, in fp32: ``hidden = relu(pooled W1^T + b1)`` (``(B, R)``, kept
+    for the backward) and ``gate = hardsigmoid(hidden W2^T + b2)`` (``(B, C)``)."""
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    r = tl.arange(0, BLOCK_R)
+    b_in, r_in = b < B, r < R
+    pre = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        pooled = _rows(pooled_ptr, b, c, C, b_in, c < C)
+        pre += tl.dot(pooled, tl.trans(_rows(w1_ptr, r, c, C, r_in, c < C)), input_precision="ieee")
+    hidden = tl.maximum(pre + tl.load(b1_ptr + r, mask=r_in, other=0.0).to(tl.float32)[None, :], 0.0)
+    tl.store(hidden_ptr + b[:, None] * R + r[None, :], hidden, mask=b_in[:, None] & r_in[None, :])
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        z = tl.dot(hidden, tl.trans(_rows(w2_ptr, c, r, R, c < C, r_in)), input_precision="ieee")
+        z += tl.load(b2_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
+        gate = tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
+        tl.store(gate_ptr + b[:, None] * C + c[None, :], gate, mask=b_in[:, None] & (c < C)[None, :])
+
+
+@triton.jit
+def _se_input_grad_kernel(gate_grad_ptr, gate_ptr, hidden_ptr, w1_ptr, w2_ptr, grad_pre_ptr, pool_grad_ptr,
+                          B, C, R, HW, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    """For ``BLOCK_B`` images: the gradient w.r.t. the excitation's first pre-activation, ``grad_pre =
+    (gate_grad * hardsigmoid'(z)) W2`` where ``hidden > 0`` (ReLU's gradient, as PyTorch's: none at 0),
+    ``(B, R)``; and the gradient that reaches the activation through the pooling, ``grad_pre W1 / HW``,
+    ``(B, C)``."""
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    r = tl.arange(0, BLOCK_R)
+    b_in, r_in = b < B, r < R
+    grad_hidden = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        grad_z = (_rows(gate_grad_ptr, b, c, C, b_in, c < C)
+                  * _hard_sigmoid_grad(_rows(gate_ptr, b, c, C, b_in, c < C)))
+        grad_hidden += tl.dot(grad_z, _rows(w2_ptr, c, r, R, c < C, r_in), input_precision="ieee")
+    grad_pre = tl.where(_rows(hidden_ptr, b, r, R, b_in, r_in) > 0.0, grad_hidden, 0.0)
+    tl.store(grad_pre_ptr + b[:, None] * R + r[None, :], grad_pre, mask=b_in[:, None] & r_in[None, :])
+    for start in range(0, C, BLOCK_C):
+        c = start + tl.arange(0, BLOCK_C)
+        pool_grad = tl.dot(grad_pre, _rows(w1_ptr, r, c, C, r_in, c < C), input_precision="ieee") / HW
+        tl.store(pool_grad_ptr + b[:, None] * C + c[None, :], pool_grad,
+                 mask=b_in[:, None] & (c < C)[None, :])
+
+
+@triton.jit
+def _se_param_grad_kernel(sums_ptr, gate_ptr, hidden_ptr, grad_pre_ptr, pooled_ptr, pool_grad_ptr,
+                          total_ptr, dot_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, B, C, R,
+                          BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    """For this program's channels, summed over the batch: the gradients of SE's parameters (``W1``'s columns,
+    ``W2``'s rows, ``b2``; ``b1`` from program 0) and the second batch norm's sums (``total = sum(gate *
+    grad_d + pool_grad * d_sum)``, ``dot`` likewise with the centred rows), from the five per-image rows of
+    ``_image_grad_sums_kernel`` at ``sums_ptr`` and what ``_se_input_grad_kernel`` wrote."""
+    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r = tl.arange(0, BLOCK_R)
+    c_in, r_in = c < C, r < R
+    dw1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    dw2 = tl.zeros((BLOCK_C, BLOCK_R), dtype=tl.float32)
+    db1 = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    db2 = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    total = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    dot = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    for start in range(0, B, BLOCK_B):
+        b = start + tl.arange(0, BLOCK_B)
+        b_in = b < B
+        gate = _rows(gate_ptr, b, c, C, b_in, c_in)
+        grad_z = _rows(sums_ptr, b, c, C, b_in, c_in) * _hard_sigmoid_grad(gate)
+        grad_pre = _rows(grad_pre_ptr, b, r, R, b_in, r_in)
+        dw2 += tl.dot(tl.trans(grad_z), _rows(hidden_ptr, b, r, R, b_in, r_in), input_precision="ieee")
+        dw1 += tl.dot(tl.trans(grad_pre), _rows(pooled_ptr, b, c, C, b_in, c_in), input_precision="ieee")
+        db1 += tl.sum(grad_pre, 0)
+        db2 += tl.sum(grad_z, 0)
+        pool_grad = _rows(pool_grad_ptr, b, c, C, b_in, c_in)
+        total += tl.sum(gate * _rows(sums_ptr + B * C, b, c, C, b_in, c_in)
+                        + pool_grad * _rows(sums_ptr + 2 * B * C, b, c, C, b_in, c_in), 0)
+        dot += tl.sum(gate * _rows(sums_ptr + 3 * B * C, b, c, C, b_in, c_in)
+                      + pool_grad * _rows(sums_ptr + 4 * B * C, b, c, C, b_in, c_in), 0)
+    tl.store(total_ptr + c, total, mask=c_in)
+    tl.store(dot_ptr + c, dot, mask=c_in)
+    tl.store(db2_ptr + c, db2.to(db2_ptr.dtype.element_ty), mask=c_in)
+    tl.store(dw1_ptr + r[:, None] * C + c[None, :], dw1.to(dw1_ptr.dtype.element_ty),
+             mask=r_in[:, None] & c_in[None, :])
+    tl.store(dw2_ptr + c[:, None] * R + r[None, :], dw2.to(dw2_ptr.dtype.element_ty),
+             mask=c_in[:, None] & r_in[None, :])
+    if tl.program_id(0) == 0:
+        tl.store(db1_ptr + r, db1.to(db1_ptr.dtype.element_ty), mask=r_in)
 
 
 # --- host side ---------------------------------------------------------------------------------------------
@@ -427,16 +533,16 @@ def _act_bn_grad_sums(grad: torch.Tensor, x: torch.Tensor, stats: torch.Tensor, 
     return total, dot
 
 
-def _act_bn_input_grad(grad: torch.Tensor, se_rows: torch.Tensor, x: torch.Tensor, stats: torch.Tensor,
-                       coef: torch.Tensor, act: int, has_se: bool) -> torch.Tensor:
-    """The gradient w.r.t. ``x`` of ``act(BN(x))`` (times SE's gate with ``has_se``), stored in ``x``'s dtype,
-    as eager autograd stores it."""
+def _act_bn_input_grad(grad: torch.Tensor, gate: torch.Tensor, pool_grad: torch.Tensor, x: torch.Tensor,
+                       stats: torch.Tensor, coef: torch.Tensor, act: int, has_se: bool) -> torch.Tensor:
+    """The gradient w.r.t. ``x`` of ``act(BN(x))`` (times SE's gate with ``has_se``, the gradient through SE's
+    pooling added), stored in ``x``'s dtype, as eager autograd stores it."""
     B, H, W, C = x.shape
     P = B * H * W
     out = torch.empty_like(x)
     scale, shift = stats[SCALE], stats[SHIFT]
-    _act_bn_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad, se_rows, x, scale, shift, coef, out, P, C,
-                                                             H * W, HAS_SE=has_se, ACT=act,
+    _act_bn_input_grad_kernel[_map_grid(P, C, TILES["map"])](grad, gate, pool_grad, x, scale, shift, coef,
+                                                             out, P, C, H * W, HAS_SE=has_se, ACT=act,
                                                              **TILES["map"].meta())
     return out
 
@@ -469,62 +575,58 @@ def _depthwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
     return grad_input, grad_weight.to(weight.dtype)
 
 
-def _se_hidden(pooled: torch.Tensor, se_params: list[torch.Tensor]
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:class:`~lvit.models.locality.SELayer`'s excitation (Linear, ReLU, Linear, hard sigmoid) in fp32, up to
-    the hard sigmoid: (first pre-activation, hidden, second pre-activation)."""
-    w1, b1, w2, b2 = (p.float() for p in se_params)
-    with torch.autocast(pooled.device.type, enabled=False):
-        pre = F.linear(pooled, w1, b1)
-        hidden = F.relu(pre)
-        return pre, hidden, F.linear(hidden, w2, b2)
-
-
-def _se_gate_backward(gate_grad: torch.Tensor, pooled: torch.Tensor, se_params: list[torch.Tensor]
-                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The excitation's backward by hand (a custom op's kernel runs below autograd): gradients w.r.t. the
-    pooled input and the four parameters, through PyTorch's own backward kernels of the hard sigmoid and the
-    ReLU, and so with their conventions at the kinks."""
-    pre, hidden, z = _se_hidden(pooled, se_params)
-    w1, w2 = se_params[0].float(), se_params[2].float()
-    with torch.autocast(pooled.device.type, enabled=False):
-        grad_z = torch.ops.aten.hardsigmoid_backward(gate_grad, z)
-        grad_pre = torch.ops.aten.threshold_backward(grad_z @ w2, pre, 0)
-        grads = [grad_pre.t() @ pooled, grad_pre.sum(0), grad_z.t() @ hidden, grad_z.sum(0)]
-        return grad_pre @ w1, [g.to(p.dtype) for g, p in zip(grads, se_params, strict=True)]
+def _se_meta(C: int, R: int) -> dict[str, int]:
+    """Launch settings of the excitation kernels for ``C`` channels and hidden size ``R``: ``tl.dot`` needs
+    16 or more each way, a step holds at most 4096 weights, and a wide hidden size takes more warps so that
+    the weight-gradient accumulators fit in registers (no spills on sm_90 up to R = 192, the SE-4 rows')."""
+    block_r = max(16, triton.next_power_of_2(R))
+    return dict(BLOCK_B=16, BLOCK_C=max(16, min(64, 4096 // block_r)), BLOCK_R=block_r,
+                num_warps=max(4, block_r // 32))
 
 
 def _se_forward(conv: torch.Tensor, stats2: torch.Tensor, se_params: list[torch.Tensor], act: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """SE's (pooled input, gate), each ``(B, C)``; one-element stand-ins without SE."""
-    if not se_params:  # two tensors, as a custom op's outputs may not alias each other; zeros, as its
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SE's pooled input and gate (each ``(B, C)``) and its excitation's hidden activation (``(B, R)``), in
+    two kernels; one-element stand-ins without SE."""
+    if not se_params:  # three tensors, as a custom op's outputs may not alias each other; zeros, as its
         # outputs must be deterministic (torch.library.opcheck compares two runs)
-        return tuple(torch.zeros(1, dtype=torch.float32, device=conv.device) for _ in range(2))
+        return tuple(torch.zeros(1, dtype=torch.float32, device=conv.device) for _ in range(3))
     B, H, W, C = conv.shape
     pooled = _partial(B, C, conv)
     tiles = TILES["per_image"]
     _image_pool_kernel[_image_grid(B, C, tiles)](conv, stats2[SCALE], stats2[SHIFT], pooled, H * W, C,
                                                  ACT=act, **tiles.meta())
-    return pooled, F.hardsigmoid(_se_hidden(pooled, se_params)[2])
+    w1, b1, w2, b2 = se_params
+    R = w1.shape[0]
+    hidden, gate = _partial(B, R, conv), _partial(B, C, conv)
+    meta = _se_meta(C, R)
+    _se_excite_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](pooled, w1, b1, w2, b2, hidden, gate, B, C, R,
+                                                          **meta)
+    return pooled, gate, hidden
 
 
 def _se_backward(grad: torch.Tensor, conv: torch.Tensor, stats2: torch.Tensor, pooled: torch.Tensor,
-                 gate: torch.Tensor, se_params: list[torch.Tensor], act: int
+                 gate: torch.Tensor, hidden: torch.Tensor, se_params: list[torch.Tensor], act: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """Backward through SE, from one read of ``grad`` and ``conv``: the second batch norm's sums
-    (``sum(g)``, ``sum(g * (x - mean))``, each ``(1, C)``), the rows (gate, gradient through the pooling / HW)
-    that the backward kernels read, and the gradients of SE's parameters."""
+    """Backward through SE in three kernels, from one read of ``grad`` and ``conv``: the second batch norm's
+    sums (``sum(g)``, ``sum(g * (x - mean))``, each ``(1, C)``), the gradient that reaches the activation
+    through the pooling (``(B, C)``, divided by HW), and the gradients of SE's parameters."""
     B, H, W, C = conv.shape
     sums = _partial(5 * B, C, conv).view(5, B, C)
     tiles = TILES["per_image"]
     _image_grad_sums_kernel[_image_grid(B, C, tiles)](grad, conv, stats2[SCALE], stats2[SHIFT], stats2[MEAN],
                                                       sums, B, H * W, C, ACT=act, **tiles.meta())
-    pooled_grad, se_grads = _se_gate_backward(sums[0], pooled, se_params)
-    # the activation's output gradient is grad * gate + pooled_grad / HW, per image and channel, so the batch
-    # norm's sums are gate * (grad_d, grad_d_xc) + pooled_grad / HW * (d_sum, d_xc), summed over images
-    se_rows = torch.stack([gate, pooled_grad / (H * W)])
-    total_dot = (se_rows * sums[1:].view(2, 2, B, C)).sum((1, 2))
-    return total_dot[0:1], total_dot[1:2], se_rows, se_grads
+    w1, _, w2, _ = se_params
+    R = w1.shape[0]
+    meta = _se_meta(C, R)
+    grad_pre, pool_grad = _partial(B, R, conv), _partial(B, C, conv)
+    _se_input_grad_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](sums, gate, hidden, w1, w2, grad_pre, pool_grad,
+                                                              B, C, R, H * W, **meta)
+    total, dot = _partial(1, C, conv), _partial(1, C, conv)
+    se_grads = [torch.empty_like(p) for p in se_params]
+    _se_param_grad_kernel[(triton.cdiv(C, meta["BLOCK_C"]),)](sums, gate, hidden, grad_pre, pooled, pool_grad,
+                                                              total, dot, *se_grads, B, C, R, **meta)
+    return total, dot, pool_grad, se_grads
 
 
 # The kernels are wrapped as two custom ops (forward, backward) so that torch.compile traces through them:
@@ -538,9 +640,9 @@ def _se_backward(grad: torch.Tensor, conv: torch.Tensor, stats2: torch.Tensor, p
 def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor, running: torch.Tensor,
                     eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                               torch.Tensor]:
+                               torch.Tensor, torch.Tensor]:
     """(output, the depth-wise conv's input and output, the batch norms' statistic rows, SE's pooled input,
-    SE's gate)."""
+    gate and hidden activation)."""
     B, C, H, W = h.shape
     x = _bhwc(h)
     P = B * H * W
@@ -554,14 +656,14 @@ def _middle_forward(h: torch.Tensor, weight: torch.Tensor, affine: torch.Tensor,
                                                            HAS_SE=False, ACT=act, **TILES["map"].meta())
     conv = _depthwise_conv(dw_input, weight)
     _bn_statistics(conv if batch[1] else None, affine[2:4], running[2:4], eps[1], P, stats[1])
-    pooled, gate = _se_forward(conv, stats[1], se_params, act)
+    pooled, gate, hidden = _se_forward(conv, stats[1], se_params, act)
     out = torch.empty_like(x)
     scale2, shift2 = stats[1, SCALE], stats[1, SHIFT]
     _scale_shift_act_kernel[_map_grid(P, C, TILES["map"])](conv, scale2, shift2, gate, out, P, C, H * W,
                                                            HAS_SE=bool(se_params), ACT=act,
                                                            **TILES["map"].meta())
     return (out.permute(0, 3, 1, 2), dw_input.permute(0, 3, 1, 2), conv.permute(0, 3, 1, 2), stats, pooled,
-            gate)
+            gate, hidden)
 
 
 @_middle_forward.register_fake
@@ -569,15 +671,16 @@ def _middle_forward_shapes(h: torch.Tensor, weight: torch.Tensor, affine: torch.
                            eps: list[float], batch: list[bool], act: int, se_params: list[torch.Tensor]
                            ) -> tuple[torch.Tensor, ...]:
     se_shape = h.shape[:2] if se_params else (1,)
+    hidden_shape = (h.shape[0], se_params[0].shape[0]) if se_params else (1,)
     maps = [torch.empty_like(h, memory_format=torch.channels_last) for _ in range(3)]  # out, dw_input, conv
     return (*maps, affine.new_empty((2, STAT_ROWS, h.shape[1])), h.new_empty(se_shape, dtype=torch.float32),
-            h.new_empty(se_shape, dtype=torch.float32))
+            h.new_empty(se_shape, dtype=torch.float32), h.new_empty(hidden_shape, dtype=torch.float32))
 
 
 @torch.library.custom_op("lvit::locality_middle_backward", mutates_args=())
 def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Tensor, conv: torch.Tensor,
                      weight: torch.Tensor, stats: torch.Tensor, pooled: torch.Tensor, gate: torch.Tensor,
-                     batch: list[bool], act: int, se_params: list[torch.Tensor]
+                     hidden: torch.Tensor, batch: list[bool], act: int, se_params: list[torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Gradients w.r.t. (h, weight, affine, se_params), from the forward's inputs and saved outputs."""
     x, dw_input, conv, grad = _bhwc(h), _bhwc(dw_input), _bhwc(conv), _bhwc(grad_out)
@@ -585,43 +688,44 @@ def _middle_backward(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Te
     P = B * H * W
     grad_affine = _partial(4, C, x)  # rows (gamma1, beta1, gamma2, beta2), as ``affine``
     if se_params:
-        total2, dot2, se_rows, se_grads = _se_backward(grad, conv, stats[1], pooled, gate, se_params, act)
+        total2, dot2, pool_grad, se_grads = _se_backward(grad, conv, stats[1], pooled, gate, hidden,
+                                                         se_params, act)
     else:
-        se_rows, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
+        pool_grad, se_grads = gate, []  # a stand-in pointer: the kernels read it only with SE
         total2, dot2 = _act_bn_grad_sums(grad, conv, stats[1], act)
     coef2 = _bn_gradients(total2, dot2, stats[1], P, batch[1], grad_affine[2:4])
-    conv_grad = _act_bn_input_grad(grad, se_rows, conv, stats[1], coef2, act, has_se=bool(se_params))
+    conv_grad = _act_bn_input_grad(grad, gate, pool_grad, conv, stats[1], coef2, act, has_se=bool(se_params))
     grad_a, grad_weight = _depthwise_conv_backward(conv_grad, dw_input, weight)
     total1, dot1 = _act_bn_grad_sums(grad_a, x, stats[0], act)
     coef1 = _bn_gradients(total1, dot1, stats[0], P, batch[0], grad_affine[0:2])
-    grad_h = _act_bn_input_grad(grad_a, gate, x, stats[0], coef1, act, has_se=False)
+    grad_h = _act_bn_input_grad(grad_a, gate, gate, x, stats[0], coef1, act, has_se=False)
     return grad_h.permute(0, 3, 1, 2), grad_weight, grad_affine, se_grads
 
 
 @_middle_backward.register_fake
 def _middle_backward_shapes(grad_out: torch.Tensor, h: torch.Tensor, dw_input: torch.Tensor,
                             conv: torch.Tensor, weight: torch.Tensor, stats: torch.Tensor,
-                            pooled: torch.Tensor, gate: torch.Tensor, batch: list[bool], act: int,
-                            se_params: list[torch.Tensor]) -> tuple[Any, ...]:
+                            pooled: torch.Tensor, gate: torch.Tensor, hidden: torch.Tensor, batch: list[bool],
+                            act: int, se_params: list[torch.Tensor]) -> tuple[Any, ...]:
     return (torch.empty_like(h, memory_format=torch.channels_last), torch.empty_like(weight),
             stats.new_empty((4, stats.shape[2])), [torch.empty_like(p) for p in se_params])
 
 
 def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
     h, weight, _, _, _, batch, act, se_params = inputs
-    _, dw_input, conv, stats, pooled, gate = output
-    ctx.mark_non_differentiable(dw_input, conv, stats, pooled, gate)
-    # else autograd passes a zero-filled gradient for each of those five; the node only runs when ``out`` has
+    _, dw_input, conv, stats, pooled, gate, hidden = output
+    ctx.mark_non_differentiable(dw_input, conv, stats, pooled, gate, hidden)
+    # else autograd passes a zero-filled gradient for each of those six; the node only runs when ``out`` has
     # a gradient, the one differentiable output
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(h, dw_input, conv, weight, stats, pooled, gate, *se_params)
+    ctx.save_for_backward(h, dw_input, conv, weight, stats, pooled, gate, hidden, *se_params)
     ctx.batch, ctx.act = batch, act
 
 
 def _middle_gradients(ctx: Any, grad_out: torch.Tensor, *_non_differentiable: None) -> tuple[Any, ...]:
-    h, dw_input, conv, weight, stats, pooled, gate, *se_params = ctx.saved_tensors
+    h, dw_input, conv, weight, stats, pooled, gate, hidden, *se_params = ctx.saved_tensors
     grad_h, grad_weight, grad_affine, se_grads = _middle_backward(
-        grad_out, h, dw_input, conv, weight, stats, pooled, gate, ctx.batch, ctx.act, se_params)
+        grad_out, h, dw_input, conv, weight, stats, pooled, gate, hidden, ctx.batch, ctx.act, se_params)
     return grad_h, grad_weight, grad_affine, None, None, None, None, se_grads
 
 
@@ -661,7 +765,7 @@ def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn
     device Triton runs on."""
     se_params = [se.fc[0].weight, se.fc[0].bias, se.fc[2].weight, se.fc[2].bias] if se is not None else []
     affine = torch.stack([bn1.weight, bn1.bias, bn2.weight, bn2.bias]).float()
-    out, _, _, stats, _, _ = _middle_forward(h, dw.weight, affine, _running_moments([bn1, bn2], h.device),
+    out, _, _, stats, _, _, _ = _middle_forward(h, dw.weight, affine, _running_moments([bn1, bn2], h.device),
                                           [bn1.eps, bn2.eps],
                                           [_uses_batch_statistics(bn1), _uses_batch_statistics(bn2)],
                                           ACT_CODES[act], se_params)
