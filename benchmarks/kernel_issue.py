@@ -165,19 +165,34 @@ def instruction_counts(sass: str) -> tuple[int, list[tuple[int, collections.Coun
     return len(instructions), loops
 
 
+# SE's excitation kernels: a program takes a block of images and loops over the channels, except this one,
+# which takes a block of channels and loops over the images
+LOOPS_OVER_IMAGES = frozenset({"_se_param_grad_kernel"})
+
+
 def rows_per_step(launch: KernelLaunch) -> int:
-    """Rows of a step of the kernel's loop: positions (``BLOCK_P``), or, in the two kernels that finish a
-    batch norm's statistics, rows of partial sums (``BLOCK_R``)."""
-    return launch.meta.get("BLOCK_P", launch.meta.get("BLOCK_R"))
+    """Rows of a step of the kernel's loop: positions (``BLOCK_P``), rows of partial sums in the two kernels
+    that finish a batch norm's statistics (``BLOCK_R``), or images in SE's excitation kernels
+    (``BLOCK_B``)."""
+    meta = launch.meta
+    return meta.get("BLOCK_P") or meta.get("BLOCK_B") or meta["BLOCK_R"]  # SE's kernels have a BLOCK_R too
 
 
 def trips(launch: KernelLaunch) -> int:
-    """Iterations of the kernel's loop: its ``BLOCKS`` position blocks, an image's positions, or the rows of
-    partial sums it adds up (the finishing kernels loop twice over them, counted here as once)."""
+    """Iterations of the kernel's loop: its ``BLOCKS`` position blocks, an image's positions, the rows of
+    partial sums it adds up, or SE's channel or image blocks. The finishing and SE kernels loop twice or
+    three times, counted here as once: their instruction counts are lower bounds."""
     values = dict(zip(kernel_of(launch).arg_names, launch.args, strict=False))
+    meta = launch.meta
     if "BLOCKS" in values:
         return values["BLOCKS"]
-    return triton.cdiv(values["HW"] if "HW" in values else values["ROWS"], rows_per_step(launch))
+    if "BLOCK_P" in meta:
+        return triton.cdiv(values["HW"], meta["BLOCK_P"])
+    if "BLOCK_B" in meta:
+        if launch.name in LOOPS_OVER_IMAGES:
+            return triton.cdiv(values["B"], meta["BLOCK_B"])
+        return triton.cdiv(values["C"], meta["BLOCK_C"])
+    return triton.cdiv(values["ROWS"], meta["BLOCK_R"])
 
 
 # Hopper's per-multiprocessor limits: 64 K registers (allotted per warp in units of 256), 64 resident warps,

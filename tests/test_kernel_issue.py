@@ -55,6 +55,13 @@ def test_trips_are_the_position_blocks_of_a_program_or_of_an_image() -> None:
     assert trips(_launch("_channel_sums_kernel", (x, x, x, 800, 64, 7), BLOCK_P=16)) == 7
     # the per-image kernels walk an image's 196 positions 16 at a time
     assert trips(_launch("_image_pool_kernel", (x, x, x, x, 196, 64), BLOCK_P=16)) == 13
+    # a batch norm's finishing kernel adds up 126 rows of partial sums 32 at a time
+    assert trips(_launch("_bn_stats_kernel", (x, x, 126), BLOCK_R=32, BLOCK_C=64)) == 4
+    # SE's excitation: a block of images walks 768 channels 64 at a time; the parameter gradients' block of
+    # channels walks 256 images 16 at a time (both kernels also have a BLOCK_R, their hidden size)
+    se = dict(BLOCK_B=16, BLOCK_C=64, BLOCK_R=16)
+    assert trips(_launch("_se_excite_kernel", (x,) * 7 + (256, 768, 4), **se)) == 12
+    assert trips(_launch("_se_param_grad_kernel", (x,) * 12 + (256, 768, 4), **se)) == 16
 
 
 def test_resident_warps_follow_the_scarcest_of_registers_warp_slots_and_shared_memory() -> None:
