@@ -84,9 +84,11 @@ def compare(ours: dict[str, float], baseline: dict[str, float]) -> list[dict[str
 
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Namespace) -> str:
     total_ours, total_deit = sum(r["ours_ms"] for r in rows), sum(r["deit_ms"] for r in rows)
+    per = "Python function" if args.by == "host" else args.by
     unit = "host" if args.by == "host" else "device" if args.device.startswith("cuda") else "CPU"
     lines = [
-        f"### Per-{args.by} {unit} time of one training step, {HEADLINE[0]} vs DeiT-T ({env['date'][:10]})",
+        f"### {unit.capitalize()} time per {per} of one training step, {HEADLINE[0]} vs DeiT-T "
+        f"({env['date'][:10]})",
         "",
         f"device {env['device']}; torch {env['torch']}, timm {env['timm']}, lvit {env['lvit']}; {args.mode}; "
         f"batch {args.batch_size}, {args.image_size}x{args.image_size}, {env['precision']}, "
