@@ -342,8 +342,8 @@ def _hard_sigmoid_grad(gate):
 
 
 @triton.jit
-def _rows(ptr, rows, cols, stride, row_mask, col_mask):
-    """Block ``rows`` x ``cols`` of a row-major matrix of ``stride`` columns, in fp32, 0 outside."""
+def _load_block(ptr, rows, cols, stride, row_mask, col_mask):
+    """The block ``rows`` x ``cols`` of a row-major matrix of ``stride`` columns, in fp32, 0 outside it."""
     offsets = rows[:, None] * stride + cols[None, :]
     return tl.load(ptr + offsets, mask=row_mask[:, None] & col_mask[None, :], other=0.0).to(tl.float32)
 
@@ -359,13 +359,13 @@ def _se_excite_kernel(pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, hidden_ptr, ga
     pre = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
-        pooled = _rows(pooled_ptr, b, c, C, b_in, c < C)
-        pre += tl.dot(pooled, tl.trans(_rows(w1_ptr, r, c, C, r_in, c < C)), input_precision="ieee")
+        pooled = _load_block(pooled_ptr, b, c, C, b_in, c < C)
+        pre += tl.dot(pooled, tl.trans(_load_block(w1_ptr, r, c, C, r_in, c < C)), input_precision="ieee")
     hidden = tl.maximum(pre + tl.load(b1_ptr + r, mask=r_in, other=0.0).to(tl.float32)[None, :], 0.0)
     tl.store(hidden_ptr + b[:, None] * R + r[None, :], hidden, mask=b_in[:, None] & r_in[None, :])
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
-        z = tl.dot(hidden, tl.trans(_rows(w2_ptr, c, r, R, c < C, r_in)), input_precision="ieee")
+        z = tl.dot(hidden, tl.trans(_load_block(w2_ptr, c, r, R, c < C, r_in)), input_precision="ieee")
         z += tl.load(b2_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
         gate = tl.minimum(tl.maximum(z + 3.0, 0.0), 6.0) / 6.0
         tl.store(gate_ptr + b[:, None] * C + c[None, :], gate, mask=b_in[:, None] & (c < C)[None, :])
@@ -384,14 +384,14 @@ def _se_input_grad_kernel(gate_grad_ptr, gate_ptr, hidden_ptr, w1_ptr, w2_ptr, g
     grad_hidden = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
-        grad_z = (_rows(gate_grad_ptr, b, c, C, b_in, c < C)
-                  * _hard_sigmoid_grad(_rows(gate_ptr, b, c, C, b_in, c < C)))
-        grad_hidden += tl.dot(grad_z, _rows(w2_ptr, c, r, R, c < C, r_in), input_precision="ieee")
-    grad_pre = tl.where(_rows(hidden_ptr, b, r, R, b_in, r_in) > 0.0, grad_hidden, 0.0)
+        grad_z = (_load_block(gate_grad_ptr, b, c, C, b_in, c < C)
+                  * _hard_sigmoid_grad(_load_block(gate_ptr, b, c, C, b_in, c < C)))
+        grad_hidden += tl.dot(grad_z, _load_block(w2_ptr, c, r, R, c < C, r_in), input_precision="ieee")
+    grad_pre = tl.where(_load_block(hidden_ptr, b, r, R, b_in, r_in) > 0.0, grad_hidden, 0.0)
     tl.store(grad_pre_ptr + b[:, None] * R + r[None, :], grad_pre, mask=b_in[:, None] & r_in[None, :])
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
-        pool_grad = tl.dot(grad_pre, _rows(w1_ptr, r, c, C, r_in, c < C), input_precision="ieee") / HW
+        pool_grad = tl.dot(grad_pre, _load_block(w1_ptr, r, c, C, r_in, c < C), input_precision="ieee") / HW
         tl.store(pool_grad_ptr + b[:, None] * C + c[None, :], pool_grad,
                  mask=b_in[:, None] & (c < C)[None, :])
 
@@ -416,18 +416,20 @@ def _se_param_grad_kernel(sums_ptr, gate_ptr, hidden_ptr, grad_pre_ptr, pooled_p
     for start in range(0, B, BLOCK_B):
         b = start + tl.arange(0, BLOCK_B)
         b_in = b < B
-        gate = _rows(gate_ptr, b, c, C, b_in, c_in)
-        grad_z = _rows(sums_ptr, b, c, C, b_in, c_in) * _hard_sigmoid_grad(gate)
-        grad_pre = _rows(grad_pre_ptr, b, r, R, b_in, r_in)
-        dw2 += tl.dot(tl.trans(grad_z), _rows(hidden_ptr, b, r, R, b_in, r_in), input_precision="ieee")
-        dw1 += tl.dot(tl.trans(grad_pre), _rows(pooled_ptr, b, c, C, b_in, c_in), input_precision="ieee")
+        gate = _load_block(gate_ptr, b, c, C, b_in, c_in)
+        grad_z = _load_block(sums_ptr, b, c, C, b_in, c_in) * _hard_sigmoid_grad(gate)
+        grad_pre = _load_block(grad_pre_ptr, b, r, R, b_in, r_in)
+        hidden = _load_block(hidden_ptr, b, r, R, b_in, r_in)
+        pooled = _load_block(pooled_ptr, b, c, C, b_in, c_in)
+        dw2 += tl.dot(tl.trans(grad_z), hidden, input_precision="ieee")
+        dw1 += tl.dot(tl.trans(grad_pre), pooled, input_precision="ieee")
         db1 += tl.sum(grad_pre, 0)
         db2 += tl.sum(grad_z, 0)
-        pool_grad = _rows(pool_grad_ptr, b, c, C, b_in, c_in)
-        total += tl.sum(gate * _rows(sums_ptr + B * C, b, c, C, b_in, c_in)
-                        + pool_grad * _rows(sums_ptr + 2 * B * C, b, c, C, b_in, c_in), 0)
-        dot += tl.sum(gate * _rows(sums_ptr + 3 * B * C, b, c, C, b_in, c_in)
-                      + pool_grad * _rows(sums_ptr + 4 * B * C, b, c, C, b_in, c_in), 0)
+        pool_grad = _load_block(pool_grad_ptr, b, c, C, b_in, c_in)
+        total += tl.sum(gate * _load_block(sums_ptr + B * C, b, c, C, b_in, c_in)
+                        + pool_grad * _load_block(sums_ptr + 2 * B * C, b, c, C, b_in, c_in), 0)
+        dot += tl.sum(gate * _load_block(sums_ptr + 3 * B * C, b, c, C, b_in, c_in)
+                      + pool_grad * _load_block(sums_ptr + 4 * B * C, b, c, C, b_in, c_in), 0)
     tl.store(total_ptr + c, total, mask=c_in)
     tl.store(dot_ptr + c, dot, mask=c_in)
     tl.store(db2_ptr + c, db2.to(db2_ptr.dtype.element_ty), mask=c_in)
