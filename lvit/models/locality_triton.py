@@ -349,13 +349,19 @@ def _load_block(ptr, rows, cols, stride, row_mask, col_mask):
 
 
 @triton.jit
+def _image_block(B, R, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr):
+    """This program's images and the excitation's hidden units, with the masks of those that exist."""
+    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    r = tl.arange(0, BLOCK_R)
+    return b, r, b < B, r < R
+
+
+@triton.jit
 def _se_excite_kernel(pooled_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, hidden_ptr, gate_ptr, B, C, R,
                       BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
     """SE's excitation for ``BLOCK_B`` images, in fp32: ``hidden = relu(pooled W1^T + b1)`` (``(B, R)``, kept
     for the backward) and ``gate = hardsigmoid(hidden W2^T + b2)`` (``(B, C)``)."""
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    r = tl.arange(0, BLOCK_R)
-    b_in, r_in = b < B, r < R
+    b, r, b_in, r_in = _image_block(B, R, BLOCK_B, BLOCK_R)
     pre = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
@@ -378,9 +384,7 @@ def _se_input_grad_kernel(gate_grad_ptr, gate_ptr, hidden_ptr, w1_ptr, w2_ptr, g
     (gate_grad * hardsigmoid'(z)) W2`` where ``hidden > 0`` (ReLU's gradient, as PyTorch's: none at 0),
     ``(B, R)``; and the gradient that reaches the activation through the pooling, ``grad_pre W1 / HW``,
     ``(B, C)``."""
-    b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    r = tl.arange(0, BLOCK_R)
-    b_in, r_in = b < B, r < R
+    b, r, b_in, r_in = _image_block(B, R, BLOCK_B, BLOCK_R)
     grad_hidden = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
     for start in range(0, C, BLOCK_C):
         c = start + tl.arange(0, BLOCK_C)
