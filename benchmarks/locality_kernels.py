@@ -23,7 +23,7 @@ GPU (about 30 s, of which the compiled path 15-20):
 CPU plumbing check (Triton's interpreter: the times say nothing):
 
     TRITON_INTERPRET=1 python benchmarks/locality_kernels.py --device cpu --batch-size 2 --image-size 4 \\
-        --embed-dim 16 --steps 1 --rounds 1 --max-seconds 200 --out /tmp/locality_kernels.json
+        --embed-dim 16 --se-reduction 4 --steps 1 --rounds 1 --max-seconds 200 --out /tmp/lk.json
 """
 
 from __future__ import annotations
