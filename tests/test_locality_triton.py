@@ -242,9 +242,9 @@ def test_token_ops_pass_torch_library_opcheck() -> None:
     torch.library.opcheck(torch.ops.lvit.gather_patches.default, (x, 1, [3, 4], torch.float32))
     image = torch.randn(2, 16, 3, 4, device=DEVICE).contiguous(memory_format=torch.channels_last)
     torch.library.opcheck(torch.ops.lvit.scatter_patches.default, (image, 1, torch.float32))
-    affine, moments = torch.rand(2, 16, device=DEVICE) + 0.5, torch.rand(2, 16, device=DEVICE) + 0.5
+    affine, running = torch.rand(2, 16, device=DEVICE) + 0.5, torch.rand(2, 16, device=DEVICE) + 0.5
     for batch in (True, False):
-        args = (x, image.clone().requires_grad_(), affine.requires_grad_(), moments, 1e-5, batch, 1)
+        args = (x, image.clone().requires_grad_(), affine.requires_grad_(), running, 1e-5, batch, 1)
         torch.library.opcheck(torch.ops.lvit.residual_batch_norm.default, args)
         _, stats = tokens._residual_batch_norm(*args)
         backward_args = (torch.randn_like(x), image, stats, batch, 1)
