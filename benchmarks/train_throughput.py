@@ -112,7 +112,9 @@ def build_runner(model: Model, args: argparse.Namespace, mode: str) -> Callable[
     loss_fn = nn.CrossEntropyLoss()
     graphed = None
     if runs_as in ("graphed", "compiled-graphed"):  # a compiled model compiles in the capture's warm-up
-        graphed = capture_step(net, loss_fn, images, labels, lambda: training_autocast(device, cache=False))
+        # ``forward``: the compiled model where the whole model is compiled (``--compile-scope model``)
+        autocast = lambda: training_autocast(device, cache=False)  # noqa: E731
+        graphed = capture_step(forward, loss_fn, images, labels, autocast)
         if graphed is None:
             raise RuntimeError("CUDA-graph capture failed (see the warning above)")
 
