@@ -67,7 +67,7 @@ def record_launches(args: argparse.Namespace) -> list[KernelLaunch]:
 def record_token_launches(args: argparse.Namespace) -> list[KernelLaunch]:
     """The token ends' launches, forward and backward, at the block's shape as the training loop runs it:
     the residual stream in fp32 with a class token, the projection's output in bf16."""
-    from lvit.models.locality_tokens_triton import _gather_patches, _residual_batch_norm
+    from lvit.models.locality_tokens_triton import _residual_batch_norm, _SplitTokens
 
     B, side, C = args.batch_size, args.image_size, args.embed_dim
     x = torch.randn(B, 1 + side * side, C, requires_grad=True)
@@ -76,8 +76,8 @@ def record_token_launches(args: argparse.Namespace) -> list[KernelLaunch]:
     kernels = TritonKernelCounter(TrafficCounter())
     kernels.active = True
     with kernels:
-        image = _gather_patches(x, 1, [side, side], torch.bfloat16)
-        out, _ = _residual_batch_norm(x, y.requires_grad_(), affine, torch.zeros(2, C), 1e-5, True, 1)
+        image, residual = _SplitTokens.apply(x, 1, [side, side], torch.bfloat16)
+        out, _ = _residual_batch_norm(residual, y.requires_grad_(), affine, torch.zeros(2, C), 1e-5, True, 1)
         torch.autograd.grad([image, out], [x, y, affine], [torch.ones_like(image), torch.ones_like(out)])
     return kernels.launches
 

@@ -171,10 +171,10 @@ class LocalityFeedForward(nn.Module):
         computes, with the patch tokens gathered into an image, and the last batch norm, the residual and the
         prefix tokens written back, in the kernels of :mod:`lvit.models.locality_tokens_triton` instead of a
         split, a cast, a batch norm, an add and a cat."""
-        from lvit.models.locality_tokens_triton import gather_patches, residual_batch_norm
+        from lvit.models.locality_tokens_triton import residual_batch_norm, split_tokens
 
         grid = patch_grid(x.shape[1] - num_prefix_tokens, grid_size)
-        image = gather_patches(x, num_prefix_tokens, grid)
+        image, x = split_tokens(x, num_prefix_tokens, grid)
         return residual_batch_norm(x, self._fused_branch(image), self.conv[-1], num_prefix_tokens)
 
     def _fused_branch(self, x: torch.Tensor) -> torch.Tensor:

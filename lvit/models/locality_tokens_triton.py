@@ -7,11 +7,12 @@ joins the two gradients of the sequence. The patch tokens are a view strided by 
 take PyTorch's slower non-vectorised kernels; on an H100 the cats, the strided adds and casts and the last
 batch norm's kernels took about 0.4 ms of LocalViT-T's 3.4 ms per block (``benchmarks/RESULTS.md``). Here:
 
-* :func:`gather_patches`: the patch tokens copied out as a channels-last image in the conv's dtype, one pass;
-  its backward writes their gradient into a sequence-shaped gradient with zeros at the prefix tokens.
+* :func:`split_tokens`: the patch tokens copied out as a channels-last image in the conv's dtype, one pass,
+  beside ``x`` itself for the residual; its backward adds the image's gradient at the patch tokens of the
+  residual's, one pass, so that the two gradients of ``x`` are joined without a scatter and an add.
 * :func:`residual_batch_norm`: ``x`` with ``BN(y)`` added to its patch tokens, the statistics of ``y`` in one
-  pass and the output in another; its backward passes the sequence's gradient on to ``x`` as it is and
-  computes the batch norm's gradients from two passes over the patch tokens' gradient.
+  pass and the output in another; its backward passes the sequence's gradient on as it is and computes the
+  batch norm's gradients from two passes over the patch tokens' gradient.
 
 Sequences are ``(B, PREFIX + H*W, C)`` and contiguous; images ``(B, C, H, W)`` channels-last, indexed as the
 ``(B*H*W, C)`` rows the kernels of :mod:`lvit.models.locality_triton` use, whose helpers these share.
@@ -48,7 +49,7 @@ from lvit.models.locality_triton import (
     _uses_batch_statistics,
 )
 
-__all__ = ["gather_patches", "residual_batch_norm"]
+__all__ = ["residual_batch_norm", "split_tokens"]
 
 
 @triton.jit
@@ -72,11 +73,13 @@ def _gather_patches_kernel(x_ptr, out_ptr, P, C, HW, PREFIX, BLOCK_P: tl.constex
 
 
 @triton.jit
-def _scatter_patches_kernel(g_ptr, out_ptr, T, C, HW, PREFIX, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``out[q] = g[patch of q]`` at the patch tokens, 0 at the prefix tokens."""
+def _scatter_add_patches_kernel(s_ptr, g_ptr, out_ptr, T, C, HW, PREFIX, BLOCK_P: tl.constexpr,
+                                BLOCK_C: tl.constexpr):
+    """``out[q] = s[q] + g[patch of q]`` at the patch tokens, ``s[q]`` at the prefix tokens."""
     q, c, mask = _tile(tl.program_id(0), T, C, BLOCK_P, BLOCK_C)
     p, is_patch = _patch_of(q, HW, PREFIX)
-    _store(out_ptr, q, c, mask, C, _load(g_ptr, p, c, mask & is_patch[:, None], C))
+    image = _load(g_ptr, p, c, mask & is_patch[:, None], C)
+    _store(out_ptr, q, c, mask, C, _load(s_ptr, q, c, mask, C) + image)
 
 
 @triton.jit
@@ -141,34 +144,41 @@ def _gather_patches_shape(x: torch.Tensor, prefix: int, grid: list[int], dtype: 
     return x.new_empty((x.shape[0], grid[0], grid[1], x.shape[2]), dtype=dtype).permute(0, 3, 1, 2)
 
 
-@torch.library.custom_op("lvit::scatter_patches", mutates_args=())
-def _scatter_patches(grad: torch.Tensor, prefix: int, dtype: torch.dtype) -> torch.Tensor:
-    """:func:`_gather_patches`'s backward: the image's gradient placed at the patch tokens of a
-    ``(B, prefix + H*W, C)`` sequence gradient in ``dtype``, zeros at the prefix tokens."""
-    g = _bhwc(grad)
+@torch.library.custom_op("lvit::scatter_add_patches", mutates_args=())
+def _scatter_add_patches(sequence_grad: torch.Tensor, image_grad: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The backward of :class:`_SplitTokens`: the ``(B, prefix + H*W, C)`` sequence's gradient with the
+    image's added at the patch tokens, in the sequence's dtype."""
+    g = _bhwc(image_grad)
     B, H, W, C = g.shape
-    out = torch.empty(B, prefix + H * W, C, dtype=dtype, device=g.device)
+    sequence_grad = sequence_grad.contiguous()
+    out = torch.empty_like(sequence_grad)
     T = B * (prefix + H * W)
-    _scatter_patches_kernel[_map_grid(T, C, TILES["map"])](g, out, T, C, H * W, prefix, **TILES["map"].meta())
+    _scatter_add_patches_kernel[_map_grid(T, C, TILES["map"])](sequence_grad, g, out, T, C, H * W, prefix,
+                                                               **TILES["map"].meta())
     return out
 
 
-@_scatter_patches.register_fake
-def _scatter_patches_shape(grad: torch.Tensor, prefix: int, dtype: torch.dtype) -> torch.Tensor:
-    B, C, H, W = grad.shape
-    return grad.new_empty((B, prefix + H * W, C), dtype=dtype)
+@_scatter_add_patches.register_fake
+def _scatter_add_patches_shape(sequence_grad: torch.Tensor, image_grad: torch.Tensor, prefix: int
+                               ) -> torch.Tensor:
+    return torch.empty_like(sequence_grad, memory_format=torch.contiguous_format)
 
 
-def _gather_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    x, prefix, _, _ = inputs
-    ctx.prefix, ctx.dtype = prefix, x.dtype
+class _SplitTokens(torch.autograd.Function):
+    """``x`` -> (its patch tokens as an image, ``x`` itself): where a block's tokens go, the feed-forward and
+    the residual, as one autograd node. Its backward joins the two gradients in one pass (the image's added
+    at the patch tokens of the sequence's) where a gather's backward and autograd's sum of the two would
+    write and read the sequence's gradient twice more."""
 
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, prefix: int, grid: list[int], dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.prefix = prefix
+        return _gather_patches(x, prefix, grid, dtype), x.view_as(x)
 
-def _gather_gradients(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-    return _scatter_patches(grad, ctx.prefix, ctx.dtype), None, None, None
-
-
-_gather_patches.register_autograd(_gather_gradients, setup_context=_gather_setup)
+    @staticmethod
+    def backward(ctx: Any, image_grad: torch.Tensor, sequence_grad: torch.Tensor) -> tuple[Any, ...]:
+        return _scatter_add_patches(sequence_grad, image_grad, ctx.prefix), None, None, None
 
 
 @torch.library.custom_op("lvit::residual_batch_norm", mutates_args=())
@@ -241,12 +251,13 @@ def _residual_gradients(ctx: Any, grad_out: torch.Tensor, _stats_grad: torch.Ten
 _residual_batch_norm.register_autograd(_residual_gradients, setup_context=_residual_setup)
 
 
-def gather_patches(x: torch.Tensor, prefix: int, grid: tuple[int, int]) -> torch.Tensor:
-    """The patch tokens of ``x`` ``(B, prefix + H*W, C)`` as a channels-last ``(B, C, H, W)`` image, in the
-    dtype the expand conv computes in (autocast's where it is on), as the eager path's cast gives it."""
+def split_tokens(x: torch.Tensor, prefix: int, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(The patch tokens of ``x`` ``(B, prefix + H*W, C)`` as a channels-last ``(B, C, H, W)`` image, ``x``
+    for the residual), the image in the dtype the expand conv computes in (autocast's where it is on), as the
+    eager path's cast gives it."""
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    return _gather_patches(x, prefix, list(grid), dtype)
+    return _SplitTokens.apply(x, prefix, list(grid), dtype)
 
 
 def residual_batch_norm(x: torch.Tensor, y: torch.Tensor, bn: nn.BatchNorm2d, prefix: int) -> torch.Tensor:
