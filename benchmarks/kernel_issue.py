@@ -42,7 +42,7 @@ from typing import Any
 import torch
 import triton
 from bench_common import environment, write_json
-from locality_kernels import TILE_SETS, build_middle, count_one_call, tiles_of
+from locality_kernels import TILE_SETS, add_middle_arguments, build_middle, count_one_call, tiles_of
 from step_traffic import KernelLaunch, TrafficCounter, TritonKernelCounter
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
@@ -260,12 +260,7 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any], args: argparse.Nam
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=14, help="side of the token grid (224 / 16)")
-    parser.add_argument("--embed-dim", type=int, default=192, help="LocalViT-T's; the middle has 4x")
-    parser.add_argument("--attn", choices=("se", "none"), default="se", help="SE after the middle or not")
-    parser.add_argument("--se-reduction", type=int, default=192,
-                        help="SE's reduction: LocalViT-T's 192 (hidden 4); the SE-4 rows' 4 (hidden 192)")
+    add_middle_arguments(parser)
     parser.add_argument("--tiles", choices=list(TILE_SETS), help="a tile set of locality_kernels.py")
     parser.add_argument("--sms", type=int, default=132, help="multiprocessors (H100 SXM and H200: 132)")
     parser.add_argument("--clock-ghz", type=float, default=1.98, help="SM clock (H200: 1.98 at most)")

@@ -69,6 +69,16 @@ def build_middle(args: argparse.Namespace, device: torch.device) -> nn.Sequentia
     return middle
 
 
+def add_middle_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`build_middle` reads (the middle's shape and SE), shared with ``kernel_issue.py``."""
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--image-size", type=int, default=14, help="side of the token grid (224 / 16)")
+    parser.add_argument("--embed-dim", type=int, default=192, help="LocalViT-T's; the middle has 4x")
+    parser.add_argument("--attn", choices=("se", "none"), default="se", help="SE after the middle or not")
+    parser.add_argument("--se-reduction", type=int, default=192,
+                        help="SE's reduction: LocalViT-T's 192 (hidden 4); the SE-4 rows' 4 (hidden 192)")
+
+
 def fused_call(middle: nn.Sequential) -> Callable[[torch.Tensor], torch.Tensor]:
     bn1, _, dw, bn2, _, *se = middle
     return lambda h: fused.locality_middle(h, bn1, dw, bn2, "hswish", *se)
@@ -216,12 +226,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--image-size", type=int, default=14, help="side of the token grid (224 / 16)")
-    parser.add_argument("--embed-dim", type=int, default=192, help="LocalViT-T's; the middle has 4x")
-    parser.add_argument("--attn", choices=("se", "none"), default="se", help="SE after the middle or not")
-    parser.add_argument("--se-reduction", type=int, default=192,
-                        help="SE's reduction: LocalViT-T's 192 (hidden 4); the SE-4 rows' 4 (hidden 192)")
+    add_middle_arguments(parser)
     parser.add_argument("--tiles", nargs="+", choices=list(TILE_SETS), default=list(TILE_SETS),
                         help="tile sets of the fused kernels to time, in order")
     parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
