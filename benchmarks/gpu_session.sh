@@ -102,9 +102,20 @@ PYTHON
     fi
     grep " ok " "$LOGS/sanity.log"
     if [ "$DEVICE" = cuda ]; then
+        # the graphed steps capture the fused locality kernels: only if they equal the eager modules here
+        stamp "sanity: the fused locality kernels equal the eager modules on the GPU (tests/test_locality_triton.py)"
+        graph_tests=""
+        if ! timeout "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
+            -k "not compile_traces" >"$LOGS/fused_locality_test.log" 2>&1; then
+            stamp "fused locality kernels FAILED: the graphs capture the eager modules (LVIT_FUSED_LOCALITY=0)"
+            tail -30 "$LOGS/fused_locality_test.log"
+            export LVIT_FUSED_LOCALITY=0
+            graph_tests="not fused"
+        fi
+        tail -1 "$LOGS/fused_locality_test.log"
         stamp "sanity: graphed training steps equal eager ones on the GPU (tests/test_cuda_graph.py)"
         if ! timeout "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py \
-            >"$LOGS/cuda_graph_test.log" 2>&1; then
+            -k "$graph_tests" >"$LOGS/cuda_graph_test.log" 2>&1; then
             stamp "CUDA-graph test FAILED: the suite trains eagerly (LVIT_CUDA_GRAPH=0)"
             tail -30 "$LOGS/cuda_graph_test.log"
             export LVIT_CUDA_GRAPH=0

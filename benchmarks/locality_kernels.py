@@ -9,7 +9,8 @@ whether inductor does as well from the same modules, and which tiles suit the ke
 looping kernels with their loads pipelined or not, wider tiles).
 
 Each call is the middle's forward and ``torch.autograd.grad`` of its output w.r.t. its input and
-parameters, with a fixed output gradient. The eager modules are the baseline: rounds alternate between
+parameters, with a fixed output gradient, on a GPU captured once as a CUDA graph and replayed (``--no-graph``:
+launched eagerly, which times the host's work). The eager modules are the baseline: rounds alternate between
 the baseline and the path timed (baseline, path, baseline, ...); the ratio is the median of the per-round
 speed-ups. Effective bandwidth is the bytes ``step_traffic.py`` counts for the path (each operator or
 kernel pass reading and writing its tensors once; counted on the CPU at a small batch and scaled to
@@ -106,17 +107,40 @@ def make_runner(path: Callable[[torch.Tensor], torch.Tensor], middle: nn.Sequent
     grad = torch.randn_like(h)
     inputs = [h.requires_grad_(), *middle.parameters()]
 
+    def call() -> None:
+        with training_autocast(device):
+            out = path(h)
+        torch.autograd.grad(out, inputs, grad)
+
+    if args.graph and device.type == "cuda":
+        call = replayed(call, device)
+
     def run(steps: int) -> float:
         synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
-            with training_autocast(device):
-                out = path(h)
-            torch.autograd.grad(out, inputs, grad)
+            call()
         synchronize(device)
         return (time.perf_counter() - start) * 1e3 / steps
 
     return run
+
+
+def replayed(call: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``call`` captured once as a CUDA graph, after warm-up passes on a side stream (compiling, autotuning),
+    returned as the graph's replay: what the training loop's graphed step runs. Without the graph the fused
+    path's time is its host-side work per call (at ``3ba2c3e`` on an H200: 2.66 ms per call, where the
+    training step's kernel profile sums the middle's kernels to about 0.8 ms per block)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            call()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph.replay
 
 
 def count_one_call(middle: nn.Sequential, fused_path: bool, args: argparse.Namespace, batch: int
@@ -207,7 +231,9 @@ def markdown(rows: list[dict[str, Any]], mb: dict[str, float], env: dict[str, An
     lines = [
         f"### The locality middle alone, forward + backward ({env['date'][:10]})", "",
         f"device {env['device']}; torch {env['torch']}; batch {args.batch_size}, {4 * args.embed_dim} "
-        f"channels at {args.image_size}x{args.image_size}, h-swish, SE; {env['precision']}; counted: eager "
+        f"channels at {args.image_size}x{args.image_size}, h-swish, SE; {env['precision']}; "
+        f"{'CUDA-graph replays' if args.graph and args.device.startswith('cuda') else 'eager launches'}; "
+        f"counted: eager "
         f"{mb['eager']:.0f} MB, fused {mb['fused']:.0f} MB per call", "",
         "| path | ms | eager ms, same rounds | speed-up over eager | effective GB/s |",
         "|---|---:|---:|---:|---:|",
@@ -231,6 +257,8 @@ def parse_args() -> argparse.Namespace:
                         help="tile sets of the fused kernels to time, in order")
     parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the modules compiled by inductor (last: it compiles for 15-20 s)")
+    parser.add_argument("--graph", action=argparse.BooleanOptionalAction, default=True,
+                        help="on a GPU, time each path's call replayed as a CUDA graph (its kernels alone)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="calls per timed round")
     parser.add_argument("--rounds", type=int, default=5)

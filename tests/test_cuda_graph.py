@@ -9,10 +9,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 import lvit
-from lvit.engine.graphed import _copy_tree
+from lvit.engine.graphed import _WARMUP_PASSES, _copy_tree
 from lvit.engine.loop import LoopConfig, fit
 from lvit.engine.tasks import ClassificationTask, DepthTask
 from lvit.experiments.recipes import CLASSIFICATION_PROFILES, DEPTH_PROFILES, model_overrides
+from lvit.models import locality_triton
+from lvit.models.locality import LocalityFeedForward
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -73,9 +75,11 @@ def _assert_same_training(eager, eager_again, graphed, metrics, peak_lr):
 
 
 @cuda
-def test_graphed_classification_trains_as_eager():
+def test_graphed_classification_trains_as_eager(monkeypatch):
     # Smoke recipe: Mixup/CutMix, random erasing and label smoothing on, so host-drawn augmentation,
-    # soft targets and BatchNorm (LocalViT's depth-wise path) all pass through the replayed graph.
+    # soft targets and BatchNorm (LocalViT's depth-wise path) all pass through the replayed graph. The graph
+    # captures the eager modules here, so that graph and eager runs do the same arithmetic.
+    monkeypatch.setenv("LVIT_FUSED_LOCALITY", "0")
     args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cuda")
     metrics = ("train_loss", "val_top1", "val_loss")
     _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics,
@@ -83,18 +87,48 @@ def test_graphed_classification_trains_as_eager():
 
 
 @cuda
-def test_graphed_depth_trains_as_eager():
+def test_graphed_depth_trains_as_eager(monkeypatch):
     # The SSI loss (median, sort-based trimming, gradient matching) must be capturable: no host syncs.
+    monkeypatch.setenv("LVIT_FUSED_LOCALITY", "0")
     args = ("dpt_localvit_tiny", DepthTask(DEPTH), DEPTH, _depth_data, "cuda")
     metrics = ("train_loss", "val_abs_rel")
     _assert_same_training(_train(*args, False), _train(*args, False), _train(*args, True), metrics,
                           lambda name: DEPTH["backbone_lr" if name.startswith("backbone.") else "decoder_lr"])
 
 
+@cuda
+def test_graphed_localvit_step_replays_the_fused_kernels(monkeypatch):
+    """The captured step runs the fused middle (its Python runs only while capturing: the warm-up passes and
+    the capture itself, never on a replay), evaluation runs the eager modules, and training lands where the
+    eager modules' graph lands. That the kernels' gradients equal the modules' is
+    tests/test_locality_triton.py's to check; the 2 % here only catches a graph that trains something else."""
+    calls: list[int] = []
+    middle = locality_triton.locality_middle
+
+    def counted_middle(*args, **kwargs):
+        calls.append(1)
+        return middle(*args, **kwargs)
+
+    monkeypatch.setattr(locality_triton, "locality_middle", counted_middle)
+    args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cuda")
+    monkeypatch.setenv("LVIT_FUSED_LOCALITY", "0")
+    modules_graph = _train(*args, True)
+    assert not calls and [h["fused_locality"] for h in modules_graph[1]] == [False, False]
+    monkeypatch.setenv("LVIT_FUSED_LOCALITY", "1")
+    model, history = _train(*args, True)
+    feed_forwards = [m for m in model.modules() if isinstance(m, LocalityFeedForward)]
+    assert [h["fused_locality"] for h in history] == [True, True] and not any(m.fused for m in feed_forwards)
+    assert len(calls) == len(feed_forwards) * (_WARMUP_PASSES + 1) > 0
+    for fused, modules in zip(history, modules_graph[1], strict=True):
+        for key in ("train_loss", "val_loss", "val_top1"):
+            assert abs(fused[key] - modules[key]) <= 0.02 * abs(modules[key]) + 1e-3, key
+
+
 def test_cuda_graph_is_ignored_on_cpu(single_thread):
     args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cpu")
     eager, graph_requested = _train(*args, False), _train(*args, True)
     assert [h["cuda_graph"] for h in graph_requested[1]] == [False, False]
+    assert [h["fused_locality"] for h in graph_requested[1]] == [False, False]
     assert [h["train_loss"] for h in eager[1]] == [h["train_loss"] for h in graph_requested[1]]
 
 

@@ -20,7 +20,7 @@ from child_pytest import assert_passes_in_child
 
 import lvit
 import lvit.models.locality_triton as fused
-from lvit.models.locality import LocalityFeedForward, fused_kernels, set_fused_locality
+from lvit.models.locality import LocalityFeedForward, fused_kernels, fused_locality, set_fused_locality
 
 ON_GPU = torch.cuda.is_available()
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -127,6 +127,17 @@ def test_only_stride_one_depthwise_feed_forwards_are_switched() -> None:
     assert set_fused_locality(model) == 1
     assert [m.fused for m in model] == [False, True, False]
     assert set_fused_locality(model, enabled=False) == 1 and not model[1].fused
+
+
+def test_fused_locality_switches_the_kernels_on_within_its_block_only() -> None:
+    model = nn.Sequential(LocalityFeedForward(8), LocalityFeedForward(8), LocalityFeedForward(8, dw=False))
+    model[1].fused = True  # switched on before the block: stays on after it
+    with fused_locality(model) as switched:
+        assert switched == 2 and [m.fused for m in model] == [True, True, False]
+    assert [m.fused for m in model] == [False, True, False]
+    with pytest.raises(RuntimeError, match="capture failed"), fused_locality(model):
+        raise RuntimeError("capture failed")
+    assert [m.fused for m in model] == [False, True, False]
 
 
 @pytest.mark.skipif(INTERPRETED or ON_GPU, reason="the interpreter's kernels cannot be compiled; on a GPU "

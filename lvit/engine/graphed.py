@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from lvit.models.locality import fused_locality
+
 _WARMUP_PASSES = 3
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -67,6 +69,7 @@ class GraphedStep:
         self, model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, autocast: Callable
     ) -> None:
         device = next(model.parameters()).device
+        self.fused_modules = 0  # set by capture_step
         self.inputs, self.targets = _clone_tree(inputs), _clone_tree(targets)
         saved_buffers = [b.detach().clone() for b in model.buffers()]
         try:
@@ -98,12 +101,23 @@ class GraphedStep:
 
 
 def capture_step(
-    model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, autocast: Callable
+    model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, autocast: Callable,
+    fuse_locality: bool = False,
 ) -> GraphedStep | None:
     """Capture the training step on the first batch; on failure warn, leave the model as it was, and return
-    ``None`` so the caller trains eagerly (the same arithmetic, only slower)."""
+    ``None`` so the caller trains eagerly (the same arithmetic, only slower).
+
+    ``fuse_locality``: capture LocalViT's feed-forwards as their fused Triton kernels
+    (:func:`lvit.models.locality.fused_locality`), which only pay inside a graph (they cut a LocalViT-T step's
+    kernel time by a third, but without a graph their host-side work costs more than that); the returned
+    step's ``fused_modules`` says how many feed-forwards it runs fused (0 for a model without them).
+    """
+    fused = fused_locality(model) if fuse_locality else contextlib.nullcontext(0)
     try:
-        return GraphedStep(model, loss_fn, inputs, targets, autocast)
+        with fused as fused_modules:
+            step = GraphedStep(model, loss_fn, inputs, targets, autocast)
+        step.fused_modules = fused_modules
+        return step
     except RuntimeError as error:  # e.g. an op that syncs with the host, which capture forbids
         model.zero_grad(set_to_none=True)
         with contextlib.suppress(RuntimeError):

@@ -22,12 +22,15 @@ What the loop does, and why:
 * **Host syncs**: the running loss is summed on device and read once per epoch.
 * **CUDA graphs** (``cuda_graph=True``, one CUDA rank, no accumulation, not compiled): forward, loss and
   backward are captured on the first batch and replayed (``lvit.engine.graphed``); if capture fails the loop
-  warns and trains eagerly. Each history entry's ``cuda_graph`` says which way the epoch ran.
+  warns and trains eagerly. Each history entry's ``cuda_graph`` says which way the epoch ran. The graph
+  captures LocalViT's feed-forwards as their fused Triton kernels (``fused_locality`` in the history;
+  ``LVIT_FUSED_LOCALITY=0`` captures the eager modules instead); evaluation runs the eager modules.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import random
 import time
@@ -290,6 +293,13 @@ def _graphable(config: LoopConfig, device: torch.device, world: int) -> bool:
         and not config.compile
 
 
+def _fusable_locality() -> bool:
+    """Whether a captured step takes LocalViT's fused Triton kernels: where Triton is installed (CUDA builds
+    of torch on Windows come without it), unless ``LVIT_FUSED_LOCALITY=0``."""
+    wanted = os.environ.get("LVIT_FUSED_LOCALITY", "1") != "0"
+    return wanted and importlib.util.find_spec("triton") is not None
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -427,7 +437,8 @@ def fit(
                 batch = to_device(next(micro_batches), device, channels_last)
                 inputs, targets = task.prepare_batch(batch, training=True)
                 if use_graph and graphed is None:
-                    graphed = capture_step(train_model, task.loss, inputs, targets, graph_autocast)
+                    graphed = capture_step(train_model, task.loss, inputs, targets, graph_autocast,
+                                           fuse_locality=_fusable_locality())
                     use_graph = graphed is not None
                 if graphed is not None:
                     loss = graphed(inputs, targets)
@@ -473,6 +484,7 @@ def fit(
             "images_per_s": images / max(elapsed, 1e-9),
             "wall_s": elapsed,
             "cuda_graph": graphed is not None,
+            "fused_locality": graphed is not None and graphed.fused_modules > 0,
         }
         if device.type == "cuda":
             entry["gpu_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30

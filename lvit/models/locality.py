@@ -14,8 +14,10 @@ bypass the convolution, as in the paper.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -214,6 +216,24 @@ def set_fused_locality(model: nn.Module, enabled: bool = True) -> int:
     for module in modules:
         module.fused = enabled
     return len(modules)
+
+
+@contextlib.contextmanager
+def fused_locality(model: nn.Module) -> Iterator[int]:
+    """Within the block, ``model``'s fusable feed-forwards take the fused kernels (yields how many); each is
+    set back as it was on leaving, also on an error.
+
+    Made for CUDA-graph capture (:func:`lvit.engine.graphed.capture_step`): a graph replays the kernels it
+    captured whatever the flags say later, so the replayed step runs fused while the eager code around it
+    (evaluation, say, where the kernels' host-side work per block would cost more than they save) does not.
+    """
+    modules = [m for m in model.modules() if isinstance(m, LocalityFeedForward) and m.fusable]
+    before = [m.fused for m in modules]
+    try:
+        yield set_fused_locality(model)
+    finally:
+        for module, fused in zip(modules, before, strict=True):
+            module.fused = fused
 
 
 def tokens_to_image(
