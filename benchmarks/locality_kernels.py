@@ -54,6 +54,9 @@ TILE_SETS: dict[str, dict[str, Tiles]] = {
                       "map": Tiles(128, 64, 8)},
     # the looping kernels as they ran before their loads were pipelined (the H100 run at 5f8407f)
     "unpipelined": {"sums": Tiles(16, 64, 4, stages=1), "per_image": Tiles(16, 64, 4, stages=1)},
+    # half-height one-tile kernels: fewer registers per thread, so more resident warps and bytes in flight
+    # for the register-heavy input gradient (94 registers, 20 warps by default; 1.6x its floor on an H200)
+    "map-narrow": {"map": Tiles(32, 64, 4)},
 }
 
 

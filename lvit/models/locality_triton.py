@@ -490,8 +490,10 @@ def _bhwc(t: torch.Tensor) -> torch.Tensor:
 # some eighty small kernels per block, forward and backward (``benchmarks/RESULTS.md``).
 MEAN, VAR, UNBIASED_VAR, RSTD, SCALE, SHIFT = range(6)
 STAT_ROWS = 6
-# The two kernels that finish them: rows of partial sums and channels per step; a program per channel block
-FINAL_META = dict(BLOCK_R=32, BLOCK_C=64, num_warps=4)
+# The two kernels that finish them: rows of partial sums and channels per step; a program per channel block.
+# Narrow channel blocks: these kernels are short chains of dependent steps (about 8 µs a call on an H200 at
+# ``3ba2c3e``, on 12 programs of 64 channels, for floors under 0.2 µs), so more programs and fewer steps each.
+FINAL_META = dict(BLOCK_R=64, BLOCK_C=16, num_warps=4)
 
 
 def _final_grid(C: int) -> tuple[int]:
@@ -581,13 +583,21 @@ def _depthwise_conv_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.
     return grad_input, grad_weight.to(weight.dtype)
 
 
-def _se_meta(C: int, R: int) -> dict[str, int]:
-    """Launch settings of the excitation kernels for ``C`` channels and hidden size ``R``: ``tl.dot`` needs
-    16 or more each way, a step holds at most 4096 weights, and a wide hidden size takes more warps so that
-    the weight-gradient accumulators fit in registers (no spills on sm_90 up to R = 192, the SE-4 rows')."""
+def _se_meta(R: int, per_image: bool) -> dict[str, int]:
+    """Launch settings of the excitation kernels for hidden size ``R``: ``tl.dot`` needs 16 or more each way,
+    a step holds at most 4096 weights, and a wide hidden size takes more warps so that the weight-gradient
+    accumulators fit in registers (no spills on sm_90 up to R = 192, the SE-4 rows').
+
+    These kernels run on few programs, each a chain of dependent steps, so their time is the chain's length
+    (on an H200 at ``3ba2c3e``, 12-51 µs a call against memory floors of 0.3-1.3 µs). The per-image kernels
+    (``per_image``: one program per 16 images) take the widest channel blocks that hold, the fewest steps
+    over the channels; the parameters' gradient (one program per channel block, a step per image block)
+    takes narrow channel blocks for more programs, and the widest image blocks that hold."""
     block_r = max(16, triton.next_power_of_2(R))
-    return dict(BLOCK_B=16, BLOCK_C=max(16, min(64, 4096 // block_r)), BLOCK_R=block_r,
-                num_warps=max(4, block_r // 32))
+    widest = max(16, min(256, 4096 // block_r))
+    if per_image:
+        return dict(BLOCK_B=16, BLOCK_C=widest, BLOCK_R=block_r, num_warps=max(4, block_r // 32))
+    return dict(BLOCK_B=min(64, widest), BLOCK_C=16, BLOCK_R=block_r, num_warps=max(4, block_r // 32))
 
 
 def _se_forward(conv: torch.Tensor, stats2: torch.Tensor, se_params: list[torch.Tensor], act: int
@@ -605,7 +615,7 @@ def _se_forward(conv: torch.Tensor, stats2: torch.Tensor, se_params: list[torch.
     w1, b1, w2, b2 = se_params
     R = w1.shape[0]
     hidden, gate = _partial(B, R, conv), _partial(B, C, conv)
-    meta = _se_meta(C, R)
+    meta = _se_meta(R, per_image=True)
     _se_excite_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](pooled, w1, b1, w2, b2, hidden, gate, B, C, R,
                                                           **meta)
     return pooled, gate, hidden
@@ -624,12 +634,13 @@ def _se_backward(grad: torch.Tensor, conv: torch.Tensor, stats2: torch.Tensor, p
                                                       sums, B, H * W, C, ACT=act, **tiles.meta())
     w1, _, w2, _ = se_params
     R = w1.shape[0]
-    meta = _se_meta(C, R)
+    meta = _se_meta(R, per_image=True)
     grad_pre, pool_grad = _partial(B, R, conv), _partial(B, C, conv)
     _se_input_grad_kernel[(triton.cdiv(B, meta["BLOCK_B"]),)](sums, gate, hidden, w1, w2, grad_pre, pool_grad,
                                                               B, C, R, H * W, **meta)
     total, dot = _partial(1, C, conv), _partial(1, C, conv)
     se_grads = [torch.empty_like(p) for p in se_params]
+    meta = _se_meta(R, per_image=False)
     _se_param_grad_kernel[(triton.cdiv(C, meta["BLOCK_C"]),)](sums, gate, hidden, grad_pre, pooled, pool_grad,
                                                               total, dot, *se_grads, B, C, R, **meta)
     return total, dot, pool_grad, se_grads
