@@ -10,7 +10,8 @@ recomputes what it needs from the three tensors it keeps (the input ``h``, the d
 its output) instead of storing six. The conv itself and its two gradients are cuDNN's: Triton stencils of
 our own, fused with the statistics and activations around them, measured slower on an H100 than cuDNN's
 kernels plus the passes they saved (``benchmarks/RESULTS.md``). Without a CUDA graph the kernels' host-side
-work outweighs what they save, so they stay opt-in (``set_fused_locality``).
+work outweighs what they save, so they stay opt-in (``set_fused_locality``), and the training loop takes them
+only into the CUDA graph it replays (``lvit.models.locality.fused_locality``).
 
 Forward: a statistics pass over ``h``; the first activation pass, which stores the conv's input; the conv;
 a statistics pass over its output; with SE, a pooling pass; the second activation pass. Backward: a sums
