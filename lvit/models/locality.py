@@ -212,10 +212,14 @@ def set_fused_locality(model: nn.Module, enabled: bool = True) -> int:
     interpreter)."""
     if enabled:
         import triton  # noqa: F401  (fail here, clearly, where the kernels cannot run)
-    modules = [m for m in model.modules() if isinstance(m, LocalityFeedForward) and m.fusable]
+    modules = _fusable_feed_forwards(model)
     for module in modules:
         module.fused = enabled
     return len(modules)
+
+
+def _fusable_feed_forwards(model: nn.Module) -> list[LocalityFeedForward]:
+    return [m for m in model.modules() if isinstance(m, LocalityFeedForward) and m.fusable]
 
 
 @contextlib.contextmanager
@@ -227,7 +231,7 @@ def fused_locality(model: nn.Module) -> Iterator[int]:
     captured whatever the flags say later, so the replayed step runs fused while the eager code around it
     (evaluation, say, where the kernels' host-side work per block would cost more than they save) does not.
     """
-    modules = [m for m in model.modules() if isinstance(m, LocalityFeedForward) and m.fusable]
+    modules = _fusable_feed_forwards(model)
     before = [m.fused for m in modules]
     try:
         yield set_fused_locality(model)
