@@ -31,7 +31,7 @@ import torch
 from bench_common import allow_tf32, environment, write_json
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
-from train_throughput import BASELINE, HEADLINE, Model, build_runner
+from train_throughput import BASELINE, HEADLINE, MODES, Model, build_runner
 
 
 def operator_times(model: Model, args: argparse.Namespace) -> dict[str, float]:
@@ -112,9 +112,10 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--mode", choices=("eager", "compiled", "fused", "compiled-fused"), default="eager",
-                        help="compiled: each transformer block compiled, as train_throughput.py's default; "
-                             "fused: eager with the locality feed-forward's Triton kernels")
+    parser.add_argument("--mode", choices=MODES, default="eager",
+                        help="train_throughput.py's modes. compiled: each transformer block compiled, as "
+                             "train_throughput.py's default; fused: eager with the locality feed-forward's "
+                             "Triton kernels")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=3, help="steps before profiling (compiles)")
