@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import math
 import re
 import subprocess
@@ -82,8 +83,13 @@ def record_token_launches(args: argparse.Namespace) -> list[KernelLaunch]:
     return kernels.launches
 
 
+@functools.cache
+def _kernels_by_name() -> dict[str, tuple[Any, Any]]:  # imports both kernel modules: once, not per launch
+    return fused_kernels()
+
+
 def kernel_of(launch: KernelLaunch) -> Any:
-    return fused_kernels()[launch.name][1]
+    return _kernels_by_name()[launch.name][1]
 
 
 def specialization(launch: KernelLaunch

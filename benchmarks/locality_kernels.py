@@ -42,6 +42,7 @@ from bench_common import before_deadline, environment, synchronize, write_json
 from step_traffic import TrafficCounter, TritonKernelCounter, per_image_at
 
 import lvit.models.locality_triton as fused
+from lvit.engine.graphed import capture_graph
 from lvit.engine.loop import training_autocast
 from lvit.models.locality import LocalityFeedForward
 
@@ -116,7 +117,10 @@ def make_runner(path: Callable[[torch.Tensor], torch.Tensor], middle: nn.Sequent
         torch.autograd.grad(out, inputs, grad)
 
     if args.graph and device.type == "cuda":
-        call = replayed(call, device)
+        # what the training loop's graphed step runs: the kernels alone. Without the graph the fused path's
+        # time is its host-side work per call (at 3ba2c3e on an H200: 2.66 ms per call, where the training
+        # step's kernel profile sums the middle's kernels to about 0.8 ms per block)
+        call = capture_graph(call, device).replay
 
     def run(steps: int) -> float:
         synchronize(device)
@@ -127,23 +131,6 @@ def make_runner(path: Callable[[torch.Tensor], torch.Tensor], middle: nn.Sequent
         return (time.perf_counter() - start) * 1e3 / steps
 
     return run
-
-
-def replayed(call: Callable[[], None], device: torch.device) -> Callable[[], None]:
-    """``call`` captured once as a CUDA graph, after warm-up passes on a side stream (compiling, autotuning),
-    returned as the graph's replay: what the training loop's graphed step runs. Without the graph the fused
-    path's time is its host-side work per call (at ``3ba2c3e`` on an H200: 2.66 ms per call, where the
-    training step's kernel profile sums the middle's kernels to about 0.8 ms per block)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    return graph.replay
 
 
 def count_one_call(middle: nn.Sequential, fused_path: bool, args: argparse.Namespace, batch: int

@@ -4,11 +4,14 @@ The equivalence tests need a GPU and are skipped here; ``benchmarks/gpu_session.
 GPU machine before the proxy suite. The CPU tests check the parts that do not need one.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 import lvit
+from lvit.engine import graphed, loop
 from lvit.engine.graphed import _WARMUP_PASSES, _copy_tree
 from lvit.engine.loop import LoopConfig, fit
 from lvit.engine.tasks import ClassificationTask, DepthTask
@@ -130,6 +133,63 @@ def test_cuda_graph_is_ignored_on_cpu(single_thread):
     assert [h["cuda_graph"] for h in graph_requested[1]] == [False, False]
     assert [h["fused_locality"] for h in graph_requested[1]] == [False, False]
     assert [h["train_loss"] for h in eager[1]] == [h["train_loss"] for h in graph_requested[1]]
+
+
+def _rerun_graph_for(model: torch.nn.Module, fused_seen: list[bool]):
+    """A stand-in for :func:`lvit.engine.graphed.capture_graph` on the CPU, to test the graphed step's own
+    logic (buffers restored, gradients written, the fused flags), not CUDA's capture: it runs the warm-up
+    passes and the capture eagerly, and ``replay()`` reruns the captured call with autograd's capture-time
+    semantics: a gradient unset at capture is written by each replay, one already set is accumulated into.
+    ``fused_seen`` gets each feed-forward's ``fused`` flag at every pass."""
+    feed_forwards = [m for m in model.modules() if isinstance(m, LocalityFeedForward)]
+
+    def capture_graph(call, device, warm_up=None):
+        for _ in range(_WARMUP_PASSES):
+            fused_seen.extend(m.fused for m in feed_forwards)
+            (warm_up or call)()
+        written = [p for p in model.parameters() if p.grad is None]
+        fused_seen.extend(m.fused for m in feed_forwards)
+        call()
+
+        def replay():
+            for p in written:
+                p.grad = None
+            call()
+
+        return SimpleNamespace(replay=replay)
+
+    return capture_graph
+
+
+def test_graphed_step_logic_trains_exactly_as_eager_on_cpu(monkeypatch, single_thread):
+    """With CUDA's capture stood in for (``_rerun_graph_for``), the loop's graphed path trains bit for bit
+    as the eager one: warm-up passes leave no trace in BatchNorm's buffers or the gradients, each replay's
+    gradients are its batch's alone, and the fused flags are on while capturing and off afterwards."""
+    args = ("localvit_tiny", ClassificationTask(CLASSIFICATION), CLASSIFICATION, _classification_data, "cpu")
+    eager_model, eager_history = _train(*args, False)
+    fused_seen: list[bool] = []
+    monkeypatch.setattr(loop, "_graphable", lambda config, device, world: config.cuda_graph)
+    monkeypatch.setattr(loop, "_fusable_locality", lambda: True)
+    create_model = lvit.create_model
+
+    def create_watched(*a, **kw):
+        model = create_model(*a, **kw)
+        monkeypatch.setattr(graphed, "capture_graph", _rerun_graph_for(model, fused_seen))
+        return model
+
+    monkeypatch.setattr(lvit, "create_model", create_watched)
+    graphed_model, graphed_history = _train(*args, True)
+    assert [h["cuda_graph"] for h in graphed_history] == [True, True]
+    assert [h["fused_locality"] for h in graphed_history] == [True, True]
+    feed_forwards = [m for m in graphed_model.modules() if isinstance(m, LocalityFeedForward)]
+    assert len(fused_seen) == len(feed_forwards) * (_WARMUP_PASSES + 1) > 0 and all(fused_seen)
+    assert not any(m.fused for m in feed_forwards)
+    for a, b in zip(eager_history, graphed_history, strict=True):
+        assert {k: a[k] for k in ("train_loss", "val_loss", "val_top1")} == \
+            {k: b[k] for k in ("train_loss", "val_loss", "val_top1")}
+    graphed_state = graphed_model.state_dict()
+    for name, value in eager_model.state_dict().items():
+        assert torch.equal(value, graphed_state[name]), name  # BN buffers included
 
 
 def test_replay_refuses_a_batch_of_another_shape():

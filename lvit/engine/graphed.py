@@ -59,35 +59,55 @@ def _copy_tree(static: Any, value: Any, where: str = "batch") -> None:
             _copy_tree(s, v, f"{where}[{i}]")
 
 
+def capture_graph(
+    call: Callable[[], None], device: torch.device, warm_up: Callable[[], None] | None = None
+) -> torch.cuda.CUDAGraph:
+    """``call``'s kernels captured as a CUDA graph, after :data:`_WARMUP_PASSES` passes of ``warm_up``
+    (default: ``call``) on a side stream, which do what capture forbids: lazy initialisation, cuBLAS
+    workspaces, cuDNN autotuning, Triton's compiles. The graph's ``replay()`` reruns the captured kernels."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(_WARMUP_PASSES):
+            (warm_up or call)()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph
+
+
 class GraphedStep:
     """``step(inputs, targets) -> loss``: one captured forward + loss + backward, replayed.
 
-    Build it with :func:`capture_step`, which falls back to eager (returns ``None``) when capture fails.
+    ``fuse_locality``: capture LocalViT's feed-forwards as their fused Triton kernels
+    (:func:`lvit.models.locality.fused_locality`); ``fused_modules`` says how many feed-forwards the step
+    runs fused (0 for a model without them). Build it with :func:`capture_step`, which falls back to eager
+    (returns ``None``) when capture fails.
     """
 
     def __init__(
-        self, model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, autocast: Callable
+        self, model: nn.Module, loss_fn: LossFn, inputs: Any, targets: Any, autocast: Callable,
+        fuse_locality: bool = False,
     ) -> None:
-        device = next(model.parameters()).device
-        self.fused_modules = 0  # set by capture_step
         self.inputs, self.targets = _clone_tree(inputs), _clone_tree(targets)
-        saved_buffers = [b.detach().clone() for b in model.buffers()]
-        try:
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(_WARMUP_PASSES):
-                    model.zero_grad(set_to_none=True)
-                    with autocast():
-                        loss_fn(model(self.inputs), self.targets).backward()
-            torch.cuda.current_stream(device).wait_stream(side)
+
+        def forward_backward() -> None:
+            with autocast():
+                self.loss = loss_fn(model(self.inputs), self.targets)
+            self.loss.backward()
+
+        def warm_up() -> None:
+            forward_backward()
             # Grads must be unset at capture so the graph writes them (set) rather than accumulating.
             model.zero_grad(set_to_none=True)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                with autocast():
-                    self.loss = loss_fn(model(self.inputs), self.targets)
-                self.loss.backward()
+
+        saved_buffers = [b.detach().clone() for b in model.buffers()]
+        fused = fused_locality(model) if fuse_locality else contextlib.nullcontext(0)
+        try:
+            model.zero_grad(set_to_none=True)
+            with fused as self.fused_modules:
+                self.graph = capture_graph(forward_backward, next(model.parameters()).device, warm_up)
         finally:
             with torch.no_grad():
                 for live, saved in zip(model.buffers(), saved_buffers, strict=True):
@@ -107,17 +127,11 @@ def capture_step(
     """Capture the training step on the first batch; on failure warn, leave the model as it was, and return
     ``None`` so the caller trains eagerly (the same arithmetic, only slower).
 
-    ``fuse_locality``: capture LocalViT's feed-forwards as their fused Triton kernels
-    (:func:`lvit.models.locality.fused_locality`), which only pay inside a graph (they cut a LocalViT-T step's
-    kernel time by a third, but without a graph their host-side work costs more than that); the returned
-    step's ``fused_modules`` says how many feed-forwards it runs fused (0 for a model without them).
+    ``fuse_locality`` (see :class:`GraphedStep`): the fused kernels only pay inside a graph (they cut a
+    LocalViT-T step's kernel time by a third, but without a graph their host-side work costs more than that).
     """
-    fused = fused_locality(model) if fuse_locality else contextlib.nullcontext(0)
     try:
-        with fused as fused_modules:
-            step = GraphedStep(model, loss_fn, inputs, targets, autocast)
-        step.fused_modules = fused_modules
-        return step
+        return GraphedStep(model, loss_fn, inputs, targets, autocast, fuse_locality)
     except RuntimeError as error:  # e.g. an op that syncs with the host, which capture forbids
         model.zero_grad(set_to_none=True)
         with contextlib.suppress(RuntimeError):
@@ -127,4 +141,4 @@ def capture_step(
         return None
 
 
-__all__ = ["GraphedStep", "capture_step"]
+__all__ = ["GraphedStep", "capture_graph", "capture_step"]
