@@ -279,7 +279,7 @@ def overview(results_df: pd.DataFrame, profile: str,
             runs = _seeds_run(table)
             records.append({"experiment": experiment.name, "metric": metric.name,
                             "rows with results": f"{int((runs > 0).sum())}/{len(table)}",
-                            "seeds": int(runs.max()), "kendall_tau": round(agreement.tau, 2),
+                            "seeds": _seed_range(runs), "kendall_tau": round(agreement.tau, 2),
                             "comparable rows": agreement.n_rows})
     return pd.DataFrame(records)
 
@@ -287,6 +287,14 @@ def overview(results_df: pd.DataFrame, profile: str,
 def _seeds_run(table: pd.DataFrame) -> pd.Series:
     """Seeds run per row of a :func:`comparison_table`, collapsed ones included."""
     return table["n_seeds"] + table["n_collapsed"]
+
+
+def _seed_range(runs: pd.Series) -> str:
+    """Seeds run per row with results, as "3" or, where rows differ, "2–3": the largest alone would claim
+    seeds that some rows do not have."""
+    ran = runs[runs > 0]
+    low, high = (int(ran.min()), int(ran.max())) if len(ran) else (0, 0)
+    return str(high) if low == high else f"{low}–{high}"
 
 
 def claims_overview(results_df: pd.DataFrame, profile: str,
@@ -418,10 +426,10 @@ def plot_comparison(experiment: Experiment | str, results_df: pd.DataFrame, metr
             ax_ours.annotate(note, (0.02, row_y + (0.32 if trained else 0.0)), va="center",
                              xycoords=("axes fraction", "data"), fontsize="small" if trained else None,
                              color="0.4" if text == NOT_BUILT else "tab:red")
-    n_seeds = int(_seeds_run(table).max()) if len(table) else 0
-    title = f"ours ({profile}, {n_seeds} seed{'s' if n_seeds != 1 else ''})" if profile else "ours"
+    seeds = _seed_range(_seeds_run(table))
+    title = f"ours ({profile}, {seeds} seed{'' if seeds == '1' else 's'})" if profile else "ours"
     ax_ours.set(title=title, xlabel=label)
-    if n_seeds:
+    if seeds != "0":
         ax_ours.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not on rows
     ax_paper.set_yticks(y, rows)
     ax_paper.set_ylim(len(rows) - 0.4, -0.7)  # every row, even one without any value; first row on top
@@ -766,7 +774,7 @@ def _profile_summary(experiments: Sequence[Experiment], results_df: pd.DataFrame
         lines.append({
             "experiment": f"[{experiment.name}](#{_anchor(_heading(experiment, profile))})",
             "rows with results": f"{len(ran)} of {len(experiment.rows)}",
-            "seeds": int(max(_seeds_run(t).max() for t in tables.values())),
+            "seeds": _seed_range(pd.concat([_seeds_run(t) for t in tables.values()])),
             "rank agreement": f"{agreement.describe()}, {primary.label or primary.name}",
             "claims on ours": _claim_counts(claims["ours"]) if len(claims) else "–",
             "out of date": stale_runs(experiment, _experiment_results(experiment, results_df), profile),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -339,7 +340,22 @@ def test_a_row_whose_every_seed_collapsed_is_named_not_ranked(tmp_path):
     assert "**holds** (per seed: holds in 2 of 2; left out, every seed collapsed: Ignore)" in \
         summary_markdown(experiment, results)
     row = overview(results, "proxy", ["dpt_read_ablation"]).set_index("metric").loc["mean_abs_rel"]
-    assert (row["rows with results"], row["seeds"], row["comparable rows"]) == ("3/3", 2, 2)
+    assert (row["rows with results"], row["seeds"], row["comparable rows"]) == ("3/3", "2", 2)
+
+
+def test_seed_counts_that_differ_between_rows_are_shown_as_a_range(tmp_path):
+    """A collapsed seed counts as run; "3" alone would claim seeds that Add and Project lack."""
+    from lvit.experiments import get_experiment
+    from lvit.report import _profile_summary, overview, plot_comparison
+
+    experiment = get_experiment("dpt_read_ablation")
+    results = _read_ablation_seeds(tmp_path, {"Ignore": [(0.20, 0.0), (0.22, 0.0), (8.58, 1.0)],
+                                              "Add": [(0.25, 0.0)], "Project": [(0.18, 0.0), (0.20, 0.0)]})
+    by_metric = overview(results, "proxy", [experiment.name]).set_index("metric")
+    assert by_metric.loc["mean_abs_rel", "seeds"] == "1–3"
+    assert re.search(r"\| 3 of 3 +\| 1–3 +\|", _profile_summary([experiment], results, "proxy"))
+    figure = plot_comparison(experiment, results, "mean_abs_rel", profile="proxy")
+    assert figure.axes[1].get_title() == "ours (proxy, 1–3 seeds)"
 
 
 def test_a_claim_names_only_the_collapsed_rows_it_needed():
