@@ -45,9 +45,10 @@ def test_seeds_zero_takes_the_experiments_declared_count_at_the_profile():
     def chosen(profile, experiment):
         return validate_parameters(profile=profile, seeds=0, device="cpu", experiment=experiment).seeds
 
-    assert chosen("proxy", "localvit_placement") == [0, 1, 2]  # LocalViT tables: mean ± std over 3
+    assert chosen("proxy", "localvit_placement") == [0, 1, 2]  # every table: mean ± std over 3
+    assert chosen("proxy", "dpt_read_ablation") == [0, 1, 2]
     assert chosen("smoke", "localvit_placement") == [0]
-    assert chosen("proxy", "dpt_read_ablation") == [0]
+    assert chosen("smoke", "dpt_segmentation") == [0]
     explicit = validate_parameters(profile="proxy", seeds=2, device="cpu", experiment="localvit_placement")
     assert explicit.seeds == [0, 1]
 

@@ -46,6 +46,7 @@ dpt_read_ablation = register_experiment(Experiment(
     ),
     metrics=_READ_METRICS,
     profiles=recipes.DEPTH_PROFILES,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         Claim("Fusing the readout token by a projection yields the best performance (lowest mean AbsRel).",
               "mean_abs_rel", lambda v: strictly_best(v, "Project", higher=False)),
@@ -82,6 +83,7 @@ dpt_inference_resolution = register_experiment(Experiment(
     rows=tuple(Row(str(side), "dpt_hybrid", {"task": "depth"}) for side in INFERENCE_SIDES),
     metrics=(Metric("mean_abs_rel", False, "Mean AbsRel"),),
     profiles=recipes.DEPTH_PROFILES,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         # The paper claims DPT degrades gracefully; without its values we test a stated bound: at every
         # inference size up to 2x the training size the mean AbsRel is at most 10 % worse than at 384.
@@ -132,6 +134,7 @@ dpt_zero_shot_depth = register_experiment(Experiment(
     ),
     metrics=_ZERO_SHOT_METRICS,
     profiles=recipes.ZERO_SHOT_DEPTH_PROFILES,
+    seeds=recipes.TABLE_SEEDS,
     claims=tuple(_beats_midas(model, metric.name)
                  for model in ("DPT-Large", "DPT-Hybrid") for metric in _ZERO_SHOT_METRICS),
 ))
@@ -163,6 +166,7 @@ dpt_segmentation = register_experiment(Experiment(
     ),
     metrics=_SEG_METRICS,
     profiles=recipes.SEGMENTATION_PROFILES,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         Claim("DPT-Hybrid sets the state of the art on ADE20K (highest mIoU).", "mean_iou",
               lambda v: strictly_best(v, "DPT-Hybrid", higher=True)),

@@ -64,7 +64,7 @@ localvit_expansion_dw = register_experiment(Experiment(
     ),
     metrics=COMPLEXITY_METRICS,
     profiles=recipes.CLASSIFICATION_PROFILES,
-    seeds=recipes.CLASSIFICATION_SEEDS,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         Claim(CONVOLUTION_HELPS, "top1", lambda v: (
             _all_above(v, ("LocalViT-T γ=4 no DW", "LocalViT-T* γ=4 DW"), "DeiT-T γ=4 no DW")
@@ -96,7 +96,7 @@ localvit_activation = register_experiment(Experiment(
     ),
     metrics=COMPLEXITY_METRICS,
     profiles=recipes.CLASSIFICATION_PROFILES,
-    seeds=recipes.CLASSIFICATION_SEEDS,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         Claim(BETTER_ACTIVATION, "top1", lambda v: v["h-swish"] > v["ReLU6"]),
         Claim(CONVOLUTION_HELPS, "top1", lambda v: _all_above(v, _LOCALITY_ACTIVATION_ROWS, "DeiT-T")),
@@ -119,7 +119,7 @@ localvit_placement = register_experiment(Experiment(
     ),
     metrics=COMPLEXITY_METRICS,
     profiles=recipes.CLASSIFICATION_PROFILES,
-    seeds=recipes.CLASSIFICATION_SEEDS,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         Claim(LOWER_LAYERS, "top1", lambda v: v["Low 1~4"] > v["Mid 5~8"] > v["High 9~12"]),
     ),
@@ -144,7 +144,7 @@ localvit_curves = register_experiment(Experiment(
     ),
     metrics=(TOP1, TRAIN_LOSS),
     profiles=recipes.CLASSIFICATION_PROFILES,
-    seeds=recipes.CLASSIFICATION_SEEDS,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         Claim(CONVOLUTION_HELPS, "top1", lambda v: all(v[local] > v[base] for base, local in _PAIRS)),
     ),
@@ -188,7 +188,7 @@ localvit_main = register_experiment(Experiment(
     ),
     metrics=COMPLEXITY_METRICS,
     profiles=recipes.CLASSIFICATION_PROFILES,
-    seeds=recipes.CLASSIFICATION_SEEDS,
+    seeds=recipes.TABLE_SEEDS,
     claims=(
         Claim(CONVOLUTION_HELPS, "top1", lambda v: all(
             v[local] > v[base] for base, local in (*_PAIRS, ("DeiT-S", "LocalViT-S")))),

@@ -25,10 +25,11 @@ Classification augmentation per profile (what the engine does with these keys):
   executes every code path that ``paper`` uses.
 
 Proxy size: the whole suite (22 distinct classification trainings × 3 seeds, 3 backbone pretrainings,
-8 dense trainings) must fit one 10-minute call of the lent GPU, whose session budget is 15 minutes with the
-machine's start. At 8 epochs of 10k images it ran in 447 s on an H200, eager, notebooks sharing the GPU under
-CUDA MPS (``benchmarks/RESULTS.md``; ``benchmarks/train_calibrate.py`` is the CPU cost model that first
-sized it).
+8 dense trainings × 3 seeds) must fit 25 minutes of one H100. With one seed per dense table it ran in 447 s
+on an H200, eager, notebooks sharing the GPU under CUDA MPS (``benchmarks/RESULTS.md``;
+``benchmarks/train_calibrate.py`` is the CPU cost model that first sized it); the dense tables' seeds 1-2
+(16 trainings, each 50-150 s under that sharing) are not yet timed as part of one run. A run cut short
+resumes: every finished (row, seed) is stored.
 Each proxy step is a few milliseconds of GPU work behind thousands of kernel launches, so ``cuda_graph`` is
 on (``lvit.engine.graphed``: forward, loss and backward captured once and replayed) and ``torch.compile`` is
 off (each of ~70 short runs would pay its compile). At this size plain ViTs (DeiT-T/S, PVT-T, TNT-T) stay at
@@ -64,9 +65,11 @@ CLASSIFICATION_PROFILES: dict[str, Recipe] = {
                   randaugment="rand-m9-mstd0.5-inc1", num_workers=10),
 }  # fmt: skip
 
-# Seeds a LocalViT table runs by default per profile: proxy differences between rows are a few points, so
-# they are reported as mean ± std over 3 seeds; smoke proves wiring (1), paper is one run per row as printed.
-CLASSIFICATION_SEEDS: dict[str, int] = {"proxy": 3}
+# Seeds every table runs by default per profile: proxy differences between rows are a few points (LocalViT)
+# or a few hundredths of AbsRel (DPT), and a DPT stand-in can start dead (its depth head constant, decided by
+# the seed: ``benchmarks/dpt_init_probe.py``), so rows are reported as mean ± std over 3 seeds; smoke proves
+# wiring (1), paper is one run per row as printed.
+TABLE_SEEDS: dict[str, int] = {"proxy": 3}
 
 # DPT depth: Adam, backbone 1e-5 / decoder 1e-4 at batch 16 (dpt.md §5.1); SSI trimmed + 0.5 × gradient loss.
 _DEPTH_LOSS = dict(trim=0.2, grad_weight=0.5, grad_scales=4)
