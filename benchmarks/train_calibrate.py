@@ -25,7 +25,7 @@ import torch
 
 import lvit
 from lvit.engine.tasks import build_task
-from lvit.experiments import get_experiment
+from lvit.experiments import Experiment, get_experiment
 from lvit.experiments.recipes import (
     CLASSIFICATION_PROFILES,
     DEPTH_PROFILES,
@@ -104,8 +104,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per LocalViT table row")
-    parser.add_argument("--dense-seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="seeds per table row (default 0: each table's declared count at proxy)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -122,11 +122,15 @@ def main() -> None:
     cls = CLASSIFICATION_PROFILES["proxy"]
     rows = []  # (what, model, runs, images per run, seconds per image here)
     table_models: dict[str, int] = {}
+    def seeds(experiment: Experiment) -> int:
+        return args.seeds or experiment.default_seeds("proxy")
+
     for name in LOCALVIT_TABLES:
         experiment = get_experiment(name)
         for row in experiment.rows:
-            table_models[row.model] = table_models.get(row.model, 0) + args.seeds
-    curve_models = {r.model: args.seeds for r in get_experiment("localvit_curves").rows}
+            table_models[row.model] = table_models.get(row.model, 0) + seeds(experiment)
+    curves = get_experiment("localvit_curves")
+    curve_models = {r.model: seeds(curves) for r in curves.rows}
     images = (
         cls["train_samples"] * cls["epochs"] + cls["val_samples"] * cls["epochs"] // 3
     )  # eval ~1/3 of a step
@@ -142,7 +146,7 @@ def main() -> None:
             runs = {m: 1 for m in runs}
         dense_images = recipe["train_samples"] * recipe["epochs"]
         for model, count in runs.items():
-            rows.append((name, model, count * args.dense_seeds, dense_images, None, experiment.task, recipe))
+            rows.append((name, model, count * seeds(experiment), dense_images, None, experiment.task, recipe))
     backbones = {"vit_tiny_patch16_224", "vit_small_patch16_224", "localvit_tiny"}
     for backbone in sorted(backbones):  # the dense models' classification pretraining, once each
         rows.append(("dense pretraining", backbone, 1, images, None, "classification", cls))

@@ -27,9 +27,9 @@ Classification augmentation per profile (what the engine does with these keys):
 Proxy size: the whole suite (22 distinct classification trainings × 3 seeds, 3 backbone pretrainings,
 8 dense trainings × 3 seeds) must fit 25 minutes of one H100. With one seed per dense table it ran in 447 s
 on an H200, eager, notebooks sharing the GPU under CUDA MPS (``benchmarks/RESULTS.md``;
-``benchmarks/train_calibrate.py`` is the CPU cost model that first sized it); the dense tables' seeds 1-2
-(16 trainings, each 50-150 s under that sharing) are not yet timed as part of one run. A run cut short
-resumes: every finished (row, seed) is stored.
+``benchmarks/train_calibrate.py`` is the CPU cost model that sized it). With the dense tables' seeds 1-2
+(16 trainings, each 50-150 s under that sharing) the model estimates 780 s on an H100, not yet timed as one
+run. A run cut short resumes: every finished (row, seed) is stored.
 Each proxy step is a few milliseconds of GPU work behind thousands of kernel launches, so ``cuda_graph`` is
 on (``lvit.engine.graphed``: forward, loss and backward captured once and replayed) and ``torch.compile`` is
 off (each of ~70 short runs would pay its compile). At this size plain ViTs (DeiT-T/S, PVT-T, TNT-T) stay at
