@@ -270,7 +270,8 @@ else
     stamp "dpt_init_probe skipped: no backbone weights here (the suite reused stored pretrainings)"
 fi
 # More dense seeds than declared first: 3 can leave a row 1 live seed (the collapse is a seed lottery)
-if [ "$DENSE_SEEDS" -gt 1 ] && [ "$suite" = 0 ]; then
+DECLARED_SEEDS=$(python3 -c "from lvit.experiments.recipes import TABLE_SEEDS; print(TABLE_SEEDS.get('$PROFILE', 1))")
+if [ "$DENSE_SEEDS" -gt "${DECLARED_SEEDS:-1}" ] && [ "$suite" = 0 ]; then
     DENSE_S=$(budget "$DENSE_MAX_S")
     stamp "dense tables with $DENSE_SEEDS seeds (deadline ${DENSE_S}s)"
     timeout -k 10 "$DENSE_S" python3 -m lvit reproduce --profile "$PROFILE" --seeds "$DENSE_SEEDS" --jobs "$JOBS" \
