@@ -35,9 +35,8 @@ from typing import Any
 import torch
 
 import lvit
-from lvit import results as store
 from lvit.data import build_dataset
-from lvit.engine.run import Training, backbone_pretraining
+from lvit.engine.run import Training, backbone_pretraining, run_with_weights
 from lvit.experiments.recipes import DEPTH_PROFILES, model_overrides
 
 STAND_INS = ("dpt_tiny", "dpt_small", "dpt_localvit_tiny")
@@ -54,10 +53,9 @@ def build(
     dense = Training(name, kwargs, "depth", recipe, seed, profile, torch.device("cpu"), args.pretrained,
                      "data")  # fmt: skip
     pretraining = backbone_pretraining(dense)
-    weights = store.shared_run_weights_path(args.pretrained, profile, pretraining.key)
-    if not weights.exists() and not args.pretrain_missing:  # build_model would train it
-        raise SystemExit(f"no stored pretraining of {pretraining.model} at {profile} ({weights}); run the "
-                         f"{profile} suite first, or pass --pretrain-missing")
+    if run_with_weights(pretraining) is None and not args.pretrain_missing:  # build_model would train it
+        raise SystemExit(f"no stored pretraining of {pretraining.model} at {profile} with its weights under "
+                         f"{args.pretrained}; run the {profile} suite first, or pass --pretrain-missing")
     return dense.build_model()
 
 

@@ -629,7 +629,20 @@ def provenance_summary(results_df: pd.DataFrame) -> dict[str, str]:
         started = results_df["started_at"].dropna().astype(str)
         if not started.empty:
             summary["run between"] = f"{started.min()} and {started.max()}"
+    backbones = _backbone_runs(results_df)
+    if backbones:
+        summary["backbone pretraining"] = backbones
     return summary
+
+
+def _backbone_runs(results_df: pd.DataFrame) -> str:
+    """Which pretraining run each dense seed's backbone came from ("" if no row names one): a configuration
+    trained again on another machine is another run (weights are not committed)."""
+    if "backbone_run" not in results_df or not results_df["backbone_run"].astype(bool).any():
+        return ""
+    runs = results_df.drop_duplicates(subset=["row", "seed"])
+    seeds = runs.groupby(runs["backbone_run"].replace("", "not recorded"))["seed"]
+    return "; ".join(f"{run}: seeds {', '.join(map(str, sorted(set(s))))}" for run, s in seeds)
 
 
 def summary_markdown(experiment: Experiment | str, results_df: pd.DataFrame) -> str:

@@ -41,13 +41,15 @@ from lvit.experiments.base import PROFILES
 COLUMNS: tuple[str, ...] = (
     "experiment", "row", "profile", "seed", "metric", "value", "split", "epoch",
     "git_sha", "dirty", "device", "torch", "timm", "lvit", "started_at", "wall_s", "config_hash",
-    "checkpoint_sha256", "shared_run",
+    "checkpoint_sha256", "shared_run", "backbone_run",
 )  # fmt: skip
 # Columns a record may leave out, with the value they then take.
 # ``shared_run`` names the training a classification row's numbers come from (see :func:`shared_run_path`):
 # rows of different tables with the same key are one training, not independent replicates.
+# ``backbone_run`` names the shared run a dense row's backbone was pretrained in (empty where the recipe has
+# no such pretraining, and in rows stored before lvit recorded it).
 OPTIONAL_COLUMNS: Mapping[str, Any] = {
-    "checkpoint_sha256": "", "shared_run": "", "experiment": None, "profile": None,
+    "checkpoint_sha256": "", "shared_run": "", "backbone_run": "", "experiment": None, "profile": None,
 }  # fmt: skip
 # The identity of a result: a newer row with the same key supersedes an older one.
 KEY: tuple[str, ...] = ("experiment", "row", "profile", "seed", "metric", "split")
@@ -399,20 +401,40 @@ def row_slug(row: str) -> str:
     return slug
 
 
-def shared_run_path(results_dir: str | Path, profile: str, train_key: str) -> Path:
+def shared_run_path(results_dir: str | Path, profile: str, run: str) -> Path:
     """Where one classification training (model, kwargs, recipe, seed) keeps its history and provenance.
 
     Tables share rows (DeiT-T is in four of them); each such training runs once per profile and seed and every
-    table that declares it reads the same run, so its numbers agree across tables.
+    table that declares it reads the same run, so its numbers agree across tables. ``run`` is a training's
+    key, whose first 16 hex digits name its first run, or a stored run's name: that, or
+    :func:`retraining_name` for a later training of the same configuration.
     """
     _check_profile(profile)
-    return Path(results_dir) / profile / "runs" / f"{train_key[:16]}.json"
+    name = run if "@" in run else run[:16]
+    return Path(results_dir) / profile / "runs" / f"{name}.json"
 
 
-def shared_run_weights_path(results_dir: str | Path, profile: str, train_key: str) -> Path:
-    """The final weights of a shared classification training, beside its record (a torch state_dict file:
+def shared_run_weights_path(results_dir: str | Path, profile: str, run: str) -> Path:
+    """The final weights of a shared classification run, beside its record (a torch state_dict file:
     load it with ``torch.load(..., weights_only=True)``)."""
-    return shared_run_path(results_dir, profile, train_key).with_suffix(".pt")
+    return shared_run_path(results_dir, profile, run).with_suffix(".pt")
+
+
+def retraining_name(train_key: str, started: datetime) -> str:
+    """The run name of a later training of a configuration that has a stored run: ``<key16>@<UTC start>``.
+
+    Weights are not committed, so a machine that needs a stored run's weights (a dense backbone) trains its
+    configuration again. That training is a run of its own, with its own record beside the first: the first
+    record stays what the table rows that cite it were computed from.
+    """
+    return f"{train_key[:16]}@{started.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}"
+
+
+def shared_run_names(results_dir: str | Path, profile: str, train_key: str) -> list[str]:
+    """The stored runs of one configuration: its first run, then later trainings by start time."""
+    first = shared_run_path(results_dir, profile, train_key)
+    later = sorted(p.stem for p in first.parent.glob(f"{first.stem}@*.json"))
+    return ([first.stem] if first.exists() else []) + later
 
 
 def history_path(results_dir: str | Path, profile: str, experiment: str, row: str, seed: int) -> Path:

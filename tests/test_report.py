@@ -430,3 +430,19 @@ def test_rows_at_chance_need_every_seed_within_three_standard_errors(tmp_path):
     assert rows_at_chance(get_experiment("dpt_read_ablation"), pd.DataFrame(records), "proxy") == []
     section = experiment_section(experiment, pd.DataFrame(records), "proxy", None, tmp_path)
     assert "**At chance:** DeiT-T:" in section
+
+
+def test_provenance_names_the_backbone_pretraining_each_dense_seed_started_from():
+    from lvit.report import provenance_summary
+
+    def record(row: str, seed: int, metric: str, backbone_run: str) -> dict:
+        return {"row": row, "seed": seed, "metric": metric, "value": 0.2, "git_sha": "abc", "device": "cpu",
+                "backbone_run": backbone_run}
+
+    rows = [record(row, seed, metric, run) for row, seed, run in
+            [("Ignore", 0, ""), ("Add", 0, ""), ("Ignore", 1, "1633@20261127T1200Z"),
+             ("Add", 2, "1633@20261127T1200Z")] for metric in ("mean_abs_rel", "hrwsi_abs_rel")]
+    summary = provenance_summary(pd.DataFrame(rows))
+    assert summary["backbone pretraining"] == "1633@20261127T1200Z: seeds 1, 2; not recorded: seeds 0"
+    unrecorded = provenance_summary(pd.DataFrame([{**r, "backbone_run": ""} for r in rows]))
+    assert "backbone pretraining" not in unrecorded

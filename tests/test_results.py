@@ -42,7 +42,7 @@ def test_provenance_fields(prov):
 
     import lvit
 
-    per_row = {"experiment", "row", "metric", "value", "split", "epoch", "shared_run"}
+    per_row = {"experiment", "row", "metric", "value", "split", "epoch", "shared_run", "backbone_run"}
     assert set(prov) == set(COLUMNS) - per_row
     assert prov["torch"] == torch.__version__ and prov["timm"] == timm.__version__
     assert prov["lvit"] == lvit.__version__

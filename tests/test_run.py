@@ -119,6 +119,51 @@ def test_dense_smoke_run_pretrains_backbone_once_as_a_shared_run_with_weights(tm
     assert len(list(folder.glob("*.pt"))) == 2
 
 
+def test_a_stored_run_without_its_weights_is_trained_again_beside_it_never_over_it(tmp_path, monkeypatch):
+    """As on a fresh machine, where committed records have no weights: a dense row that needs the backbone's
+    weights trains its pretraining as a new run; the first record, which table rows cite, is untouched; each
+    dense row names the run its backbone came from; a table row reads the first record without training."""
+    from lvit import results as store
+    from lvit.engine.run import backbone_pretraining, pending_work
+    from lvit.experiments import get_experiment
+
+    kwargs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data", rows=["DPT-Hybrid"])
+    first_rows = run_experiment("dpt_segmentation", "smoke", seeds=[0], **kwargs)
+    folder = tmp_path / "results" / "smoke" / "runs"
+    (first,) = folder.glob("*.json")
+    assert (first_rows["backbone_run"] == first.stem).all() and (first_rows["shared_run"] == "").all()
+    first_text = first.read_text()
+
+    def pretrainings_pending() -> list[str]:
+        work = pending_work(["dpt_segmentation"], "smoke", 2, "cpu", tmp_path / "results", tmp_path / "data")
+        return [w.desc for w in work if isinstance(w, runner.Training)]
+
+    assert "pretrain localvit_tiny" not in pretrainings_pending()
+    first.with_suffix(".pt").unlink()  # weights are not committed
+    assert "pretrain localvit_tiny" in pretrainings_pending()
+
+    second_rows = run_experiment("dpt_segmentation", "smoke", seeds=[1], **kwargs)
+    (again,) = folder.glob(f"{first.stem}@*.json")
+    assert again.with_suffix(".pt").exists() and first.read_text() == first_text
+    assert (second_rows["backbone_run"] == again.stem).all()
+    stored = store.load_results(tmp_path / "results", "smoke", "dpt_segmentation")
+    assert dict(zip(stored["seed"], stored["backbone_run"], strict=True)) == {0: first.stem, 1: again.stem}
+    training = runner._training(get_experiment("dpt_segmentation").row("DPT-Hybrid"), "segmentation",
+                                recipes.SEGMENTATION_PROFILES["smoke"], 2, "smoke", torch.device("cpu"),
+                                tmp_path / "results", tmp_path / "data")  # fmt: skip
+    assert runner.run_with_weights(backbone_pretraining(training)) == again.stem
+
+    def must_not_train(*args, **kw):
+        raise AssertionError("a table row was trained although its run's record is stored")
+
+    monkeypatch.setattr(runner, "train", must_not_train)
+    table = run_experiment("localvit_main", "smoke", seeds=[0], results_dir=tmp_path / "results",
+                           data_root=tmp_path / "data", rows=["LocalViT-T"])
+    assert (table["shared_run"] == first.stem).all()
+    history = json.loads(first_text)["history"]
+    assert table.set_index("metric").loc["top1", "value"] == pytest.approx(history[-1]["val_top1"])
+
+
 def _distinct_models(*names):
     """Distinct (model, kwargs) pairs the experiments declare: a training is shared exactly among these."""
     from lvit.experiments import get_experiment

@@ -159,10 +159,10 @@ def backbone_pretraining(dense: Training, model: nn.Module | None = None) -> Tra
 
 
 def pretrained_backbone(pretraining: Training) -> dict[str, torch.Tensor]:
-    """The weights ``pretraining`` ends with: trained now under the shared run's lock unless stored."""
-    train_shared(pretraining)
-    return load_checkpoint(store.shared_run_weights_path(pretraining.results_dir, pretraining.profile,
-                                                         pretraining.key))  # fmt: skip
+    """The weights ``pretraining`` ends with: those of a stored run whose weights are here
+    (:func:`run_with_weights`), else of a run trained now, under the shared run's lock."""
+    run = train_shared(pretraining)
+    return load_checkpoint(store.shared_run_weights_path(pretraining.results_dir, pretraining.profile, run))
 
 
 # ------------------------------------------------------------------------------------- training
@@ -361,7 +361,7 @@ def _run_row(
     data_root: str | Path,
     results_dir: str | Path,
     config: Mapping[str, Any],
-    trained: dict[str, tuple[nn.Module | None, list[dict[str, Any]], Path]],
+    trained: dict[str, tuple[nn.Module | None, list[dict[str, Any]], Path, str]],
     reuse: bool = True,
 ) -> list[dict[str, Any]]:
     """Train and evaluate one (row, seed); returns its result records (rank 0) or [] (other ranks)."""
@@ -369,7 +369,7 @@ def _run_row(
     task = experiment.task
     metrics: dict[str, float] = {}
     history: list[dict[str, Any]] = []
-    shared_run, wall_s = "", None
+    shared_run, backbone_run, wall_s = "", "", None
     if task in ("classification", "complexity") and {"params_m", "flops_g"} & {
         m.name for m in experiment.metrics
     }:
@@ -384,18 +384,20 @@ def _run_row(
             trained.clear()  # keep one model in memory
             ckpt = training.checkpoint_dir("shared" if shared else experiment.name)
             if shared:
-                model, history, wall_s = _shared_run(training, ckpt, reuse)
+                model, history, wall_s, shared_run = _shared_run(training, ckpt, reuse, need_weights=False)
             else:
                 model, history = training.run(ckpt)
-            trained[train_key] = (model, history, ckpt)
-        model, history, ckpt = trained[train_key]
+            trained[train_key] = (model, history, ckpt, shared_run)
+        model, history, ckpt, shared_run = trained[train_key]
         if int(os.environ.get("RANK", "0")) != 0:
             return []
         metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
         store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
         # The results are stored; the resume point is no longer needed.
         shutil.rmtree(ckpt, ignore_errors=True)
-        shared_run = store.shared_run_path(results_dir, profile, train_key).stem if shared else ""
+        pretraining = backbone_pretraining(training)
+        # the run build_model loaded: the first with weights here, which no later training displaces
+        backbone_run = (run_with_weights(pretraining) or "") if pretraining is not None else ""
     wall_s = time.perf_counter() - t0 if wall_s is None else wall_s
     prov = store.provenance(profile, seed, str(device), config, started, wall_s)
     epoch = history[-1]["epoch"] if history else None
@@ -409,6 +411,7 @@ def _run_row(
             "split": "val",
             "epoch": epoch,
             "shared_run": shared_run,
+            "backbone_run": backbone_run,
         }
         for metric, value in metrics.items()
     ]
@@ -455,13 +458,15 @@ def pending_work(
         task = get_experiment(name).task
         for seed, trainings in _pending_trainings(name, profile, seeds, target, results_dir, data_root):
             if task == "classification":
-                classification.update((t.key, t) for _, t in trainings if not _shared_run_stored(t))
+                # a table row needs a stored run's record (its history), not its weights
+                classification.update((t.key, t) for _, t in trainings if not store.shared_run_names(
+                    t.results_dir, t.profile, t.key))
                 continue
             groups: dict[str, list[str]] = {}
             for label, training in trainings:
                 if training.key not in groups:  # rows of one training share its backbone: look it up once
                     pretraining = backbone_pretraining(training)
-                    if pretraining is not None and not _shared_run_stored(pretraining):
+                    if pretraining is not None and run_with_weights(pretraining) is None:
                         pretrainings[pretraining.key] = pretraining
                 groups.setdefault(training.key, []).append(label)
             dense += [DenseRun(name, tuple(labels), seed, profile, str(target), str(results_dir),
@@ -486,10 +491,13 @@ def _pending_trainings(
                                          data_root)) for r in pending]  # fmt: skip
 
 
-def _shared_run_stored(training: Training) -> bool:
-    """Whether a shared classification run is complete: its weights, then its record, are written."""
-    paths = (store.shared_run_path, store.shared_run_weights_path)
-    return all(path(training.results_dir, training.profile, training.key).exists() for path in paths)
+def run_with_weights(training: Training) -> str | None:
+    """The first stored run of ``training``'s configuration whose weights are on this machine (None if none).
+    A run is complete once its record is written, which follows its weights."""
+    t = training
+    here = [n for n in store.shared_run_names(t.results_dir, t.profile, t.key)
+            if store.shared_run_weights_path(t.results_dir, t.profile, n).exists()]
+    return here[0] if here else None
 
 
 def _by_seed_slowest_first(
@@ -534,40 +542,47 @@ def release_worker_memory(
     release_cached_memory(device)
 
 
-def train_shared(training: Training) -> None:
-    """Do one shared classification training into the shared-run store, unless it is stored."""
+def train_shared(training: Training) -> str:
+    """Do one shared classification training into the shared-run store, unless a stored run's weights are on
+    this machine; returns the name of the run whose weights are."""
     ckpt = training.checkpoint_dir("shared")
-    _shared_run(training, ckpt, reuse=True)
+    run = _shared_run(training, ckpt, reuse=True, need_weights=True)[3]
     shutil.rmtree(ckpt, ignore_errors=True)
+    return run
 
 
 def _shared_run(
-    training: Training, ckpt: Path, reuse: bool
-) -> tuple[nn.Module | None, list[dict[str, Any]], float | None]:
-    """A classification training shared by every table that declares it: (model or None, history, wall_s).
+    training: Training, ckpt: Path, reuse: bool, need_weights: bool
+) -> tuple[nn.Module | None, list[dict[str, Any]], float | None, str]:
+    """A classification training shared by every table that declares it: (model or None, history, wall_s,
+    the run's name).
 
     The first caller trains under the run's lock and stores the final weights, then the record of history,
     wall time and provenance (the record marks the run complete). Later callers (other tables, concurrent
-    notebooks, a dense model's backbone pretraining) read the record and get the original run's wall time. A
-    reused run returns no model: classification metrics are read from the history. ``reuse=False`` trains
-    again.
+    notebooks) read the first run's record and get its wall time; one that ``need_weights`` (a dense model's
+    backbone) reads the first run whose weights are on this machine. A reused run returns no model:
+    classification metrics are read from the history. Otherwise (``reuse=False``, or weights needed and none
+    here) it trains, and a configuration that has a stored run gets a new run beside it
+    (:func:`lvit.results.retraining_name`): a stored record is never overwritten.
     """
     t = training
-    path = store.shared_run_path(t.results_dir, t.profile, t.key)
-    weights = store.shared_run_weights_path(t.results_dir, t.profile, t.key)
-    with store.locked(path):
-        if reuse and _shared_run_stored(t):
-            record = json.loads(path.read_text())
-            return None, record["history"], record["wall_s"]
-        t0 = time.perf_counter()
+    first = store.shared_run_path(t.results_dir, t.profile, t.key)
+    with store.locked(first):
+        stored = run_with_weights(t) if need_weights else (first.stem if first.exists() else None)
+        if reuse and stored is not None:
+            record = json.loads(store.shared_run_path(t.results_dir, t.profile, stored).read_text())
+            return None, record["history"], record["wall_s"], stored
+        started, t0 = datetime.now(timezone.utc), time.perf_counter()
         model, history = t.run(ckpt)
         wall_s = time.perf_counter() - t0
+        run = store.retraining_name(t.key, started) if first.exists() else first.stem
         record = {"model": t.model, "kwargs": t.kwargs, "seed": t.seed, "wall_s": wall_s, "history": history,
-                  "provenance": store.provenance(t.profile, t.seed, str(t.device), dict(t.recipe),
-                                                 datetime.now(timezone.utc), wall_s)}  # fmt: skip
-        save_checkpoint(weights, model.state_dict())
-        store.atomic_write_text(path, json.dumps(record, indent=1, default=str))
-    return model, history, wall_s
+                  "provenance": store.provenance(t.profile, t.seed, str(t.device), dict(t.recipe), started,
+                                                 wall_s)}  # fmt: skip
+        save_checkpoint(store.shared_run_weights_path(t.results_dir, t.profile, run), model.state_dict())
+        store.atomic_write_text(store.shared_run_path(t.results_dir, t.profile, run),
+                                json.dumps(record, indent=1, default=str))
+    return model, history, wall_s, run
 
 
 # ----------------------------------------------------------------------------------------- API
