@@ -92,22 +92,26 @@ class GraphedStep:
     ) -> None:
         self.inputs, self.targets = _clone_tree(inputs), _clone_tree(targets)
 
-        def forward_backward() -> None:
+        def forward_backward() -> torch.Tensor:
             with autocast():
-                self.loss = loss_fn(model(self.inputs), self.targets)
-            self.loss.backward()
+                loss = loss_fn(model(self.inputs), self.targets)
+            loss.backward()
+            return loss
 
         def warm_up() -> None:
-            forward_backward()
+            forward_backward()  # its tensors are freed here, not while capturing
             # Grads must be unset at capture so the graph writes them (set) rather than accumulating.
             model.zero_grad(set_to_none=True)
+
+        def capture() -> None:
+            self.loss = forward_backward()
 
         saved_buffers = [b.detach().clone() for b in model.buffers()]
         fused = fused_locality(model) if fuse_locality else contextlib.nullcontext(0)
         try:
             model.zero_grad(set_to_none=True)
             with fused as self.fused_modules:
-                self.graph = capture_graph(forward_backward, next(model.parameters()).device, warm_up)
+                self.graph = capture_graph(capture, next(model.parameters()).device, warm_up)
         finally:
             with torch.no_grad():
                 for live, saved in zip(model.buffers(), saved_buffers, strict=True):
