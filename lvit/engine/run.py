@@ -13,7 +13,10 @@ its history and provenance are kept in ``results/<profile>/runs/<key>.json``, it
 (DPT) rows at smoke/proxy start from a backbone pretrained on the classification proxy: that pretraining is
 one such shared run (:func:`backbone_pretraining`), so it is trained once and a table row of the same model
 is the same run. Each run is created under a file lock, so notebooks running concurrently (``lvit reproduce
---jobs``) wait for one another instead of training the same thing twice.
+--jobs``) wait for one another instead of training the same thing twice. Weights are not committed: a machine
+that needs a stored run's weights and lacks them trains the configuration again as a run of its own
+(``runs/<key>@<UTC start>.json``), never over the record that table rows cite, and a dense row names the run
+its backbone came from (``backbone_run``).
 
 Multi-GPU: at the ``paper`` profile with more than one visible GPU, :func:`run_experiment` relaunches itself
 as ``python -m torch.distributed.run --standalone --nproc-per-node N -m lvit.engine.run EXPERIMENT ...``
@@ -750,7 +753,7 @@ def trained_model(
     experiment: str, row: str, profile: str, seed: int = 0, results_dir: str | Path = "results"
 ) -> nn.Module:
     """The model a stored classification (row, seed) ended its training with, in eval mode: built as the
-    profile sized it and loaded (strictly, ``weights_only``) from its shared run's ``runs/<key>.pt``.
+    profile sized it and loaded (strictly, ``weights_only``) from its shared run's ``runs/<run>.pt``.
 
     The weights stay on the machine that trained them (they are not committed), and dense runs keep none.
     """
