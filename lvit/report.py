@@ -641,8 +641,11 @@ def _backbone_runs(results_df: pd.DataFrame) -> str:
     if "backbone_run" not in results_df or not results_df["backbone_run"].astype(bool).any():
         return ""
     runs = results_df.drop_duplicates(subset=["row", "seed"])
-    seeds = runs.groupby(runs["backbone_run"].replace("", "not recorded"))["seed"]
-    return "; ".join(f"{run}: seeds {', '.join(map(str, sorted(set(s))))}" for run, s in seeds)
+    parts = []
+    for run, group in runs.groupby(runs["backbone_run"].replace("", "not recorded"), sort=True):
+        rows = ", ".join(dict.fromkeys(group["row"]))
+        parts.append(f"{run}: {rows} at seeds {', '.join(map(str, sorted(set(group['seed']))))}")
+    return "; ".join(parts)
 
 
 def summary_markdown(experiment: Experiment | str, results_df: pd.DataFrame) -> str:

@@ -443,6 +443,7 @@ def test_provenance_names_the_backbone_pretraining_each_dense_seed_started_from(
             [("Ignore", 0, ""), ("Add", 0, ""), ("Ignore", 1, "1633@20261127T1200Z"),
              ("Add", 2, "1633@20261127T1200Z")] for metric in ("mean_abs_rel", "hrwsi_abs_rel")]
     summary = provenance_summary(pd.DataFrame(rows))
-    assert summary["backbone pretraining"] == "1633@20261127T1200Z: seeds 1, 2; not recorded: seeds 0"
+    assert summary["backbone pretraining"] == \
+        "1633@20261127T1200Z: Ignore, Add at seeds 1, 2; not recorded: Ignore, Add at seeds 0"
     unrecorded = provenance_summary(pd.DataFrame([{**r, "backbone_run": ""} for r in rows]))
     assert "backbone pretraining" not in unrecorded
