@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import logging
 import multiprocessing
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from lvit.experiments import PROFILES, get_experiment
+from lvit.experiments.base import did_you_mean
 
 if TYPE_CHECKING:  # pandas and torch load only when a notebook runs an experiment
     import pandas as pd
@@ -50,11 +50,6 @@ def _resolve(path: str | Path, default: str) -> Path:
     """An empty path means the project default; a relative one is relative to the project root."""
     path = Path(path or default).expanduser()
     return path if path.is_absolute() else project_root() / path
-
-
-def _close(name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _valid_devices() -> list[str]:
@@ -97,14 +92,14 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
     restricts ``experiment`` to a subset of its declared row labels.
     """
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}{_close(str(profile), PROFILES)}; "
+        raise ValueError(f"unknown profile {profile!r}{did_you_mean(str(profile), PROFILES)}; "
                          f"valid profiles: {', '.join(PROFILES)}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"seeds must be an int >= 0 (the number of seeds; 0: the experiment's default), "
                          f"got {seeds!r}")
     devices = _valid_devices()
     if device not in devices:
-        raise ValueError(f"unknown or unavailable device {device!r}{_close(str(device), devices)}; "
+        raise ValueError(f"unknown or unavailable device {device!r}{did_you_mean(str(device), devices)}; "
                          f"valid devices here: {', '.join(devices)}")
     if device == "auto":
         device = devices[2] if len(devices) > 2 else "cpu"
@@ -166,7 +161,7 @@ def check_parameter_names(notebook: Path, parameters: Mapping[str, Any]) -> None
     declared = papermill.inspect_notebook(str(notebook))
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
-        hints = "".join(f"\n  {name!r}{_close(name, list(declared))}" for name in unknown)
+        hints = "".join(f"\n  {name!r}{did_you_mean(name, list(declared))}" for name in unknown)
         raise ValueError(f"{notebook.name} has no parameter{'s' if len(unknown) > 1 else ''}:{hints}\n"
                          f"valid parameters: {', '.join(declared)}")
 
@@ -182,7 +177,7 @@ def run_notebook(name: str, parameters: Mapping[str, Any], output_dir: Path,
 
     names = notebook_names()
     if name not in names:
-        raise ValueError(f"unknown notebook {name!r}{_close(name, names)}; "
+        raise ValueError(f"unknown notebook {name!r}{did_you_mean(name, names)}; "
                          f"valid notebooks: {', '.join(names)}")
     source = notebooks_dir() / f"{name}.ipynb"
     check_parameter_names(source, parameters)
@@ -235,7 +230,7 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
         raise ValueError(f"train_workers must be >= 0, got {train_workers}")
     names = notebook_names()
     chosen = list(only) if only else names
-    unknown = [f"{n!r}{_close(n, names)}" for n in chosen if n not in names]
+    unknown = [f"{n!r}{did_you_mean(n, names)}" for n in chosen if n not in names]
     if unknown:
         raise ValueError(f"unknown notebooks {', '.join(unknown)}; valid notebooks: {', '.join(names)}")
     parameters: dict[str, Any] = {"profile": profile, "device": device, **(overrides or {})}

@@ -62,6 +62,24 @@ def test_unknown_experiment_row_profile_are_refused_with_valid_choices():
         resolve("dpt_segmentation", "smoke", ["OCNet (ResNet101)"])
 
 
+def test_lvit_run_answers_a_mistyped_name_with_a_message_and_the_closest_valid_one():
+    from lvit.cli import main
+
+    with pytest.raises(SystemExit, match=r"^lvit run: unknown experiment 'localvit_mian' \(did you mean "
+                                         r"'localvit_main'\?\); valid experiments: "):
+        main(["run", "localvit_mian"])
+    with pytest.raises(SystemExit, match=r"^lvit run: .* row 'LocalViT-X' \(did you mean 'LocalViT-T'\?\)"):
+        main(["run", "localvit_main", "--rows", "LocalViT-X"])
+
+
+def test_seeds_left_out_are_the_experiments_declared_count(tmp_path, monkeypatch):
+    ran: list[list[int]] = []
+    monkeypatch.setattr(runner, "_run_all", lambda experiment, recipe, rows, seeds, *rest: ran.append(seeds))
+    for profile in ("proxy", "smoke"):
+        run_experiment("localvit_placement", profile, results_dir=tmp_path, rows=["All 1~12"])
+    assert ran == [[0, 1, 2], [0]]
+
+
 def test_wrong_recipe_types_and_keys_are_refused(monkeypatch):
     with pytest.raises(TypeError, match="epochs='2' must be int"):
         recipes.validate_recipe({"epochs": "2"})

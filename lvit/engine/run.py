@@ -625,7 +625,7 @@ def resolve(
 def run_experiment(
     name: str,
     profile: str,
-    seeds: int | Sequence[int] = 1,
+    seeds: int | Sequence[int] | None = None,
     device: str = "auto",
     data_root: str | Path = "data",
     results_dir: str | Path = "results",
@@ -634,11 +634,14 @@ def run_experiment(
 ) -> pd.DataFrame:
     """Run ``rows`` (default: every runnable row) of experiment ``name`` at ``profile`` for ``seeds``.
 
-    ``seeds`` is a count (seeds 0..n-1) or explicit seeds. Returns the stored result rows of those
+    ``seeds`` is a count (seeds 0..n-1), explicit seeds, or None for the experiment's declared count at
+    ``profile`` (:meth:`Experiment.default_seeds`, 3 at proxy). Returns the stored result rows of those
     (row, seed) pairs, newest per metric, reused ones included, with the ``collapsed`` and ``dead_at_init``
     flags of :func:`lvit.results.mark_collapsed`.
     """
     experiment, recipe, selected = resolve(name, profile, rows)
+    if seeds is None:
+        seeds = experiment.default_seeds(profile)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("no seeds to run: pass a positive count or a list of seeds")
@@ -824,8 +827,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--seeds",
         nargs="+",
         type=int,
-        default=[1],
-        help="one number N runs seeds 0..N-1; several numbers are the seeds themselves",
+        default=None,
+        help="one number N runs seeds 0..N-1; several numbers are the seeds themselves "
+        "(default: the experiment's declared count at the profile, e.g. 3 at proxy)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--rows", nargs="+", default=None, help="row labels (default: every runnable row)")
@@ -835,7 +839,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    seeds: int | list[int] = args.seeds[0] if len(args.seeds) == 1 else args.seeds
+    try:  # a mistyped name or row: a message, not a traceback (resolve refuses bad input before any work)
+        resolve(args.experiment, args.profile, args.rows)
+    except (KeyError, ValueError) as error:
+        raise SystemExit(f"lvit run: {error.args[0]}") from None
+    seeds: int | list[int] | None = args.seeds[0] if args.seeds and len(args.seeds) == 1 else args.seeds
     df = run_experiment(
         args.experiment,
         args.profile,

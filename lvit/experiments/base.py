@@ -8,9 +8,17 @@ Published numbers live here and are never written into ``results/``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import difflib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def did_you_mean(name: str, valid: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``valid`` to a mistyped ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
 
 # "pretrained": released checkpoints re-measured by `lvit evaluate` (no training); see experiments.pretrained.
 PROFILES: tuple[str, ...] = ("smoke", "proxy", "paper", "pretrained")
@@ -70,8 +78,10 @@ class Experiment:
         for row in self.rows:
             if row.label == label:
                 return row
-        valid = ", ".join(r.label for r in self.rows)
-        raise KeyError(f"experiment {self.name!r} has no row {label!r}; valid rows: {valid}")
+        labels = [r.label for r in self.rows]
+        valid = ", ".join(labels)
+        raise KeyError(f"experiment {self.name!r} has no row {label!r}{did_you_mean(label, labels)}; "
+                       f"valid rows: {valid}")
 
     def recipe(self, profile: str) -> Mapping[str, Any]:
         if profile not in self.profiles:
@@ -92,7 +102,9 @@ def register_experiment(experiment: Experiment) -> Experiment:
 
 def get_experiment(name: str) -> Experiment:
     if name not in _REGISTRY:
-        raise KeyError(f"unknown experiment {name!r}; valid experiments: {', '.join(sorted(_REGISTRY))}")
+        valid = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown experiment {name!r}{did_you_mean(name, list(_REGISTRY))}; "
+                       f"valid experiments: {valid}")
     return _REGISTRY[name]
 
 
