@@ -879,12 +879,15 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def _report_command(args: argparse.Namespace) -> int:
     from lvit.experiments import PROFILES
+    from lvit.experiments.base import did_you_mean
     from lvit.reproduce import project_root
 
     for profile in args.profiles or []:
         if profile not in PROFILES:
-            raise SystemExit(f"lvit report: unknown profile {profile!r}; "
+            raise SystemExit(f"lvit report: unknown profile {profile!r}{did_you_mean(profile, PROFILES)}; "
                              f"valid profiles: {', '.join(PROFILES)}")
     results_dir = args.results_dir or project_root() / "results"
+    if not Path(results_dir).is_dir():  # a mistyped path would otherwise get a report of nothing
+        raise SystemExit(f"lvit report: no results directory {results_dir}")
     print(write_report(results_dir, args.profiles))
     return 0

@@ -447,3 +447,13 @@ def test_provenance_names_the_backbone_pretraining_each_dense_seed_started_from(
         "1633@20261127T1200Z: Ignore, Add at seeds 1, 2; not recorded: Ignore, Add at seeds 0"
     unrecorded = provenance_summary(pd.DataFrame([{**r, "backbone_run": ""} for r in rows]))
     assert "backbone pretraining" not in unrecorded
+
+
+def test_lvit_report_refuses_a_results_directory_that_is_not_there(tmp_path):
+    from lvit.cli import main
+
+    with pytest.raises(SystemExit, match="lvit report: no results directory .*nope"):
+        main(["report", "--results-dir", str(tmp_path / "nope")])
+    assert not (tmp_path / "nope").exists()
+    with pytest.raises(SystemExit, match=r"unknown profile 'proxi' \(did you mean 'proxy'\?\)"):
+        main(["report", "--profile", "proxi", "--results-dir", str(tmp_path)])
