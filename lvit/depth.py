@@ -95,7 +95,15 @@ def write_depth(depth: np.ndarray, out_dir: Path, name: str, colormap: str = "in
 def _run(args: argparse.Namespace) -> int:
     from lvit import create_model
 
-    model = create_model(args.model, task="depth")
+    # every input checked before the model is built: a typo is a message, not a traceback
+    inputs = [*args.images, *([args.checkpoint] if args.checkpoint else [])]
+    missing = [p for p in inputs if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"lvit depth: no such file: {', '.join(missing)}")
+    try:
+        model = create_model(args.model, task="depth")
+    except ValueError as error:
+        raise SystemExit(f"lvit depth: {error}") from None
     if args.checkpoint is not None:
         from lvit import load_pretrained
 

@@ -81,3 +81,19 @@ def test_depth_cli_writes_16_bit_png_and_preview(tmp_path) -> None:
     raw, preview = Image.open(out / "scene.png"), Image.open(out / "scene_preview.png")
     assert raw.mode.startswith("I;16") and raw.size == (56, 40)
     assert preview.mode == "RGB" and preview.size == (56, 40)
+
+
+def test_depth_cli_names_missing_inputs_and_unknown_models_before_any_work(tmp_path) -> None:
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+
+    def run(*argv: str) -> None:
+        args = parser.parse_args(["depth", *argv])
+        args.func(args)
+
+    with pytest.raises(SystemExit, match=r"^lvit depth: no such file: .*nope\.png, .*nope\.pt$"):
+        run(str(image), str(tmp_path / "nope.png"), "--checkpoint", str(tmp_path / "nope.pt"))
+    with pytest.raises(SystemExit, match=r"^lvit depth: unknown model 'dpt_hybird'; closest matches: dpt_hy"):
+        run(str(image), "--model", "dpt_hybird")
