@@ -54,6 +54,7 @@ from bench_common import allow_tf32, before_deadline, environment, synchronize, 
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
 import lvit
+from lvit.engine.graphed import capture_graph
 from lvit.models.dpt import set_low_precision_norms
 
 # Intel/dpt-hybrid-midas's BiT-R50 stem and stages 1-3, as DPTConfig(is_hybrid=True) fills in by default;
@@ -211,20 +212,18 @@ class Bench:
         static = torch.randn(1, 3, args.size, args.size, device=device)
         # autocast's weight-cast cache must be off: the graph would keep reading casts freed on context exit
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            side = torch.cuda.Stream()  # capture needs warm-up calls on a side stream (allocator pools)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    ours(static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = ours(static)
+            captured: dict[str, torch.Tensor] = {}
+
+            def forward() -> None:
+                captured["depth"] = ours(static)
+
+            # the warm-up passes drop their outputs as they go: none is freed while capturing
+            graph = capture_graph(forward, device, warm_up=lambda: ours(static))
 
             def replay(x: torch.Tensor) -> torch.Tensor:
                 static.copy_(x)
                 graph.replay()
-                return static_out
+                return captured["depth"]
 
             x = torch.randn_like(static)
             eager_out = ours(x).float()
