@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -354,6 +354,16 @@ def _training(row: Row, task: str, recipe: Mapping[str, Any], seed: int, profile
                     f"{row.label} s{seed}")  # fmt: skip
 
 
+class _Trained(NamedTuple):
+    """One training's outcome, kept while the consecutive rows that share it are evaluated."""
+
+    model: nn.Module | None
+    history: list[dict[str, Any]]
+    ckpt: Path
+    shared_run: str  # the shared run whose record a classification row reads ("" for a dense training)
+    backbone_run: str  # the run a dense training's backbone was loaded from ("" if it has none)
+
+
 def _run_row(
     experiment: Experiment,
     row: Row,
@@ -364,7 +374,7 @@ def _run_row(
     data_root: str | Path,
     results_dir: str | Path,
     config: Mapping[str, Any],
-    trained: dict[str, tuple[nn.Module | None, list[dict[str, Any]], Path, str]],
+    trained: dict[str, _Trained],
     reuse: bool = True,
 ) -> list[dict[str, Any]]:
     """Train and evaluate one (row, seed); returns its result records (rank 0) or [] (other ranks)."""
@@ -390,17 +400,17 @@ def _run_row(
                 model, history, wall_s, shared_run = _shared_run(training, ckpt, reuse, need_weights=False)
             else:
                 model, history = training.run(ckpt)
-            trained[train_key] = (model, history, ckpt, shared_run)
-        model, history, ckpt, shared_run = trained[train_key]
+                pretraining = backbone_pretraining(training)
+                # the run build_model loaded: the first with weights here, which no later training displaces
+                backbone_run = (run_with_weights(pretraining) or "") if pretraining is not None else ""
+            trained[train_key] = _Trained(model, history, ckpt, shared_run, backbone_run)
+        model, history, ckpt, shared_run, backbone_run = trained[train_key]
         if int(os.environ.get("RANK", "0")) != 0:
             return []
         metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
         store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
         # The results are stored; the resume point is no longer needed.
         shutil.rmtree(ckpt, ignore_errors=True)
-        pretraining = backbone_pretraining(training)
-        # the run build_model loaded: the first with weights here, which no later training displaces
-        backbone_run = (run_with_weights(pretraining) or "") if pretraining is not None else ""
     wall_s = time.perf_counter() - t0 if wall_s is None else wall_s
     prov = store.provenance(profile, seed, str(device), config, started, wall_s)
     epoch = history[-1]["epoch"] if history else None
@@ -681,7 +691,7 @@ def _run_all(
 ) -> None:
     name = experiment.name
     stored = store.load_results(results_dir, profile, name)
-    trained: dict[str, tuple[nn.Module | None, list[dict[str, Any]], Path]] = {}
+    trained: dict[str, _Trained] = {}
     for seed in seed_list:  # seeds outer: consecutive rows can share one trained model
         for row in selected:
             config = run_config(name, row, recipe, profile, seed)
