@@ -878,14 +878,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _report_command(args: argparse.Namespace) -> int:
-    from lvit.experiments import PROFILES
-    from lvit.experiments.base import did_you_mean
+    from lvit.experiments.base import check_profile
     from lvit.reproduce import project_root
 
     for profile in args.profiles or []:
-        if profile not in PROFILES:
-            raise SystemExit(f"lvit report: unknown profile {profile!r}{did_you_mean(profile, PROFILES)}; "
-                             f"valid profiles: {', '.join(PROFILES)}")
+        try:
+            check_profile(profile)
+        except ValueError as error:
+            raise SystemExit(f"lvit report: {error}") from None
     results_dir = args.results_dir or project_root() / "results"
     if not Path(results_dir).is_dir():  # a mistyped path would otherwise get a report of nothing
         raise SystemExit(f"lvit report: no results directory {results_dir}")

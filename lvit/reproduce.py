@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from lvit.experiments import PROFILES, get_experiment
-from lvit.experiments.base import did_you_mean
+from lvit.experiments.base import check_profile, did_you_mean
 
 if TYPE_CHECKING:  # pandas and torch load only when a notebook runs an experiment
     import pandas as pd
@@ -91,9 +91,7 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
     ``<project>/data`` and ``<project>/results`` (or ``$LVIT_RESULTS_DIR``). ``rows`` (optional)
     restricts ``experiment`` to a subset of its declared row labels.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}{did_you_mean(str(profile), PROFILES)}; "
-                         f"valid profiles: {', '.join(PROFILES)}")
+    check_profile(profile)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"seeds must be an int >= 0 (the number of seeds; 0: the experiment's default), "
                          f"got {seeds!r}")

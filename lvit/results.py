@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-from lvit.experiments.base import PROFILES
+from lvit.experiments.base import PROFILES, check_profile
 
 COLUMNS: tuple[str, ...] = (
     "experiment", "row", "profile", "seed", "metric", "value", "split", "epoch",
@@ -192,7 +192,7 @@ def provenance(
 
     import lvit
 
-    _check_profile(profile)
+    check_profile(profile)
     sha, dirty = git_state()
     return {
         "profile": profile,
@@ -210,13 +210,8 @@ def provenance(
     }
 
 
-def _check_profile(profile: str) -> None:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
-
-
 def results_path(results_dir: str | Path, profile: str, experiment: str) -> Path:
-    _check_profile(profile)
+    check_profile(profile)
     return Path(results_dir) / profile / f"{experiment}.csv"
 
 
@@ -345,7 +340,7 @@ def load_results(
     root = Path(results_dir)
     profiles = [profile] if profile is not None else list(PROFILES)
     if profile is not None:
-        _check_profile(profile)
+        check_profile(profile)
     paths = [
         path
         for p in profiles
@@ -409,7 +404,7 @@ def shared_run_path(results_dir: str | Path, profile: str, run: str) -> Path:
     key, whose first 16 hex digits name its first run, or a stored run's name: that, or
     :func:`retraining_name` for a later training of the same configuration.
     """
-    _check_profile(profile)
+    check_profile(profile)
     name = run if "@" in run else run[:16]
     return Path(results_dir) / profile / "runs" / f"{name}.json"
 
@@ -438,7 +433,7 @@ def shared_run_names(results_dir: str | Path, profile: str, train_key: str) -> l
 
 
 def history_path(results_dir: str | Path, profile: str, experiment: str, row: str, seed: int) -> Path:
-    _check_profile(profile)
+    check_profile(profile)
     return Path(results_dir) / profile / "histories" / experiment / f"{row_slug(row)}__seed{seed}.csv"
 
 
@@ -478,7 +473,7 @@ def write_history(
 
 def load_histories(results_dir: str | Path, profile: str, experiment: str) -> pd.DataFrame:
     """All per-epoch histories of one experiment and profile, long by epoch, sorted by row, seed, epoch."""
-    _check_profile(profile)
+    check_profile(profile)
     folder = Path(results_dir) / profile / "histories" / experiment
     frames = [
         pd.read_csv(path, dtype={"row": str, "experiment": str, "profile": str})

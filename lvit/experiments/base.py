@@ -24,6 +24,13 @@ def did_you_mean(name: str, valid: Sequence[str]) -> str:
 PROFILES: tuple[str, ...] = ("smoke", "proxy", "paper", "pretrained")
 
 
+def check_profile(profile: str) -> None:
+    """Refuse a name that is not one of :data:`PROFILES`, with the closest valid one and the list."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}{did_you_mean(str(profile), PROFILES)}; "
+                         f"valid profiles: {', '.join(PROFILES)}")
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
