@@ -270,7 +270,10 @@ else
     stamp "dpt_init_probe skipped: no backbone weights here (the suite reused stored pretrainings)"
 fi
 # More dense seeds than declared first: 3 can leave a row 1 live seed (the collapse is a seed lottery)
-DECLARED_SEEDS=$(python3 -c "from lvit.experiments.recipes import TABLE_SEEDS; print(TABLE_SEEDS.get('$PROFILE', 1))")
+DECLARED_SEEDS=1  # a table declares at least one; asked of lvit (seconds of imports) only if more are wanted
+if [ "$DENSE_SEEDS" -gt 1 ]; then
+    DECLARED_SEEDS=$(python3 -c "from lvit.experiments.recipes import TABLE_SEEDS; print(TABLE_SEEDS.get('$PROFILE', 1))")
+fi
 if [ "$DENSE_SEEDS" -gt "${DECLARED_SEEDS:-1}" ] && [ "$suite" = 0 ]; then
     DENSE_S=$(budget "$DENSE_MAX_S")
     stamp "dense tables with $DENSE_SEEDS seeds (deadline ${DENSE_S}s)"
