@@ -29,6 +29,8 @@ from lvit.experiments.base import check_profile, did_you_mean
 if TYPE_CHECKING:  # pandas and torch load only when a notebook runs an experiment
     import pandas as pd
 
+    from lvit.engine.run import PendingWork
+
 # The notebook that collates the others; it runs last.
 REPORT_NOTEBOOK = "report"
 KERNEL_NAME = "python3"
@@ -226,19 +228,7 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if train_workers < 0:
         raise ValueError(f"train_workers must be >= 0, got {train_workers}")
-    names = notebook_names()
-    chosen = list(only) if only else names
-    unknown = [f"{n!r}{did_you_mean(n, names)}" for n in chosen if n not in names]
-    if unknown:
-        raise ValueError(f"unknown notebooks {', '.join(unknown)}; valid notebooks: {', '.join(names)}")
-    parameters: dict[str, Any] = {"profile": profile, "device": device, **(overrides or {})}
-    if seeds is not None:
-        parameters["seeds"] = seeds
-    # fail fast, before any kernel starts; the resolved paths are the ones the notebooks will use
-    checked = validate_parameters(profile, seeds or 0, device, data_root=parameters.get("data_root", ""),
-                                  results_dir=parameters.get("results_dir", ""))
-    for name in chosen:
-        check_parameter_names(notebooks_dir() / f"{name}.ipynb", parameters)
+    chosen, parameters, checked = _checked_request(profile, only, seeds, device, overrides)
     output_dir = checked.profile_dir / "notebooks"
 
     def run_one(name: str) -> tuple[Failure | None, float]:
@@ -269,6 +259,75 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
     return Reproduction(write_report(checked.results_dir), failures)
 
 
+def _checked_request(
+    profile: str, only: Sequence[str] | None, seeds: int | None, device: str,
+    overrides: Mapping[str, Any] | None,
+) -> tuple[list[str], dict[str, Any], NotebookParameters]:
+    """The chosen notebooks, their parameters and the checked, resolved values, or ``ValueError`` before
+    anything runs; the resolved paths are the ones the notebooks will use."""
+    names = notebook_names()
+    chosen = list(only) if only else names
+    unknown = [f"{n!r}{did_you_mean(n, names)}" for n in chosen if n not in names]
+    if unknown:
+        raise ValueError(f"unknown notebooks {', '.join(unknown)}; valid notebooks: {', '.join(names)}")
+    parameters: dict[str, Any] = {"profile": profile, "device": device, **(overrides or {})}
+    if seeds is not None:
+        parameters["seeds"] = seeds
+    checked = validate_parameters(profile, seeds or 0, device, data_root=parameters.get("data_root", ""),
+                                  results_dir=parameters.get("results_dir", ""))
+    for name in chosen:
+        check_parameter_names(notebooks_dir() / f"{name}.ipynb", parameters)
+    return chosen, parameters, checked
+
+
+def _experiment_notebooks(chosen: Sequence[str]) -> list[str]:
+    """The chosen notebooks that run an experiment of the same name (the report notebook does not)."""
+    from lvit.experiments import list_experiments
+
+    experiments = {e.name for e in list_experiments()}
+    return [n for n in chosen if n in experiments]
+
+
+def plan(profile: str, only: Sequence[str] | None = None, seeds: int | None = None, device: str = "auto",
+         overrides: Mapping[str, Any] | None = None) -> tuple[NotebookParameters, list[PendingWork]]:
+    """What :func:`reproduce` with these arguments would train, in the order its workers would, without
+    running anything: :func:`lvit.engine.run.pending_work` over the chosen tables (whole tables: a ``rows``
+    override is refused)."""
+    from lvit.engine.run import pending_work
+
+    chosen, parameters, checked = _checked_request(profile, only, seeds, device, overrides)
+    if "rows" in parameters:
+        raise ValueError("a dry run lists whole tables; drop the rows parameter")
+    pending = pending_work(_experiment_notebooks(chosen), checked.profile, seeds, checked.device,
+                           checked.results_dir, checked.data_root)  # fmt: skip
+    return checked, pending
+
+
+def describe_plan(checked: NotebookParameters, pending: Sequence[PendingWork]) -> str:
+    """:func:`plan`'s work as a numbered list, with each item's wall-time hint
+    (:func:`lvit.engine.run.wall_hints`) and what they add up to."""
+    from lvit.engine.run import DenseRun, wall_hints
+
+    if not pending:
+        return (f"nothing to train at {checked.profile}: every (row, seed) is stored under "
+                f"{checked.profile_dir}; the notebooks and the report would only read it")
+    hints = wall_hints(pending, checked.results_dir, checked.profile)
+    lines = [f"to train at {checked.profile} (results under {checked.profile_dir}), in this order:"]
+    for number, (work, hint) in enumerate(zip(pending, hints, strict=True), 1):
+        kind, name, what = (("dense", work.experiment, ", ".join(work.rows)) if isinstance(work, DenseRun)
+                            else ("train", work.model, work.desc))  # fmt: skip
+        seconds = f"{hint:8.0f} s" if hint is not None else "       – "
+        lines.append(f"{number:4}. {kind:<6}{name:<28}{what:<40}seed {work.seed:<3}{seconds}")
+    dense = sum(isinstance(work, DenseRun) for work in pending)
+    known = [hint for hint in hints if hint is not None]
+    lines.append(f"{len(pending) - dense} classification trainings and {dense} dense runs.")
+    if known:
+        lines.append(f"The seconds are what stored results of the same configuration took at other seeds "
+                     f"(median), {sum(known):.0f} s for {len(known)} of {len(pending)}: a hint, not this "
+                     "run's time (those runs may have shared their GPU, and may be of older code).")
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def _pending_work_in_workers(chosen: Sequence[str], seeds: int | None, checked: NotebookParameters,
                              row_subset: bool, workers: int, bar: tqdm) -> Iterator[None]:
@@ -278,10 +337,8 @@ def _pending_work_in_workers(chosen: Sequence[str], seeds: int | None, checked: 
     error. Leaving the block waits for the workers, so nothing is left running behind the report.
     """
     from lvit.engine.run import DenseRun, pending_work, run_pending
-    from lvit.experiments import list_experiments
 
-    experiments = {e.name for e in list_experiments()}
-    names = [n for n in chosen if n in experiments]
+    names = _experiment_notebooks(chosen)
     if not workers or not names or row_subset:  # a row subset: let the notebooks decide
         yield
         return
@@ -352,6 +409,9 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         help="also do the tables' trainings (dense and classification) in K processes beside "
                              "the notebooks (default 0: each notebook trains its own rows in turn)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs to the log")
+    parser.add_argument("-n", "--dry-run", action="store_true",
+                        help="list the trainings it would do (what is not stored), with wall-time hints from "
+                             "stored runs, and run nothing")
     parser.set_defaults(func=_reproduce_command)
 
 
@@ -360,6 +420,9 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.dry_run:
+            print(describe_plan(*plan(profile, args.only, args.seeds, args.device, dict(args.param))))
+            return 0
         outcome = reproduce(profile, args.only, args.seeds, args.device, dict(args.param), args.timeout,
                             log_output=args.verbose, jobs=args.jobs, train_workers=args.train_workers)
     except (ValueError, KeyError) as error:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -116,3 +117,20 @@ def test_reproduce_runs_notebooks_concurrently_report_last_alone_under_results_r
     assert outcome.report == elsewhere / "REPORT.md"
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         module.reproduce("smoke", only=chosen, device="cpu", jobs=0)
+
+
+def test_dry_run_lists_the_trainings_in_order_and_runs_nothing(tmp_path, capsys):
+    from lvit.cli import main
+
+    results = tmp_path / "results"
+    command = ["reproduce", "--profile", "smoke", "--device", "cpu", "--dry-run",
+               "--only", "dpt_read_ablation", "report", "-p", f"results_dir={results}"]  # fmt: skip
+    assert main(command + ["--seeds", "2"]) == 0
+    listed = re.findall(r"^ *\d+\. (\w+) +(\S+) +(.+?) +seed (\d+)", capsys.readouterr().out, re.MULTILINE)
+    # the backbone's pretraining first (every dense run waits for it), then each row at each seed; the report
+    # notebook trains nothing
+    assert listed == [("train", "vit_tiny_patch16_224", "pretrain vit_tiny_patch16_224", "0")] + [
+        ("dense", "dpt_read_ablation", row, seed) for seed in "01" for row in ("Ignore", "Add", "Project")]
+    assert not results.exists()  # nothing trained, stored or created
+    with pytest.raises(SystemExit, match="a dry run lists whole tables"):
+        main([argument for argument in command if argument != "report"] + ["-p", 'rows=["Add"]'])

@@ -226,6 +226,41 @@ def test_pending_work_is_distinct_pretrainings_first_and_notebooks_reuse_it(tmp_
     assert len(pending_work(["localvit_placement"], "smoke", 1, "cpu", **dirs)) == 5
 
 
+def test_wall_hints_are_stored_walls_of_the_same_configuration_at_other_seeds(tmp_path):
+    from lvit import results as store
+    from lvit.engine.run import DenseRun, pending_work, run_pending, wall_hints
+
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    done = pending_work(["localvit_placement"], "smoke", 1, "cpu", **dirs)[0]
+    run_pending(done)
+    record = store.shared_run_path(tmp_path / "results", "smoke", done.key[:16])
+    wall = json.loads(record.read_text())["wall_s"]
+    pending = pending_work(["localvit_placement"], "smoke", 2, "cpu", **dirs)
+    labels = [(w.desc, w.seed) for w in pending]
+    hints = dict(zip(labels, wall_hints(pending, tmp_path / "results", "smoke"), strict=True))
+    twin = (done.desc.replace(" s0", " s1"), 1)  # the same row at the seed still to train
+    assert hints.pop(twin) == pytest.approx(wall)
+    assert len(hints) == 8 and set(hints.values()) == {None}  # other kwargs: nothing stored to go by
+
+    # a dense run's hint: per row, the median over its stored seeds, summed over the rows the run trains and
+    # evaluates; a row with nothing stored leaves the run without a hint
+    def stored(row: str, seed: int, wall_s: float) -> list[dict]:
+        origin = store.provenance("smoke", seed, "cpu", {"row": row}, "2026-11-27T00:00:00+00:00", wall_s)
+        return [{**origin, "row": row, "metric": metric, "value": 0.1, "split": "val", "epoch": 1}
+                for metric in ("mean_abs_rel", "eth3d_abs_rel")]
+
+    store.append_results(tmp_path / "results", "smoke", "dpt_inference_resolution",
+                         stored("384", 0, 100.0) + stored("384", 1, 300.0) + stored("384", 2, 150.0)
+                         + stored("448", 0, 4.0))  # fmt: skip
+
+    def dense(*rows: str) -> DenseRun:
+        return DenseRun("dpt_inference_resolution", rows, 3, "smoke", "cpu", str(tmp_path / "results"), "")
+
+    hint_pair, hint_unstored = wall_hints([dense("384", "448"), dense("384", "512")], tmp_path / "results",
+                                          "smoke")  # fmt: skip
+    assert hint_pair == pytest.approx(150.0 + 4.0) and hint_unstored is None
+
+
 def test_a_dense_run_done_by_a_worker_is_read_by_the_notebook(tmp_path, monkeypatch):
     from lvit.engine.run import DenseRun, pending_work, run_pending
 

@@ -523,11 +523,48 @@ def _by_seed_slowest_first(
     its third; slowest first within a seed, so that the slow trainings do not form the tail.
     """
     walls: dict[str, list[float]] = {}
-    for path in (Path(results_dir) / profile / "runs").glob("*.json"):
-        record = json.loads(path.read_text())
-        walls.setdefault(record["model"], []).append(float(record["wall_s"]))
+    for (model, _), values in _stored_run_walls(results_dir, profile).items():
+        walls.setdefault(model, []).extend(values)
     median = {model: statistics.median(values) for model, values in walls.items()}
     return sorted(trainings, key=lambda t: (t.seed, -median.get(t.model, 0.0)))  # stable: ties keep order
+
+
+def _stored_run_walls(results_dir: str | Path, profile: str) -> dict[tuple[str, str], list[float]]:
+    """Wall times of the stored shared runs at ``profile`` (every seed and version), by (model, kwargs)."""
+    walls: dict[tuple[str, str], list[float]] = {}
+    for path in (Path(results_dir) / profile / "runs").glob("*.json"):
+        record = json.loads(path.read_text())
+        config = (record["model"], _kwargs_text(record.get("kwargs")))  # records of older code may lack them
+        walls.setdefault(config, []).append(float(record["wall_s"]))
+    return walls
+
+
+def _kwargs_text(kwargs: Mapping[str, Any] | None) -> str:
+    # a record's kwargs went through JSON: tuples came back as lists, so compare both as JSON text
+    return json.dumps(dict(kwargs) if kwargs is not None else None, sort_keys=True, default=str)
+
+
+def wall_hints(pending: Sequence[PendingWork], results_dir: str | Path, profile: str) -> list[float | None]:
+    """For each item of :func:`pending_work`, the median seconds stored results of the same configuration
+    took at any seed (None: nothing stored): a training's by its shared runs (model and kwargs), a dense
+    run's by its rows' stored results, summed over the rows it trains and evaluates. A hint for planning,
+    not a timing: stored runs may have shared their GPU with others, and may be of older code.
+    """
+    runs = _stored_run_walls(results_dir, profile)
+    tables: dict[str, pd.DataFrame] = {}
+    hints: list[float | None] = []
+    for work in pending:
+        if isinstance(work, Training):
+            walls = runs.get((work.model, _kwargs_text(work.kwargs)))
+            hints.append(statistics.median(walls) if walls else None)
+            continue
+        if work.experiment not in tables:
+            tables[work.experiment] = store.load_results(results_dir, profile, work.experiment)
+        df = tables[work.experiment]
+        per_run = df[df["row"].isin(work.rows)].drop_duplicates(["row", "seed"])  # one wall per (row, seed)
+        medians = per_run.groupby("row")["wall_s"].median()
+        hints.append(float(medians.sum()) if len(medians) == len(work.rows) else None)
+    return hints
 
 
 def run_pending(work: PendingWork) -> None:
