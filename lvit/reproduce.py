@@ -309,8 +309,8 @@ def describe_plan(checked: NotebookParameters, pending: Sequence[PendingWork]) -
     from lvit.engine.run import DenseRun, wall_hints
 
     if not pending:
-        return (f"nothing to train at {checked.profile}: every (row, seed) is stored under "
-                f"{checked.profile_dir}; the notebooks and the report would only read it")
+        return (f"nothing to train at {checked.profile}: every trained (row, seed) of the chosen tables is "
+                f"stored under {checked.profile_dir}")
     hints = wall_hints(pending, checked.results_dir, checked.profile)
     lines = [f"to train at {checked.profile} (results under {checked.profile_dir}), in this order:"]
     for number, (work, hint) in enumerate(zip(pending, hints, strict=True), 1):
@@ -426,7 +426,7 @@ def _reproduce_command(args: argparse.Namespace) -> int:
         outcome = reproduce(profile, args.only, args.seeds, args.device, dict(args.param), args.timeout,
                             log_output=args.verbose, jobs=args.jobs, train_workers=args.train_workers)
     except (ValueError, KeyError) as error:
-        raise SystemExit(f"lvit reproduce: {error}") from None
+        raise SystemExit(f"lvit reproduce: {error.args[0]}") from None  # a KeyError's str() adds quotes
     print(f"report: {outcome.report}")
     if outcome.failures:
         print(f"{len(outcome.failures)} notebook(s) failed:")
