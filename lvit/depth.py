@@ -94,20 +94,26 @@ def write_depth(depth: np.ndarray, out_dir: Path, name: str, colormap: str = "in
 
 def _run(args: argparse.Namespace) -> int:
     from lvit import create_model
+    from lvit.evaluate import CheckpointError, load_checkpoint
+    from lvit.experiments.base import did_you_mean
+    from lvit.models.dpt import dpt_model_names
 
-    # every input checked before the model is built: a typo is a message, not a traceback
-    inputs = [*args.images, *([args.checkpoint] if args.checkpoint else [])]
-    missing = [p for p in inputs if not Path(p).is_file()]
+    # every input checked before any work: a typo is a message, not a traceback
+    missing = [p for p in [*args.images, args.checkpoint] if not Path(p).is_file()]
     if missing:
         raise SystemExit(f"lvit depth: no such file: {', '.join(missing)}")
+    unreadable = [p for p in args.images if not _is_image(p)]
+    if unreadable:
+        raise SystemExit(f"lvit depth: not an image PIL can read: {', '.join(unreadable)}")
+    names = dpt_model_names()
+    if args.model not in names:
+        raise SystemExit(f"lvit depth: {args.model!r} is not a DPT model{did_you_mean(args.model, names)}; "
+                         f"DPT models: {', '.join(names)}")
+    model = create_model(args.model, task="depth")
     try:
-        model = create_model(args.model, task="depth")
-    except ValueError as error:
+        load_checkpoint(model, args.checkpoint)
+    except CheckpointError as error:
         raise SystemExit(f"lvit depth: {error}") from None
-    if args.checkpoint is not None:
-        from lvit import load_pretrained
-
-        load_pretrained(model, args.checkpoint)
     model.to(args.device)
     for path in tqdm(args.images, desc="depth", unit="image"):
         depth = predict_depth(model, path, net_size=args.net_size)
@@ -116,13 +122,22 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_image(path: str) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError):  # an unknown format is an OSError to PIL; a broken file raises either
+        return False
+    return True
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "depth", help="monocular depth with a DPT model (official inference pipeline)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="input image files")
-    parser.add_argument("--checkpoint", metavar="FILE",
+    parser.add_argument("--checkpoint", metavar="FILE", required=True,
                         help="weights: official DPT .pt, HuggingFace DPT state_dict or lvit checkpoint")
     parser.add_argument("--model", default="dpt_hybrid", help="lvit model name (default: dpt_hybrid)")
     parser.add_argument("--out", default="depth_out", metavar="DIR", help="output folder")

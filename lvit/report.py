@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -813,6 +814,15 @@ def _anchor(title: str) -> str:
     return kept.replace(" ", "-")
 
 
+def profiles_with_results(results_dir: Path | str) -> list[str]:
+    """The profiles that have a directory under ``results_dir``, most faithful first (paper, proxy, smoke)."""
+    from lvit.experiments import PROFILES
+
+    faithful_first = ("pretrained", "paper", "proxy", "smoke")
+    ordered = sorted(PROFILES, key=lambda p: faithful_first.index(p) if p in faithful_first else -1)
+    return [p for p in ordered if (Path(results_dir) / p).is_dir()]
+
+
 def write_report(results_dir: Path | str, profiles: Iterable[str] | None = None,
                  experiments: Sequence[str] | None = None) -> Path:
     """Write ``<results_dir>/REPORT.md`` and ``<results_dir>/<profile>/tables/<experiment>.tex``.
@@ -820,14 +830,8 @@ def write_report(results_dir: Path | str, profiles: Iterable[str] | None = None,
     ``profiles`` defaults to every profile directory under ``results_dir``, most faithful first
     (paper, proxy, smoke). Declared rows without results appear as missing.
     """
-    from lvit.experiments import PROFILES
-
     results_dir = Path(results_dir)
-    if profiles is None:
-        faithful_first = ("pretrained", "paper", "proxy", "smoke")
-        ordered = sorted(PROFILES, key=lambda p: faithful_first.index(p) if p in faithful_first else -1)
-        profiles = [p for p in ordered if (results_dir / p).is_dir()]
-    profiles = list(profiles)
+    profiles = list(profiles_with_results(results_dir) if profiles is None else profiles)
     parts = ["# lvit report: published vs reproduced", "",
              "Every table and figure of LocalViT (Li et al.) and DPT (Ranftl et al.), the paper's number "
              "beside ours. *ours* is mean ± sample std over seeds (n = seeds). *delta* is ours − paper. "
@@ -889,5 +893,14 @@ def _report_command(args: argparse.Namespace) -> int:
     results_dir = args.results_dir or project_root() / "results"
     if not Path(results_dir).is_dir():  # a mistyped path would otherwise get a report of nothing
         raise SystemExit(f"lvit report: no results directory {results_dir}")
+    present = profiles_with_results(results_dir)
+    absent = [p for p in args.profiles or [] if p not in present]
+    if absent:  # a report of declared rows, every one "missing", written over the real one
+        raise SystemExit(f"lvit report: no {', '.join(absent)} results under {results_dir} (profiles with "
+                         f"results: {', '.join(present) or 'none'})")
     print(write_report(results_dir, args.profiles))
+    left_out = [p for p in present if args.profiles and p not in args.profiles]
+    if left_out:  # REPORT.md is one file: the sections of the profiles not asked for are gone from it
+        print(f"lvit report: REPORT.md now leaves out {', '.join(left_out)}, which also have results; "
+              "`lvit report` without --profile reports every profile", file=sys.stderr)
     return 0

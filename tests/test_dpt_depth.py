@@ -72,11 +72,13 @@ def test_depth_cli_writes_16_bit_png_and_preview(tmp_path) -> None:
     image = tmp_path / "scene.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(image)
     out = tmp_path / "out"
+    checkpoint = tmp_path / "dpt_tiny.pt"
+    torch.save(lvit.create_model("dpt_tiny", task="depth").state_dict(), checkpoint)
     assert "lvit.depth" in _COMMAND_MODULES
     parser = argparse.ArgumentParser()  # only this subcommand: importing every other one is slow
     register_cli(parser.add_subparsers())
     args = parser.parse_args(["depth", str(image), "--model", "dpt_tiny", "--net-size", "64",
-                              "--out", str(out)])
+                              "--checkpoint", str(checkpoint), "--out", str(out)])
     assert args.func(args) == 0
     raw, preview = Image.open(out / "scene.png"), Image.open(out / "scene_preview.png")
     assert raw.mode.startswith("I;16") and raw.size == (56, 40)
@@ -93,7 +95,27 @@ def test_depth_cli_names_missing_inputs_and_unknown_models_before_any_work(tmp_p
         args = parser.parse_args(["depth", *argv])
         args.func(args)
 
+    checkpoint = tmp_path / "localvit_tiny.pt"  # a real checkpoint, of another model
+    torch.save(lvit.create_model("localvit_tiny").state_dict(), checkpoint)
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not pixels")
+
     with pytest.raises(SystemExit, match=r"^lvit depth: no such file: .*nope\.png, .*nope\.pt$"):
         run(str(image), str(tmp_path / "nope.png"), "--checkpoint", str(tmp_path / "nope.pt"))
-    with pytest.raises(SystemExit, match=r"^lvit depth: unknown model 'dpt_hybird'; closest matches: dpt_hy"):
-        run(str(image), "--model", "dpt_hybird")
+    with pytest.raises(SystemExit, match=r"^lvit depth: not an image PIL can read: .*notes\.png$"):
+        run(str(image), str(not_an_image), "--checkpoint", str(checkpoint))
+    with pytest.raises(SystemExit, match=r"^lvit depth: 'dpt_hybird' is not a DPT model \(did you mean "
+                                         r"'dpt_hybrid'\?\); DPT models: dpt_base, "):
+        run(str(image), "--model", "dpt_hybird", "--checkpoint", str(checkpoint))
+    with pytest.raises(SystemExit, match=r"^lvit depth: 'localvit_tiny' is not a DPT model"):
+        run(str(image), "--model", "localvit_tiny", "--checkpoint", str(checkpoint))
+    with pytest.raises(SystemExit, match=r"^lvit depth: cannot load checkpoint .*localvit_tiny\.pt into DPT"):
+        run(str(image), "--model", "dpt_tiny", "--checkpoint", str(checkpoint))
+
+
+def test_depth_cli_refuses_to_run_without_weights(tmp_path, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    with pytest.raises(SystemExit) as exit_info:  # an untrained model's "depth" looks real: no default
+        parser.parse_args(["depth", str(tmp_path / "scene.png")])
+    assert exit_info.value.code == 2 and "--checkpoint" in capsys.readouterr().err

@@ -457,3 +457,20 @@ def test_lvit_report_refuses_a_results_directory_that_is_not_there(tmp_path):
     assert not (tmp_path / "nope").exists()
     with pytest.raises(SystemExit, match=r"unknown profile 'proxi' \(did you mean 'proxy'\?\)"):
         main(["report", "--profile", "proxi", "--results-dir", str(tmp_path)])
+
+
+def test_lvit_report_for_one_profile_refuses_an_absent_one_and_names_what_it_leaves_out(tmp_path, capsys):
+    from lvit.cli import main
+
+    (tmp_path / "smoke").mkdir()
+    with pytest.raises(SystemExit, match=r"no proxy results under .* \(profiles with results: smoke\)"):
+        main(["report", "--profile", "proxy", "--results-dir", str(tmp_path)])
+    assert not (tmp_path / "REPORT.md").exists()  # nothing written over a report of the real results
+
+    (tmp_path / "proxy").mkdir()
+    assert main(["report", "--profile", "smoke", "--results-dir", str(tmp_path)]) == 0
+    assert "REPORT.md now leaves out proxy" in capsys.readouterr().err
+    assert "## Profile smoke" in (tmp_path / "REPORT.md").read_text()
+    assert main(["report", "--results-dir", str(tmp_path)]) == 0
+    assert "leaves out" not in capsys.readouterr().err
+    assert "## Profile proxy" in (tmp_path / "REPORT.md").read_text()

@@ -559,6 +559,11 @@ _VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def dpt_model_names() -> list[str]:
+    """The registered DPT variants: the official models and the proxy stand-ins."""
+    return sorted(_VARIANTS)
+
+
 def _create_dpt(variant: str, pretrained: bool = False, **kwargs: Any) -> DPT:
     if pretrained:
         raise ValueError(f"{variant}: nothing is downloaded; build, then lvit.load_pretrained(model, file)")
