@@ -222,7 +222,10 @@ def _table(rows: list[ComplexityRow]) -> list[list[str]]:
 def _run(args: argparse.Namespace) -> int:
     # Batch-1 forwards are too small to gain from threads; on a busy machine extra threads only spin.
     torch.set_num_threads(1)
-    rows = complexity_rows(args.experiment or None, progress=True)
+    try:
+        rows = complexity_rows(args.experiment or None, progress=True)
+    except KeyError as error:  # a mistyped experiment: the message names the valid ones
+        raise SystemExit(f"lvit complexity: {error.args[0]}") from None
     table = _table(rows)
     if args.format == "csv":
         writer = csv.writer(sys.stdout)

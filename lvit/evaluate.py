@@ -25,8 +25,9 @@ for a released file, else the dataset's first):
   bilinear); pixAcc and mIoU (percent) accumulated over the whole set (``dpt.md`` §6.2).
 
 Procedural stand-ins run the same code: ``local_shapes`` (classification) and ``scenes`` (``zero_shot``,
-``single_scale``, ``ms_flip``), rendered at the model's input size, fed in [0, 1] without normalisation as
-the engine trains on them, and sized by the model (``net_size`` = its input side).
+``single_scale``, ``ms_flip``), rendered at the model's input size and normalised as the engine trains on
+them (``lvit.data.build_dataset``: ImageNet's mean and std for ``local_shapes``, DPT's 0.5 and 0.5 for
+``scenes``), and sized by the model (``net_size`` = its input side).
 
 Result rows go to ``results/pretrained/<experiment>.csv`` (row = the checkpoint's file name) with the
 checkpoint's sha256 in the provenance. A checkpoint that does not load writes nothing.
@@ -390,10 +391,16 @@ def build_model(
 ) -> nn.Module:
     """The lvit model for ``protocol``: DPT models get the task (and ADE20K / Scenes class count)."""
     from lvit import create_model
+    from lvit.models.dpt import dpt_model_names
 
     kwargs: dict[str, Any] = {}
     task = PROTOCOL_TASK[protocol]
-    if name.startswith("dpt"):
+    dense = name in dpt_model_names()
+    if dense != (task != "classification"):  # else the model fails deep inside, on a task or a tensor shape
+        needs = f"a DPT model ({', '.join(dpt_model_names())})" if not dense else "a classification model"
+        raise ValueError(f"{dataset!r} by protocol {protocol!r} evaluates {task}: it needs {needs}, "
+                         f"not {name!r}")
+    if dense:
         kwargs["task"] = task
         if task == "segmentation":
             kwargs["num_classes"] = segmentation_classes(dataset)

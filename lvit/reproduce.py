@@ -15,7 +15,7 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -309,8 +309,7 @@ def describe_plan(checked: NotebookParameters, pending: Sequence[PendingWork]) -
     from lvit.engine.run import DenseRun, wall_hints
 
     if not pending:
-        return (f"nothing to train at {checked.profile}: every trained (row, seed) of the chosen tables is "
-                f"stored under {checked.profile_dir}")
+        return f"nothing to train at {checked.profile}: the chosen notebooks' trainings are all stored"
     hints = wall_hints(pending, checked.results_dir, checked.profile)
     lines = [f"to train at {checked.profile} (results under {checked.profile_dir}), in this order:"]
     for number, (work, hint) in enumerate(zip(pending, hints, strict=True), 1):
@@ -389,6 +388,18 @@ def parse_override(text: str) -> tuple[str, Any]:
         return name, value  # a bare string
 
 
+def _count(least: int) -> Callable[[str], int]:
+    """An argparse type: an int of at least ``least``, refused while the command line is read."""
+
+    def integer(text: str) -> int:  # argparse names the type by this name: "invalid integer value"
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
+        return value
+
+    return integer
+
+
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reproduce", help="run every notebook through papermill at one profile, then write results/REPORT.md")
@@ -402,10 +413,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                         metavar="NAME=VALUE",
                         help="extra notebook parameter (VALUE parsed as JSON, else a string); repeatable")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
-    parser.add_argument("-j", "--jobs", type=int, default=1,
+    parser.add_argument("-j", "--jobs", type=_count(1), default=1,
                         help="notebooks run at once (default 1); notebooks on one GPU time-slice it, "
                              "so this overlaps their launch gaps and CPU work rather than multiplying speed")
-    parser.add_argument("--train-workers", type=int, default=0, metavar="K",
+    parser.add_argument("--train-workers", type=_count(0), default=0, metavar="K",
                         help="also do the tables' trainings (dense and classification) in K processes beside "
                              "the notebooks (default 0: each notebook trains its own rows in turn)")
     parser.add_argument("-v", "--verbose", action="store_true", help="stream cell outputs to the log")

@@ -149,5 +149,6 @@ def test_cli_csv_lists_rows_with_match_columns(capsys: pytest.CaptureFixture[str
 
 
 def test_cli_rejects_unknown_experiment() -> None:
-    with pytest.raises(KeyError, match="localvit_placement"):
+    with pytest.raises(SystemExit, match=r"^lvit complexity: unknown experiment 'localvit_nope' .*; valid .*"
+                                         r"localvit_placement"):
         main(["complexity", "--experiment", "localvit_nope"])

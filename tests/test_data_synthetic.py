@@ -156,3 +156,6 @@ def test_preview_cli_renders_the_nuisance_asked_for_and_refuses_out_of_range(tmp
     assert torch.equal(written, as_png(0.0)) and not torch.equal(written, as_png(1.0))
     with pytest.raises(SystemExit, match="nuisance must be in"):
         main(["data", "preview", "--dataset", "local_shapes", "--nuisance", "2", "--out", out])
+    for n in ("0", "-3"):
+        with pytest.raises(SystemExit, match=rf"^lvit data preview: -n .* at least 1, got {n}$"):
+            main(["data", "preview", "-n", n, "--out", out])

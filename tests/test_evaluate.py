@@ -183,6 +183,18 @@ def test_unknown_dataset_and_protocol_name_the_valid_choices(tmp_path: Path, cap
     assert "valid protocols: classification" in capsys.readouterr().err
 
 
+def test_a_model_of_the_wrong_kind_for_the_dataset_is_named_before_it_is_built(tmp_path: Path, capsys):
+    checkpoint = tmp_path / "x.pth"
+    checkpoint.write_bytes(b"")
+    for model, dataset, expected in (
+        ("dpt_tiny", "local_shapes", "evaluates classification: it needs a classification model, not 'dpt_"),
+        ("localvit_tiny", "scenes", "evaluates depth: it needs a DPT model (dpt_base, "),
+    ):
+        assert _evaluate_cli(tmp_path, "--model", model, "--checkpoint", str(checkpoint), "--dataset",
+                             dataset) == 2
+        assert expected in capsys.readouterr().err
+
+
 def test_every_released_checkpoint_has_a_known_protocol_for_its_datasets() -> None:
     from lvit.evaluate import DATASET_PROTOCOLS, result_experiment
 

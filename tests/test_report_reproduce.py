@@ -134,3 +134,6 @@ def test_dry_run_lists_the_trainings_in_order_and_runs_nothing(tmp_path, capsys)
     assert not results.exists()  # nothing trained, stored or created
     with pytest.raises(SystemExit, match="a dry run lists whole tables"):
         main([argument for argument in command if argument != "report"] + ["-p", 'rows=["Add"]'])
+    with pytest.raises(SystemExit):  # what the real run would refuse, refused as the command line is read
+        main(command + ["--jobs", "0"])
+    assert "argument -j/--jobs: must be >= 1, got 0" in capsys.readouterr().err

@@ -72,6 +72,27 @@ def test_lvit_run_answers_a_mistyped_name_with_a_message_and_the_closest_valid_o
         main(["run", "localvit_main", "--rows", "LocalViT-X"])
 
 
+def test_lvit_run_refuses_bad_seeds_devices_paths_and_absent_datasets_in_one_line(tmp_path, monkeypatch):
+    from lvit.cli import main
+
+    monkeypatch.setattr(runner, "_run_all", lambda *a, **k: pytest.fail("bad input reached the training"))
+    base = ["run", "localvit_placement", "--results-dir", str(tmp_path / "results")]
+    for seeds in (["0"], ["1", "-1"]):
+        with pytest.raises(SystemExit, match=rf"^lvit run: --seeds {' '.join(seeds)}: give a count N >= 1"):
+            main([*base, "--seeds", *seeds])
+    with pytest.raises(SystemExit, match=r"^lvit run: unknown or unavailable device 'gpu' \(did you mean"):
+        main([*base, "--device", "gpu"])
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(SystemExit, match=r"^lvit run: .*a_file is a file, not a directory$"):
+        main(["run", "localvit_placement", "--results-dir", str(a_file)])
+    with pytest.raises(ValueError, match="list of seeds >= 0"):  # the API refuses them too
+        run_experiment("localvit_placement", "smoke", [1, -1], results_dir=tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"^lvit run: missing .*imagenet/train; expected layout:"):
+        main([*base, "--profile", "paper", "--data-root", str(tmp_path / "no_data"), "--rows", "Low 1~4"])
+
+
 def test_seeds_left_out_are_the_experiments_declared_count(tmp_path, monkeypatch):
     ran: list[list[int]] = []
     monkeypatch.setattr(runner, "_run_all", lambda experiment, recipe, rows, seeds, *rest: ran.append(seeds))

@@ -43,6 +43,8 @@ def colorize_labels(labels: torch.Tensor) -> torch.Tensor:
 def preview_grid(
     dataset: str, n: int, image_size: int, split: str, seed: int, domain: str | None, nuisance: float = 1.0
 ) -> torch.Tensor:
+    if n < 1:
+        raise ValueError(f"-n is the number of samples to show: at least 1, got {n}")
     indices = torch.arange(n)
     if dataset == "local_shapes":
         images, _ = LocalShapes(split, max(n, 1), image_size, seed=seed, nuisance=nuisance).generate(indices)

@@ -45,9 +45,11 @@ import pandas as pd
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 import lvit
 from lvit import results as store
+from lvit.data.datasets import LayoutError
 from lvit.engine.admission import admitted, free_gib, release_cached_memory
 from lvit.engine.loop import (
     LoopConfig,
@@ -78,11 +80,15 @@ class CachedDataset(Dataset):
     epoch and run) changes no value and removes the generator from the training loop's cost.
     """
 
-    def __init__(self, dataset: Dataset, device: torch.device, chunk: int = 512) -> None:
+    def __init__(
+        self, dataset: Dataset, device: torch.device, chunk: int = 512, desc: str = "render"
+    ) -> None:
+        starts = range(0, len(dataset), chunk)  # type: ignore[arg-type]
+        # a bar in a terminal: the proxy's depth scenes take a minute and a half to render on a CPU
         parts = [
             dataset.generate(list(range(i, min(i + chunk, len(dataset)))), device)  # type: ignore[attr-defined]
-            for i in range(0, len(dataset), chunk)
-        ]  # type: ignore[arg-type]
+            for i in tqdm(starts, desc=desc, unit="chunk", disable=None, leave=False)
+        ]
         first = parts[0]
         if isinstance(first, Mapping):
             self.data: Any = {k: torch.cat([p[k] for p in parts]) for k in first}
@@ -113,7 +119,8 @@ def _dataset(
     key = store.config_hash({"split": split, "device": str(device), "data_root": str(data_root), **config})
     if key not in _DATA_CACHE:
         dataset = build_dataset(config["dataset"], split, config, data_root)
-        _DATA_CACHE[key] = CachedDataset(dataset, device) if hasattr(dataset, "generate") else dataset
+        _DATA_CACHE[key] = (CachedDataset(dataset, device, desc=f"render {config['dataset']} {split}")
+                            if hasattr(dataset, "generate") else dataset)  # fmt: skip
     return _DATA_CACHE[key]
 
 
@@ -690,8 +697,8 @@ def run_experiment(
     if seeds is None:
         seeds = experiment.default_seeds(profile)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("no seeds to run: pass a positive count or a list of seeds")
+    if not seed_list or min(seed_list) < 0:
+        raise ValueError(f"no seeds to run in {seeds!r}: pass a positive count or a list of seeds >= 0")
     if profile == "paper" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(name, profile, seed_list, data_root, results_dir, [r.label for r in selected], reuse)
         return _stored(results_dir, profile, name, selected, seed_list)
@@ -886,31 +893,43 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    try:  # a mistyped name or row: a message, not a traceback (resolve refuses bad input before any work)
-        resolve(args.experiment, args.profile, args.rows)
+    try:  # bad input is a message, not a traceback, and is refused before any work
+        seeds = _checked_run_arguments(args)
     except (KeyError, ValueError) as error:
         raise SystemExit(f"lvit run: {error.args[0]}") from None
-    seeds: int | list[int] | None = args.seeds[0] if args.seeds and len(args.seeds) == 1 else args.seeds
-    df = run_experiment(
-        args.experiment,
-        args.profile,
-        seeds,
-        args.device,
-        args.data_root,
-        args.results_dir,
-        args.rows,
-        reuse=not args.no_reuse,
-    )
+    try:
+        df = run_experiment(args.experiment, args.profile, seeds, args.device, args.data_root,
+                            args.results_dir, args.rows, reuse=not args.no_reuse)  # fmt: skip
+    except LayoutError as error:  # the paper profile's datasets are the user's to supply
+        raise SystemExit(f"lvit run: {error}") from None
     if int(os.environ.get("RANK", "0")) == 0 and len(df):
         print(store.summarize(df).to_string(index=False))
     return 0
+
+
+def _checked_run_arguments(args: argparse.Namespace) -> int | list[int] | None:
+    """``lvit run``'s seeds as :func:`run_experiment` takes them, once every argument is checked
+    (``KeyError`` or ``ValueError`` naming the valid choices)."""
+    from lvit.reproduce import validate_parameters
+
+    resolve(args.experiment, args.profile, args.rows)
+    validate_parameters(args.profile, 0, args.device)  # the device: one this machine has
+    seeds = args.seeds
+    if seeds is not None and (min(seeds) < 0 or seeds == [0]):
+        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give a count N >= 1 (seeds 0..N-1), several "
+                         "seeds >= 0, or nothing for the experiment's declared count")
+    for path in (args.results_dir, args.data_root):
+        if Path(path).exists() and not Path(path).is_dir():
+            raise ValueError(f"{path} is a file, not a directory")
+    return seeds[0] if seeds is not None and len(seeds) == 1 else seeds
 
 
 def _list_command(args: argparse.Namespace) -> int:
     for experiment in list_experiments():
         runnable = [r.label for r in experiment.rows if r.model]
         print(f"{experiment.name}  [{experiment.paper}, {experiment.task}]  {experiment.title}")
-        print(f"    profiles: {', '.join(experiment.profiles)}")
+        profiles = ", ".join(experiment.profiles) or "none (released checkpoints: lvit evaluate)"
+        print(f"    profiles: {profiles}")
         print(f"    rows: {'; '.join(runnable)}")
     return 0
 

@@ -92,7 +92,8 @@ class Experiment:
 
     def recipe(self, profile: str) -> Mapping[str, Any]:
         if profile not in self.profiles:
-            valid = ", ".join(self.profiles) or "none declared"
+            valid = ", ".join(self.profiles) or "none: its rows are released checkpoints, re-measured by " \
+                "`lvit evaluate`"
             raise KeyError(f"experiment {self.name!r} has no profile {profile!r}; valid profiles: {valid}")
         return self.profiles[profile]
 
