@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from lvit.experiments import PROFILES, get_experiment
-from lvit.experiments.base import check_profile, did_you_mean
+from lvit.experiments import get_experiment
+from lvit.experiments.base import TRAINED_PROFILES, check_profile, did_you_mean
 
 if TYPE_CHECKING:  # pandas and torch load only when a notebook runs an experiment
     import pandas as pd
@@ -403,7 +403,7 @@ def _count(least: int) -> Callable[[str], int]:
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reproduce", help="run every notebook through papermill at one profile, then write results/REPORT.md")
-    parser.add_argument("--profile", choices=PROFILES, default=None,
+    parser.add_argument("--profile", choices=TRAINED_PROFILES, default=None,
                         help="default: proxy when a GPU is present, smoke otherwise")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="run only these notebooks (names without .ipynb)")

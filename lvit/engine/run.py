@@ -59,7 +59,7 @@ from lvit.engine.loop import (
 )
 from lvit.engine.tasks import build_task
 from lvit.experiments import Experiment, Row, get_experiment, list_experiments
-from lvit.experiments.base import PROFILES
+from lvit.experiments.base import PROFILES, TRAINED_PROFILES
 from lvit.experiments.recipes import (
     CLASSIFICATION_PROFILES,
     GPU_MEMORY_GIB,
@@ -876,7 +876,7 @@ def _launch_torchrun(
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="an experiment name (see `lvit list`)")
-    parser.add_argument("--profile", default="smoke", choices=PROFILES)
+    parser.add_argument("--profile", default="smoke", choices=TRAINED_PROFILES)
     parser.add_argument(
         "--seeds",
         nargs="+",

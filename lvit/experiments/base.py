@@ -22,6 +22,8 @@ def did_you_mean(name: str, valid: Sequence[str]) -> str:
 
 # "pretrained": released checkpoints re-measured by `lvit evaluate` (no training); see experiments.pretrained.
 PROFILES: tuple[str, ...] = ("smoke", "proxy", "paper", "pretrained")
+# The profiles at which the tables train: what `lvit run` and `lvit reproduce` offer.
+TRAINED_PROFILES: tuple[str, ...] = tuple(p for p in PROFILES if p != "pretrained")
 
 
 def check_profile(profile: str) -> None:
