@@ -388,7 +388,14 @@ def test_each_claim_is_also_judged_seed_by_seed():
     assert "— ours: **holds** (per seed: holds in 2 of 3);" in summary_markdown(experiment, results)
     one_seed = pd.DataFrame([r for r in records if r["seed"] == 0])
     assert claim_status(experiment, one_seed)["per seed"].tolist() == ["1 of 1"]
-    assert "per seed" not in summary_markdown(experiment, one_seed)
+    assert "per seed" not in summary_markdown(experiment, one_seed)  # one seed: the means' own verdict
+    # rows whose means cover different seeds (as when seeds collapse): on the means Low 30.5 > Mid 26.0 >
+    # High 11.0 holds, but seed 1, the one seed with every row, has Mid above Low: one seed that disagrees
+    # with the means is shown
+    mixed = pd.DataFrame([r for r in records if (r["row"], r["seed"]) in
+                          {("Low 1~4", 0), ("Mid 5~8", 0), ("Mid 5~8", 1), ("Low 1~4", 1), ("High 9~12", 1)}])
+    assert claim_status(experiment, mixed)[["ours", "per seed"]].values.tolist() == [["holds", "0 of 1"]]
+    assert "— ours: **holds** (per seed: holds in 0 of 1);" in summary_markdown(experiment, mixed)
 
 
 def test_the_report_marks_collapsed_runs_from_the_stored_histories(tmp_path):
