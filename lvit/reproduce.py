@@ -63,6 +63,18 @@ def _valid_devices() -> list[str]:
     return devices
 
 
+def check_device(device: str) -> str:
+    """``device`` if this machine has it (``auto``: CUDA when present, else CPU), else ``ValueError``
+    naming the valid ones."""
+    devices = _valid_devices()
+    if device not in devices:
+        raise ValueError(f"unknown or unavailable device {device!r}{did_you_mean(str(device), devices)}; "
+                         f"valid devices here: {', '.join(devices)}")
+    if device == "auto":
+        return devices[2] if len(devices) > 2 else "cpu"
+    return device
+
+
 @dataclass(frozen=True)
 class NotebookParameters:
     """Checked and resolved notebook parameters: absolute paths, a concrete device, the seed list."""
@@ -97,12 +109,7 @@ def validate_parameters(profile: str, seeds: int, device: str = "auto", data_roo
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0:
         raise ValueError(f"seeds must be an int >= 0 (the number of seeds; 0: the experiment's default), "
                          f"got {seeds!r}")
-    devices = _valid_devices()
-    if device not in devices:
-        raise ValueError(f"unknown or unavailable device {device!r}{did_you_mean(str(device), devices)}; "
-                         f"valid devices here: {', '.join(devices)}")
-    if device == "auto":
-        device = devices[2] if len(devices) > 2 else "cpu"
+    device = check_device(device)
     declared = get_experiment(experiment) if experiment is not None else None
     if declared is not None:
         declared.recipe(profile)  # raises KeyError listing the profiles the experiment declares

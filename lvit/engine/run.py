@@ -910,10 +910,10 @@ def _run_command(args: argparse.Namespace) -> int:
 def _checked_run_arguments(args: argparse.Namespace) -> int | list[int] | None:
     """``lvit run``'s seeds as :func:`run_experiment` takes them, once every argument is checked
     (``KeyError`` or ``ValueError`` naming the valid choices)."""
-    from lvit.reproduce import validate_parameters
+    from lvit.reproduce import check_device
 
     resolve(args.experiment, args.profile, args.rows)
-    validate_parameters(args.profile, 0, args.device)  # the device: one this machine has
+    check_device(args.device)
     seeds = args.seeds
     if seeds is not None and (min(seeds) < 0 or seeds == [0]):
         raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give a count N >= 1 (seeds 0..N-1), several "
