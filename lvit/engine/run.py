@@ -676,6 +676,14 @@ def resolve(
     return experiment, recipe, selected
 
 
+def seeds_to_run(seeds: int | Sequence[int]) -> list[int]:
+    """Seeds 0..n-1 for a count n, else the seeds given; ``ValueError`` when that is none or one is < 0."""
+    chosen = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not chosen or min(chosen) < 0:
+        raise ValueError("give a count N >= 1 (seeds 0..N-1) or a list of seeds >= 0")
+    return chosen
+
+
 def run_experiment(
     name: str,
     profile: str,
@@ -696,9 +704,7 @@ def run_experiment(
     experiment, recipe, selected = resolve(name, profile, rows)
     if seeds is None:
         seeds = experiment.default_seeds(profile)
-    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    if not seed_list or min(seed_list) < 0:
-        raise ValueError(f"no seeds to run in {seeds!r}: pass a positive count or a list of seeds >= 0")
+    seed_list = seeds_to_run(seeds)
     if profile == "paper" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
         _launch_torchrun(name, profile, seed_list, data_root, results_dir, [r.label for r in selected], reuse)
         return _stored(results_dir, profile, name, selected, seed_list)
@@ -914,14 +920,17 @@ def _checked_run_arguments(args: argparse.Namespace) -> int | list[int] | None:
 
     resolve(args.experiment, args.profile, args.rows)
     check_device(args.device)
-    seeds = args.seeds
-    if seeds is not None and (min(seeds) < 0 or seeds == [0]):
-        raise ValueError(f"--seeds {' '.join(map(str, seeds))}: give a count N >= 1 (seeds 0..N-1), several "
-                         "seeds >= 0, or nothing for the experiment's declared count")
+    seeds = args.seeds[0] if args.seeds is not None and len(args.seeds) == 1 else args.seeds
+    if seeds is not None:
+        try:
+            seeds_to_run(seeds)
+        except ValueError as error:
+            raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: {error}, or nothing for the "
+                             "experiment's declared count") from None
     for path in (args.results_dir, args.data_root):
         if Path(path).exists() and not Path(path).is_dir():
             raise ValueError(f"{path} is a file, not a directory")
-    return seeds[0] if seeds is not None and len(seeds) == 1 else seeds
+    return seeds
 
 
 def _list_command(args: argparse.Namespace) -> int:
