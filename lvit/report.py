@@ -686,9 +686,8 @@ def _claim_notes(claim: Mapping[str, str]) -> str:
     """The per-seed count and the rows left out, in brackets. A count of one seed is left out when it repeats
     the means' verdict; rows whose means cover different seeds can disagree with it, and then it shows."""
     notes = []
-    one_seed_agrees = claim["per seed"] in ("1 of 1", "0 of 1") and (
-        (claim["per seed"] == "1 of 1") == (claim["ours"] == CLAIM_HOLDS))
-    if claim["per seed"] and not one_seed_agrees:
+    repeats_means = claim["per seed"] == ("1 of 1" if claim["ours"] == CLAIM_HOLDS else "0 of 1")
+    if claim["per seed"] and not repeats_means:
         notes.append(f"per seed: holds in {claim['per seed']}")
     if claim["left out"]:
         notes.append(f"left out, every seed collapsed: {claim['left out']}")
