@@ -47,7 +47,7 @@ def preview_grid(
         raise ValueError(f"-n is the number of samples to show: at least 1, got {n}")
     indices = torch.arange(n)
     if dataset == "local_shapes":
-        images, _ = LocalShapes(split, max(n, 1), image_size, seed=seed, nuisance=nuisance).generate(indices)
+        images, _ = LocalShapes(split, n, image_size, seed=seed, nuisance=nuisance).generate(indices)
         return make_grid(images, nrow=min(n, 8), padding=2)
     domains = (domain,) if domain else DOMAINS
     out = Scenes(split, n, image_size, domains=domains, seed=seed).generate(indices)
