@@ -210,16 +210,19 @@ def set_fused_locality(model: nn.Module, enabled: bool = True) -> int:
     """Switch every :class:`LocalityFeedForward` in ``model`` with a 3x3 stride-1 depth-wise conv to the fused
     Triton kernels (or back); returns how many were switched. Inert on the CPU (outside Triton's
     interpreter)."""
-    if enabled:
-        import triton  # noqa: F401  (fail here, clearly, where the kernels cannot run)
-    modules = _fusable_feed_forwards(model)
-    for module in modules:
-        module.fused = enabled
-    return len(modules)
+    return _set_fused(_fusable_feed_forwards(model), enabled)
 
 
 def _fusable_feed_forwards(model: nn.Module) -> list[LocalityFeedForward]:
     return [m for m in model.modules() if isinstance(m, LocalityFeedForward) and m.fusable]
+
+
+def _set_fused(modules: list[LocalityFeedForward], enabled: bool) -> int:
+    if enabled:
+        import triton  # noqa: F401  (fail here, clearly, where the kernels cannot run)
+    for module in modules:
+        module.fused = enabled
+    return len(modules)
 
 
 @contextlib.contextmanager
@@ -234,7 +237,7 @@ def fused_locality(model: nn.Module) -> Iterator[int]:
     modules = _fusable_feed_forwards(model)
     before = [m.fused for m in modules]
     try:
-        yield set_fused_locality(model)
+        yield _set_fused(modules, True)
     finally:
         for module, fused in zip(modules, before, strict=True):
             module.fused = fused
