@@ -784,8 +784,8 @@ def locality_middle(h: torch.Tensor, bn1: nn.BatchNorm2d, dw: nn.Conv2d, bn2: nn
     se_params = [se.fc[0].weight, se.fc[0].bias, se.fc[2].weight, se.fc[2].bias] if se is not None else []
     affine = torch.stack([bn1.weight, bn1.bias, bn2.weight, bn2.bias]).float()
     out, _, _, stats, _, _, _ = _middle_forward(h, dw.weight, affine, _running_moments([bn1, bn2], h.device),
-                                          [bn1.eps, bn2.eps],
-                                          [_uses_batch_statistics(bn1), _uses_batch_statistics(bn2)],
-                                          ACT_CODES[act], se_params)
+                                             [bn1.eps, bn2.eps],
+                                             [_uses_batch_statistics(bn1), _uses_batch_statistics(bn2)],
+                                             ACT_CODES[act], se_params)
     _update_running_statistics([bn1, bn2], stats)
     return out
