@@ -300,6 +300,180 @@ def _fusable_locality() -> bool:
     return wanted and importlib.util.find_spec("triton") is not None
 
 
+class _Training:
+    """One call of :func:`fit`: the model in training, its optimizer, and where training stands (what a
+    checkpoint stores besides the weights and the optimizer)."""
+
+    def __init__(
+        self, model: nn.Module, task: Task, config: LoopConfig, device: torch.device, dist_info: DistInfo,
+        channels_last: bool, steps_per_epoch: int, micro_batch: int, on_first_step: Callable[[], None] | None,
+    ) -> None:
+        self.model, self.task, self.config = model, task, config
+        self.device, self.dist_info, self.channels_last = device, dist_info, channels_last
+        self.steps_per_epoch, self.micro_batch = steps_per_epoch, micro_batch
+        self.on_first_step = on_first_step  # called once, after this call's first optimizer step
+        self.optimizer, self.scheduler = task.configure(
+            model, steps_per_epoch=steps_per_epoch, epochs=config.epochs
+        )
+        self.ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.loss_sum = torch.zeros((), device=device)  # the running epoch's, on device: no per-step sync
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite loss's step
+        self.graphed: GraphedStep | None = None  # captured on the first batch, when use_graph
+        self._resume()  # before wrapping: DDP broadcasts rank 0's weights as it wraps them
+        self.train_model = self._wrapped(model)
+        self.use_graph = _graphable(config, device, dist_info.world)
+
+    def _resume(self) -> None:
+        """Continue from the checkpoint, if there is one and the config asks to."""
+        if not (self.config.resume and self.ckpt_path is not None and self.ckpt_path.exists()):
+            return
+        state = load_checkpoint(self.ckpt_path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step_in_epoch, self.global_step = (
+            state["epoch"], state["step_in_epoch"], state["global_step"]
+        )
+        self.history = list(state["history"])
+        self.loss_sum = state["loss_sum"].to(self.device)
+        rank = self.dist_info.rank
+        _set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+
+    def _wrapped(self, model: nn.Module) -> nn.Module:
+        """``model`` as the steps call it: in DDP across ranks, then compiled if the config asks."""
+        if self.dist_info.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(model) if self.config.compile else model  # type: ignore[return-value]
+
+    def checkpoint(self) -> None:
+        _raise_if_non_finite(self.bad_step, self.ckpt_path)
+        if self.ckpt_path is None:
+            return
+        rng = _gather_rng(self.dist_info)
+        if self.dist_info.is_main:
+            save_checkpoint(
+                self.ckpt_path,
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+                    "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch,
+                    "global_step": self.global_step,
+                    "history": self.history,
+                    "loss_sum": self.loss_sum.detach().cpu(),
+                    "rng": rng,
+                },
+            )
+        if self.dist_info.world > 1:
+            dist.barrier()
+
+    def train_epoch(self, train_set: Dataset, sampler: Sampler[int]) -> int:
+        """Take the epoch's remaining optimizer steps (fewer where ``max_steps`` stops the run first); return
+        the number of images all ranks trained on."""
+        config = self.config
+        sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        skip = self.step_in_epoch * self.micro_batch * config.grad_accum  # consumed before a resume
+        micro_batches = iterate_batches(
+            train_set,
+            _SkipSampler(sampler, skip) if skip else sampler,
+            self.micro_batch,
+            self.device,
+            num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(config.seed * 1000 + self.epoch),
+        )
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step_in_epoch,
+            desc=f"{config.progress_desc} {self.epoch + 1}/{config.epochs}",
+            unit="step",
+            disable=None if self.dist_info.is_main else True,
+            leave=False,
+        )
+        self.train_model.train()
+        images = 0
+        while self.step_in_epoch < self.steps_per_epoch and not self.out_of_steps:
+            images += self.optimizer_step(micro_batches)
+            if self.on_first_step is not None:
+                self.on_first_step()
+                self.on_first_step = None
+            bar.update(1)
+            if config.checkpoint_every and self.global_step % config.checkpoint_every == 0 \
+                    and self.step_in_epoch < self.steps_per_epoch:
+                self.checkpoint()
+        bar.close()
+        return images
+
+    @property
+    def out_of_steps(self) -> bool:
+        return self.config.max_steps is not None and self.global_step >= self.config.max_steps
+
+    def optimizer_step(self, micro_batches: Iterator[Any]) -> int:
+        """One optimizer step over ``grad_accum`` micro-batches; return how many images all ranks took."""
+        config, device = self.config, self.device
+        if self.graphed is None:  # a graph's replays overwrite the gradients it owns
+            self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(config.grad_accum):
+            batch = to_device(next(micro_batches), device, self.channels_last)
+            inputs, targets = self.task.prepare_batch(batch, training=True)
+            if self.use_graph and self.graphed is None:
+                self.graphed = capture_step(
+                    self.train_model, self.task.loss, inputs, targets,
+                    lambda: training_autocast(device, cache=False), fuse_locality=_fusable_locality(),
+                )
+                self.use_graph = self.graphed is not None
+            if self.graphed is not None:
+                loss = self.graphed(inputs, targets)
+            else:
+                ddp = isinstance(self.train_model, DistributedDataParallel)
+                sync = micro == config.grad_accum - 1 or not ddp
+                no_sync = contextlib.nullcontext() if sync else self.train_model.no_sync()
+                with no_sync, training_autocast(device):
+                    loss = self.task.loss(self.train_model(inputs), targets)
+                (loss / config.grad_accum).backward()
+            self.loss_sum = self.loss_sum + loss.detach().float() / config.grad_accum
+            self.bad_step = torch.where(
+                (self.bad_step < 0) & ~torch.isfinite(loss.detach()), self.global_step, self.bad_step
+            )
+        self.optimizer.step()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.global_step)
+        return config.grad_accum * self.micro_batch * self.dist_info.world
+
+    def epoch_entry(self, images: int, started: float) -> dict[str, Any]:
+        """The finished epoch's history entry, training side. Its loss is read here (the epoch's one host
+        sync), before the clock stops."""
+        loss_sum = self.loss_sum
+        if self.dist_info.world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum = loss_sum / self.dist_info.world
+        train_loss = float(loss_sum) / self.steps_per_epoch
+        elapsed = time.perf_counter() - started
+        entry: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "step": self.global_step,
+            "train_loss": train_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": images / max(elapsed, 1e-9),
+            "wall_s": elapsed,
+            "cuda_graph": self.graphed is not None,
+            "fused_locality": self.graphed is not None and self.graphed.fused_modules > 0,
+        }
+        if self.device.type == "cuda":
+            entry["gpu_peak_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
+        return entry
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self.loss_sum = torch.zeros((), device=self.device)
+
+
 def fit(
     model: nn.Module,
     task: Task,
@@ -323,7 +497,6 @@ def fit(
     dist_info = init_distributed(device)
     seed_everything(config.seed + dist_info.rank, config.deterministic)
     channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
-
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -335,170 +508,35 @@ def fit(
             f"train set of {len(train_set)} samples is smaller than one global batch "  # type: ignore[arg-type]
             f"({config.batch_size}); lower batch_size or raise the sample count"
         )
-    optimizer, scheduler = task.configure(model, steps_per_epoch=steps_per_epoch, epochs=config.epochs)
-
-    ckpt_path = Path(config.checkpoint_dir) / CHECKPOINT_NAME if config.checkpoint_dir else None
-    history: list[dict[str, Any]] = []
-    start_epoch, start_step, global_step = 0, 0, 0
-    loss_carry = torch.zeros((), device=device)
-    if config.resume and ckpt_path is not None and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        history = list(state["history"])
-        loss_carry = state["loss_sum"].to(device)
-        _set_rng_state(
-            state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0]
-        )
-
-    train_model: nn.Module = model
-    if dist_info.world > 1:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    if config.compile:
-        train_model = torch.compile(train_model)  # type: ignore[assignment]
-
-    use_graph = _graphable(config, device, dist_info.world)
-    graphed: GraphedStep | None = None  # captured on the first batch, when use_graph
-
-    def graph_autocast() -> contextlib.AbstractContextManager:
-        return training_autocast(device, cache=False)
-
-    bad_step = torch.full(
-        (), -1, dtype=torch.long, device=device
-    )  # first optimizer step with a non-finite loss
-
-    def checkpoint(epoch: int, step_in_epoch: int, loss_sum: torch.Tensor) -> None:
-        _raise_if_non_finite(bad_step, ckpt_path)
-        if ckpt_path is None:
-            return
-        rng = _gather_rng(dist_info)
-        if dist_info.is_main:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch,
-                    "global_step": global_step,
-                    "history": history,
-                    "loss_sum": loss_sum.detach().cpu(),
-                    "rng": rng,
-                },
-            )
-        if dist_info.world > 1:
-            dist.barrier()
+    training = _Training(model, task, config, device, dist_info, channels_last, steps_per_epoch, micro_batch,
+                         on_first_step)
 
     eval_batch = config.eval_batch_size or micro_batch
     init_metrics: dict[str, float] = {}
-    if val_set is not None and dist_info.is_main and (start_epoch, start_step) == (0, 0):
+    if val_set is not None and dist_info.is_main and (training.epoch, training.step_in_epoch) == (0, 0):
         # forked RNG: measuring the untrained model must not change what the training draws
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             init_metrics = task.init_diagnostics(model, val_set, device, eval_batch)
 
-    for epoch in range(start_epoch, config.epochs):
-        sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-        skip = start_step * micro_batch * config.grad_accum if epoch == start_epoch else 0
-        loader = iterate_batches(
-            train_set,
-            _SkipSampler(sampler, skip) if skip else sampler,
-            micro_batch,
-            device,
-            num_workers=config.num_workers,
-            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
-        )
-        step_in_epoch = start_step if epoch == start_epoch else 0
-        loss_sum = loss_carry if epoch == start_epoch else torch.zeros((), device=device)
-        images, started = 0, time.perf_counter()
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=step_in_epoch,
-            desc=f"{config.progress_desc} {epoch + 1}/{config.epochs}",
-            unit="step",
-            disable=None if dist_info.is_main else True,
-            leave=False,
-        )
-        train_model.train()
-        micro_batches = iter(loader)
-        stopped = False
-        while step_in_epoch < steps_per_epoch:
-            if config.max_steps is not None and global_step >= config.max_steps:
-                stopped = True
-                break
-            if graphed is None:  # a graph's replays overwrite the gradients it owns
-                optimizer.zero_grad(set_to_none=True)
-            for micro in range(config.grad_accum):
-                batch = to_device(next(micro_batches), device, channels_last)
-                inputs, targets = task.prepare_batch(batch, training=True)
-                if use_graph and graphed is None:
-                    graphed = capture_step(train_model, task.loss, inputs, targets, graph_autocast,
-                                           fuse_locality=_fusable_locality())
-                    use_graph = graphed is not None
-                if graphed is not None:
-                    loss = graphed(inputs, targets)
-                else:
-                    ddp = isinstance(train_model, DistributedDataParallel)
-                    sync = micro == config.grad_accum - 1 or not ddp
-                    no_sync = contextlib.nullcontext() if sync else train_model.no_sync()
-                    with no_sync, training_autocast(device):
-                        loss = task.loss(train_model(inputs), targets)
-                    (loss / config.grad_accum).backward()
-                loss_sum = loss_sum + loss.detach().float() / config.grad_accum
-                bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()), global_step, bad_step)
-                images += micro_batch * dist_info.world
-            optimizer.step()
-            if on_first_step is not None:
-                on_first_step()
-                on_first_step = None
-            global_step += 1
-            step_in_epoch += 1
-            if scheduler is not None:
-                scheduler.step_update(global_step)
-            bar.update(1)
-            if (
-                config.checkpoint_every
-                and global_step % config.checkpoint_every == 0
-                and step_in_epoch < steps_per_epoch
-            ):
-                checkpoint(epoch, step_in_epoch, loss_sum)
-        bar.close()
-        if stopped:
-            checkpoint(epoch, step_in_epoch, loss_sum)
-            return history
-        if dist_info.world > 1:
-            dist.all_reduce(loss_sum)
-            loss_sum = loss_sum / dist_info.world
-        train_loss = float(loss_sum) / steps_per_epoch  # the epoch's host sync, before the clock stops
-        elapsed = time.perf_counter() - started
-        entry: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "step": global_step,
-            "train_loss": train_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "images_per_s": images / max(elapsed, 1e-9),
-            "wall_s": elapsed,
-            "cuda_graph": graphed is not None,
-            "fused_locality": graphed is not None and graphed.fused_modules > 0,
-        }
-        if device.type == "cuda":
-            entry["gpu_peak_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-        if epoch == 0:
+    while training.epoch < config.epochs:
+        started = time.perf_counter()
+        images = training.train_epoch(train_set, sampler)
+        if training.step_in_epoch < steps_per_epoch:  # max_steps stopped it within the epoch
+            training.checkpoint()
+            return training.history
+        entry = training.epoch_entry(images, started)
+        if training.epoch == 0:
             entry.update({f"init_{k}": v for k, v in init_metrics.items()})
-        _raise_if_non_finite(bad_step, ckpt_path)
+        _raise_if_non_finite(training.bad_step, training.ckpt_path)
         if val_set is not None and dist_info.is_main:
             metrics = task.evaluate(model, val_set, device, batch_size=eval_batch)
             entry.update({f"val_{k}": v for k, v in metrics.items()})
-        history.append(entry)
-        checkpoint(epoch + 1, 0, torch.zeros(()))
+        training.history.append(entry)
+        training.next_epoch()
+        training.checkpoint()
         if on_epoch_end is not None and dist_info.is_main:
             on_epoch_end(entry)
-    return history
+    return training.history
 
 
 def _gather_rng(dist_info: DistInfo) -> list[dict[str, Any]]:
