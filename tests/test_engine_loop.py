@@ -186,7 +186,8 @@ def _ddp_worker(rank, world, port, out_dir):
         ClassificationTask(recipe),
         _dataset(32),
         None,
-        LoopConfig(epochs=1, batch_size=8, seed=3, device="cpu", max_steps=3),
+        LoopConfig(epochs=1, batch_size=8, seed=3, device="cpu", max_steps=3,
+                   checkpoint_dir=os.path.join(out_dir, "ckpt"), checkpoint_every=1),
     )
     if rank == 0:
         torch.save(model.state_dict(), os.path.join(out_dir, "ddp.pt"))
@@ -213,6 +214,21 @@ def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_pat
         torch.testing.assert_close(ddp[name], value, rtol=1e-5, atol=1e-6)
         moved |= not torch.equal(value, _model(batchnorm=False).state_dict()[name])
     assert moved  # three optimizer steps really changed the weights
+    # the ranks' checkpoints gathered every rank's RNG state (numpy's too, which once failed to unpickle)
+    state = load_checkpoint(tmp_path / "ckpt" / "last.pt")
+    assert state["global_step"] == 3 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["numpy"][1], state["rng"][1]["numpy"][1])  # seeded seed + rank
+
+
+def test_repeated_augmentation_order_depends_on_the_seed():
+    def order(seed, epoch):
+        config = LoopConfig(epochs=1, batch_size=4, repeated_aug=3, seed=seed)
+        sampler = loop._train_sampler(_dataset(16), config, loop.DistInfo())
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert len(order(0, 0)) == len(order(1, 0)) == 16  # DeiT's count: the dataset's size per epoch
+    assert order(0, 0) == order(0, 0) and order(0, 0) != order(1, 0) and order(0, 0) != order(0, 1)
 
 
 def test_batch_not_divisible_by_world_and_accumulation_is_rejected():

@@ -5,9 +5,10 @@ What the loop does, and why:
 * **Precision.** bf16 autocast on CUDA (no loss scaler needed), fp32 on CPU, where bf16 is slow and noisy.
 * **Distributed.** Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) the process group is initialised
   with NCCL on CUDA and gloo on CPU, the model is wrapped in DDP, data is sharded by a ``DistributedSampler``
-  (or timm's ``RepeatAugSampler``) re-seeded with ``set_epoch`` every epoch. Batch sizes given to the loop are
-  *global*; each rank takes ``batch_size / (world * grad_accum)``. BatchNorm stays per rank, as in the
-  LocalViT and DPT recipes (no SyncBN). Only rank 0 writes checkpoints and evaluates.
+  (or timm's ``RepeatAugSampler``, whose shuffle also takes the seed here) re-seeded with ``set_epoch`` every
+  epoch. Batch sizes given to the loop are *global*; each rank takes ``batch_size / (world * grad_accum)``.
+  BatchNorm stays per rank, as in the LocalViT and DPT recipes (no SyncBN). Only rank 0 writes checkpoints
+  and evaluates.
 * **Determinism mode** (``deterministic=True``): seeds python, numpy and torch with ``seed + rank``, sets
   ``torch.use_deterministic_algorithms(True, warn_only=True)``, ``cudnn.benchmark = False`` and
   ``CUBLAS_WORKSPACE_CONFIG=:4096:8``. With the checkpointed RNG states and sampler position this makes
@@ -43,6 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.data.distributed_sampler import RepeatAugSampler
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
@@ -134,7 +136,8 @@ def _rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        # int64, not numpy's uint32: DDP gathers the states by pickling, and a uint32 tensor does not unpickle
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -145,7 +148,7 @@ def _rng_state() -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuples(state["python"]))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -195,12 +198,24 @@ class _SkipSampler(Sampler[int]):
         return max(len(self.sampler) - self.skip, 0)  # type: ignore[arg-type]
 
 
+class _SeededRepeatAugSampler(RepeatAugSampler):
+    """timm's (DeiT's) repeated-augmentation sampler shuffles by the epoch alone, so every seed would train on
+    one data order; this one folds the seed into the number it shuffles by."""
+
+    def __init__(self, dataset: Dataset, seed: int, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(self.seed * 100_000 + epoch)  # distinct for every (seed, epoch) below 100k epochs
+
+
 def _train_sampler(dataset: Dataset, config: LoopConfig, dist_info: DistInfo) -> Sampler[int]:
     if config.repeated_aug > 1:
-        from timm.data.distributed_sampler import RepeatAugSampler
-
-        return RepeatAugSampler(
+        return _SeededRepeatAugSampler(
             dataset,
+            config.seed,
             num_replicas=dist_info.world,
             rank=dist_info.rank,
             num_repeats=config.repeated_aug,
