@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 
 import pytest
 import torch
@@ -164,12 +163,6 @@ def test_nan_guard_raises_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out_dir):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -194,10 +187,10 @@ def _ddp_worker(rank, world, port, out_dir):
     loop.cleanup_distributed()
 
 
-def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path):
+def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path, free_port):
     # fork: the children inherit the imported modules instead of re-importing torch and timm (seconds each)
     mp.start_processes(
-        _ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+        _ddp_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True, start_method="fork"
     )
     single = _model(batchnorm=False)
     recipe = dict(RECIPE, mixup=0.0, cutmix=0.0, random_erasing=0.0, label_smoothing=0.0)

@@ -1,12 +1,17 @@
 """run_experiment: rows with provenance, reuse of stored (row, seed) pairs, bad input refused up front."""
 
 import json
+import os
+import subprocess
 import threading
 
 import pandas as pd
 import pytest
 import torch
+import torch.multiprocessing as mp
 
+from lvit import results as store
+from lvit.engine import loop
 from lvit.engine import run as runner
 from lvit.engine.run import resolve, run_experiment
 from lvit.experiments import recipes
@@ -91,6 +96,57 @@ def test_lvit_run_refuses_bad_seeds_devices_paths_and_absent_datasets_in_one_lin
     monkeypatch.undo()
     with pytest.raises(SystemExit, match=r"^lvit run: missing .*imagenet/train; expected layout:"):
         main([*base, "--profile", "paper", "--data-root", str(tmp_path / "no_data"), "--rows", "Low 1~4"])
+
+
+def test_the_torchrun_relaunch_passes_the_seeds_themselves_and_its_failure_is_one_line(tmp_path, monkeypatch):
+    from lvit.cli import main
+
+    launched: list[list[str]] = []
+    status = [0]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(subprocess, "run", lambda command: launched.append(command) or
+                        subprocess.CompletedProcess(command, status[0]))  # fmt: skip
+    monkeypatch.setattr(runner, "_stored", lambda *a: pd.DataFrame())
+    args = ["run", "localvit_placement", "--profile", "paper", "--rows", "Low 1~4",
+            "--results-dir", str(tmp_path)]  # fmt: skip
+    main([*args, "--seed", "1"])
+    assert [runner._relaunch_under_torchrun(p, d) for p, d in [("paper", "auto"), ("paper", "cuda"),
+            ("paper", "cuda:1"), ("paper", "cpu"), ("proxy", "auto")]] == [True, True, False, False, False]
+    (command,) = launched
+    child = command[command.index("lvit.engine.run") + 1:]
+    ran: list[list[int]] = []
+    monkeypatch.setattr(runner, "_run_all", lambda experiment, recipe, rows, seeds, *rest: ran.append(seeds))
+    monkeypatch.setenv("WORLD_SIZE", "1")  # as a rank of the job would parse them
+    runner.main(child)
+    assert ran == [[1]]  # seed 1 itself, not a count of one
+    status[0] = 3
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(SystemExit, match=r"^lvit run: torchrun exited with status 3"):
+        main([*args, "--seed", "1"])
+
+
+def _rank_of_a_two_rank_run(rank, port, results_dir, data_root):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    run_experiment("localvit_curves", "smoke", seeds=[0], device="cpu", results_dir=results_dir,
+                   data_root=data_root, rows=["DeiT-T"])  # fmt: skip
+    loop.cleanup_distributed()
+
+
+def test_under_torchrun_a_classification_row_is_one_shared_run_with_weights(tmp_path, monkeypatch, free_port):
+    dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
+    # fork: the ranks inherit the imported modules instead of re-importing torch and timm (seconds each)
+    mp.start_processes(_rank_of_a_two_rank_run, args=(free_port, *dirs.values()), nprocs=2, join=True,
+                       start_method="fork")  # fmt: skip
+    rows = store.load_results(dirs["results_dir"], "smoke", "localvit_curves")
+    top1 = rows[rows["metric"] == "top1"]
+    assert len(top1) == 1  # written once, by rank 0
+    (run,) = top1["shared_run"]
+    assert store.shared_run_weights_path(dirs["results_dir"], "smoke", run).exists()
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a stored shared run was retrained"))
+    again = run_experiment("localvit_activation", "smoke", seeds=[0], rows=["DeiT-T"], **dirs)  # one process
+    assert again.loc[again["metric"] == "top1", "value"].item() == top1["value"].item()
 
 
 def test_seeds_left_out_are_the_experiments_declared_count(tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ Multi-GPU: at the ``paper`` profile with more than one visible GPU, :func:`run_e
 as ``python -m torch.distributed.run --standalone --nproc-per-node N -m lvit.engine.run EXPERIMENT ...``
 (one process per GPU, NCCL, DDP; rank 0 evaluates and writes results) and reads the results back. The same
 command works by hand, e.g. ``torchrun --nproc-per-node 8 -m lvit.engine.run localvit_main --profile paper``.
+Under torchrun rank 0 takes the locks and decides for every rank what is stored already, so shared runs and
+their weights work as in one process; on several nodes the results directory must be on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -53,6 +56,7 @@ from lvit.data.datasets import LayoutError
 from lvit.engine.admission import admitted, free_gib, release_cached_memory
 from lvit.engine.loop import (
     LoopConfig,
+    init_distributed,
     load_checkpoint,
     resolve_device,
     save_checkpoint,
@@ -68,6 +72,10 @@ from lvit.experiments.recipes import (
 )
 
 TRAINING_TASKS = ("classification", "depth", "segmentation")
+
+
+class TorchrunError(RuntimeError):
+    """The torchrun job :func:`run_experiment` launched for several GPUs failed (its ranks said why)."""
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -397,9 +405,8 @@ def _run_row(
     if task in TRAINING_TASKS:
         training = _training(row, task, recipe, seed, profile, device, results_dir, data_root)
         train_key = training.key
-        # Classification is evaluated from its history alone, so one training serves every table. Not
-        # under torchrun: ranks must take the same branch, and a file check could differ between them.
-        shared = task == "classification" and "WORLD_SIZE" not in os.environ
+        # Classification is evaluated from its history alone, so one training serves every table.
+        shared = task == "classification"
         if train_key not in trained:
             trained.clear()  # keep one model in memory
             ckpt = training.checkpoint_dir("shared" if shared else experiment.name)
@@ -624,22 +631,48 @@ def _shared_run(
     """
     t = training
     first = store.shared_run_path(t.results_dir, t.profile, t.key)
-    with store.locked(first):
-        stored = run_with_weights(t) if need_weights else (first.stem if first.exists() else None)
+    with _locked_by_rank0(first):
+        stored = _decided_by_rank0(
+            lambda: run_with_weights(t) if need_weights else (first.stem if first.exists() else None)
+        )
         if reuse and stored is not None:
             record = json.loads(store.shared_run_path(t.results_dir, t.profile, stored).read_text())
             return None, record["history"], record["wall_s"], stored
         started, t0 = datetime.now(timezone.utc), time.perf_counter()
         model, history = t.run(ckpt)
         wall_s = time.perf_counter() - t0
-        run = store.retraining_name(t.key, started) if first.exists() else first.stem
-        record = {"model": t.model, "kwargs": t.kwargs, "seed": t.seed, "wall_s": wall_s, "history": history,
-                  "provenance": store.provenance(t.profile, t.seed, str(t.device), dict(t.recipe), started,
-                                                 wall_s)}  # fmt: skip
-        save_checkpoint(store.shared_run_weights_path(t.results_dir, t.profile, run), model.state_dict())
-        store.atomic_write_text(store.shared_run_path(t.results_dir, t.profile, run),
-                                json.dumps(record, indent=1, default=str))
+        run = _decided_by_rank0(
+            lambda: store.retraining_name(t.key, started) if first.exists() else first.stem
+        )
+        if _rank() == 0:
+            provenance = store.provenance(t.profile, t.seed, str(t.device), dict(t.recipe), started, wall_s)
+            record = {"model": t.model, "kwargs": t.kwargs, "seed": t.seed, "wall_s": wall_s,
+                      "history": history, "provenance": provenance}  # fmt: skip
+            save_checkpoint(store.shared_run_weights_path(t.results_dir, t.profile, run), model.state_dict())
+            store.atomic_write_text(store.shared_run_path(t.results_dir, t.profile, run),
+                                    json.dumps(record, indent=1, default=str))
+        if dist.is_initialized():
+            dist.barrier()  # the other ranks may read the weights next (a dense model's backbone)
     return model, history, wall_s, run
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _decided_by_rank0(decide: Callable[..., Any], *args: Any) -> Any:
+    """``decide(*args)`` as rank 0 finds it, on every rank: under torchrun the ranks must take one branch,
+    and a file check could differ between them (a file another job is writing)."""
+    if not dist.is_initialized():
+        return decide(*args)
+    box = [decide(*args) if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _locked_by_rank0(path: Path) -> contextlib.AbstractContextManager[None]:
+    """``path``'s file lock, which under torchrun rank 0 takes for all ranks: they follow its decisions."""
+    return contextlib.nullcontext() if _rank() != 0 else store.locked(path)
 
 
 # ----------------------------------------------------------------------------------------- API
@@ -705,14 +738,21 @@ def run_experiment(
     if seeds is None:
         seeds = experiment.default_seeds(profile)
     seed_list = seeds_to_run(seeds)
-    if profile == "paper" and torch.cuda.device_count() > 1 and "WORLD_SIZE" not in os.environ:
+    if _relaunch_under_torchrun(profile, device):
         _launch_torchrun(name, profile, seed_list, data_root, results_dir, [r.label for r in selected], reuse)
         return _stored(results_dir, profile, name, selected, seed_list)
     target = resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    init_distributed(target)  # under torchrun: the ranks agree on what to train before any of them trains
     with _cpu_threads(recipe.get("cpu_threads") if target.type == "cpu" else None):
         _run_all(experiment, recipe, selected, seed_list, profile, target, data_root, results_dir, reuse)
     release_cached_memory(target)  # its models are gone; the notebook's kernel lives on, holding nothing
     return _stored(results_dir, profile, name, selected, seed_list)
+
+
+def _relaunch_under_torchrun(profile: str, device: str) -> bool:
+    """The paper profile takes every visible GPU, unless the device names one (``cuda:1``) or the CPU."""
+    several = torch.cuda.device_count() > 1 and device in ("auto", "cuda")
+    return profile == "paper" and several and "WORLD_SIZE" not in os.environ
 
 
 @contextlib.contextmanager
@@ -740,31 +780,23 @@ def _run_all(
     reuse: bool,
 ) -> None:
     name = experiment.name
-    stored = store.load_results(results_dir, profile, name)
     trained: dict[str, _Trained] = {}
     for seed in seed_list:  # seeds outer: consecutive rows can share one trained model
         for row in selected:
             config = run_config(name, row, recipe, profile, seed)
-            if reuse and _result_stored(stored, name, row, profile, seed, config):
+            stored = (results_dir, name, row, profile, seed, config)
+            if reuse and _decided_by_rank0(_result_stored_now, *stored):
                 continue
-            with _run_lock(results_dir, profile, name, config):
-                # another process (a notebook, a reproduce worker) may have stored it while this one waited
-                stored = store.load_results(results_dir, profile, name)
-                if reuse and _result_stored(stored, name, row, profile, seed, config):
+            # one process (or torchrun job) at a time runs a (row, seed)
+            lock = Path(results_dir) / profile / "checkpoints" / name / store.config_hash(config)[:16]
+            with _locked_by_rank0(lock):
+                # another process may have stored it while this one waited
+                if reuse and _decided_by_rank0(_result_stored_now, *stored):
                     continue
                 records = _run_row(experiment, row, profile, recipe, seed, target, data_root, results_dir,
                                    config, trained, reuse)  # fmt: skip
                 if records:
                     store.append_results(results_dir, profile, name, records)
-
-
-def _run_lock(
-    results_dir: str | Path, profile: str, name: str, config: Mapping[str, Any]
-) -> contextlib.AbstractContextManager[None]:
-    """One process at a time runs a (row, seed). Not under torchrun, whose ranks must run it together."""
-    if "WORLD_SIZE" in os.environ:
-        return contextlib.nullcontext()
-    return store.locked(Path(results_dir) / profile / "checkpoints" / name / store.config_hash(config)[:16])
 
 
 def run_config(name: str, row: Row, recipe: Mapping[str, Any], profile: str, seed: int) -> dict[str, Any]:
@@ -793,6 +825,13 @@ def _result_stored(
     """Whether ``stored`` holds this (row, seed)'s results under ``config``, the current declaration."""
     hashed = store.config_hash(config)
     return len(store.reusable_results(stored, name, row.label, profile, seed, hashed)) > 0
+
+
+def _result_stored_now(
+    results_dir: str | Path, name: str, row: Row, profile: str, seed: int, config: Mapping[str, Any]
+) -> bool:
+    """:func:`_result_stored` in the store as it is now."""
+    return _result_stored(store.load_results(results_dir, profile, name), name, row, profile, seed, config)
 
 
 def declared_config_hash(name: str, row_label: str, profile: str, seed: int) -> str | None:
@@ -863,7 +902,7 @@ def _launch_torchrun(
         name,
         "--profile",
         profile,
-        "--seeds",
+        "--seed",  # the seeds themselves: ``--seeds 1`` would be a count
         *map(str, seeds),
         "--data-root",
         str(data_root),
@@ -874,7 +913,9 @@ def _launch_torchrun(
     ]
     if not reuse:
         command.append("--no-reuse")
-    subprocess.run(command, check=True)
+    status = subprocess.run(command).returncode
+    if status:
+        raise TorchrunError(f"torchrun exited with status {status}; its ranks' messages are above")
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -883,7 +924,8 @@ def _launch_torchrun(
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="an experiment name (see `lvit list`)")
     parser.add_argument("--profile", default="smoke", choices=TRAINED_PROFILES)
-    parser.add_argument(
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument(
         "--seeds",
         nargs="+",
         type=int,
@@ -891,6 +933,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="one number N runs seeds 0..N-1; several numbers are the seeds themselves "
         "(default: the experiment's declared count at the profile, e.g. 3 at proxy)",
     )
+    seeds.add_argument("--seed", nargs="+", type=int, default=None, metavar="S",
+                       help="exactly these seeds, one or more (--seed 2 runs seed 2 alone)")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--rows", nargs="+", default=None, help="row labels (default: every runnable row)")
     parser.add_argument("--data-root", default="data")
@@ -906,7 +950,7 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         df = run_experiment(args.experiment, args.profile, seeds, args.device, args.data_root,
                             args.results_dir, args.rows, reuse=not args.no_reuse)  # fmt: skip
-    except LayoutError as error:  # the paper profile's datasets are the user's to supply
+    except (LayoutError, TorchrunError) as error:  # the paper profile's datasets are the user's to supply
         raise SystemExit(f"lvit run: {error}") from None
     if int(os.environ.get("RANK", "0")) == 0 and len(df):
         print(store.summarize(df).to_string(index=False))
@@ -920,13 +964,17 @@ def _checked_run_arguments(args: argparse.Namespace) -> int | list[int] | None:
 
     resolve(args.experiment, args.profile, args.rows)
     check_device(args.device)
-    seeds = args.seeds[0] if args.seeds is not None and len(args.seeds) == 1 else args.seeds
+    if args.seed is not None:
+        seeds: int | list[int] | None = args.seed
+        given = f"--seed {' '.join(map(str, args.seed))}"
+    else:
+        seeds = args.seeds[0] if args.seeds is not None and len(args.seeds) == 1 else args.seeds
+        given = f"--seeds {' '.join(map(str, args.seeds or []))}"
     if seeds is not None:
         try:
             seeds_to_run(seeds)
         except ValueError as error:
-            raise ValueError(f"--seeds {' '.join(map(str, args.seeds))}: {error}, or nothing for the "
-                             "experiment's declared count") from None
+            raise ValueError(f"{given}: {error}, or nothing for the experiment's declared count") from None
     for path in (args.results_dir, args.data_root):
         if Path(path).exists() and not Path(path).is_dir():
             raise ValueError(f"{path} is a file, not a directory")
