@@ -7,6 +7,7 @@ import threading
 
 import pandas as pd
 import pytest
+import timm
 import torch
 import torch.multiprocessing as mp
 
@@ -147,6 +148,33 @@ def test_under_torchrun_a_classification_row_is_one_shared_run_with_weights(tmp_
     monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("a stored shared run was retrained"))
     again = run_experiment("localvit_activation", "smoke", seeds=[0], rows=["DeiT-T"], **dirs)  # one process
     assert again.loc[again["metric"] == "top1", "value"].item() == top1["value"].item()
+
+
+def test_a_paper_dense_backbone_starts_from_the_users_imagenet_file_or_is_refused(tmp_path):
+    recipe = recipes.SEGMENTATION_PROFILES["paper"]
+    kwargs = {"task": "segmentation", "num_classes": 150}
+    training = runner.Training("dpt_tiny", kwargs, "segmentation", recipe, 0, "paper", torch.device("cpu"),
+                               tmp_path, tmp_path / "data")  # fmt: skip
+    refusal = (r"missing .*data/pretrained/vit_tiny_patch16_224\.safetensors "
+               r"\(or vit_tiny_patch16_224\.pth\): timm's 'vit_tiny_patch16_224' ImageNet weights")
+    with pytest.raises(runner.LayoutError, match=refusal):
+        training.build_model()  # it used to train from scratch, silently
+    torch.manual_seed(1)
+    imagenet = timm.create_model("vit_tiny_patch16_224").state_dict()
+    (tmp_path / "data" / "pretrained").mkdir(parents=True)
+    torch.save({"model": imagenet}, tmp_path / "data" / "pretrained" / "vit_tiny_patch16_224.pth")
+    backbone = training.build_model().backbone.state_dict()
+    assert all(torch.equal(backbone[k], v) for k, v in imagenet.items() if not k.startswith("head."))
+    assert not torch.equal(backbone["head.weight"], imagenet["head.weight"])  # the classifier is not needed
+
+
+def test_lvit_list_marks_a_profile_whose_dataset_has_no_loader(capsys):
+    from lvit.cli import main
+
+    main(["list"])
+    listing = capsys.readouterr().out
+    assert "profiles: smoke, proxy, paper (no loader for 'mix6' yet)" in listing  # the depth tables
+    assert listing.count("no loader") == 3 and "profiles: smoke, proxy, paper\n" in listing
 
 
 def test_seeds_left_out_are_the_experiments_declared_count(tmp_path, monkeypatch):

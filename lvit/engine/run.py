@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,6 +71,7 @@ from lvit.experiments.recipes import (
     model_overrides,
     validate_recipe,
 )
+from lvit.models.convert import checkpoint_filter_for, read_state_dict
 
 TRAINING_TASKS = ("classification", "depth", "segmentation")
 
@@ -174,6 +176,25 @@ def backbone_pretraining(dense: Training, model: nn.Module | None = None) -> Tra
     kwargs = {**model_overrides(arch, "classification", recipe), **backbone_kwargs}
     return Training(arch, kwargs, "classification", recipe, 0, dense.profile, dense.device, dense.results_dir,
                     dense.data_root, f"pretrain {arch}")  # fmt: skip
+
+
+def imagenet_backbone(dense: Training, model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The ImageNet weights a dense model's backbone starts from at the paper profile
+    (``pretrain="imagenet"``: the paper's JAX in21k→in1k 384 releases), or None for another recipe. Nothing
+    is downloaded here: the user supplies ``<data_root>/pretrained/<timm architecture>.safetensors`` (or
+    ``.pth``), converted by timm's ``checkpoint_filter_fn`` for the architecture."""
+    if dense.task == "classification" or dense.recipe.get("pretrain") != "imagenet":
+        return None
+    backbone = model.backbone
+    arch = backbone.pretrained_cfg["architecture"]
+    files = [Path(dense.data_root) / "pretrained" / f"{arch}{suffix}" for suffix in (".safetensors", ".pth")]
+    found = [path for path in files if path.is_file()]
+    if not found:
+        raise LayoutError(f"missing {files[0]} (or {files[1].name}): timm's {arch!r} ImageNet weights, "
+                          f"which {dense.model}'s backbone starts from at the paper profile (data/README.md)")
+    state = read_state_dict(found[0])
+    filter_fn = checkpoint_filter_for(backbone)
+    return filter_fn(state, backbone) if filter_fn is not None else state
 
 
 def pretrained_backbone(pretraining: Training) -> dict[str, torch.Tensor]:
@@ -349,6 +370,8 @@ class Training:
         pretraining = backbone_pretraining(self, model)
         if pretraining is not None:
             _load_backbone(model.backbone, pretrained_backbone(pretraining))  # type: ignore[union-attr]
+        elif (imagenet := imagenet_backbone(self, model)) is not None:
+            _load_backbone(model.backbone, imagenet)  # type: ignore[union-attr]
         return model
 
     def run(self, ckpt: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -985,10 +1008,21 @@ def _list_command(args: argparse.Namespace) -> int:
     for experiment in list_experiments():
         runnable = [r.label for r in experiment.rows if r.model]
         print(f"{experiment.name}  [{experiment.paper}, {experiment.task}]  {experiment.title}")
-        profiles = ", ".join(experiment.profiles) or "none (released checkpoints: lvit evaluate)"
+        profiles = ", ".join(map(partial(_profile_listing, experiment), experiment.profiles))
+        profiles = profiles or "none (released checkpoints: lvit evaluate)"
         print(f"    profiles: {profiles}")
         print(f"    rows: {'; '.join(runnable)}")
     return 0
+
+
+def _profile_listing(experiment: Experiment, profile: str) -> str:
+    """The profile, marked when its dataset has no loader yet (DPT's MIX 6): it would be refused."""
+    from lvit.data import dataset_names
+
+    dataset = experiment.recipe(profile).get("dataset")
+    if experiment.task in TRAINING_TASKS and dataset not in dataset_names():
+        return f"{profile} (no loader for {dataset!r} yet)"
+    return profile
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
