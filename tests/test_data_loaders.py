@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 from scipy.io import savemat
-from timm.data import IMAGENET_DEFAULT_MEAN
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.auto_augment import RandAugment
 
 from lvit.data import build_dataset
 from lvit.data.datasets import ADE20K, KITTIDepth, LayoutError, NYUv2, eigen_crop_mask, garg_crop_mask
@@ -206,6 +208,29 @@ def test_deit_transforms_follow_the_recipe() -> None:
     )
     image = deit_eval_transform(224)(Image.new("RGB", (400, 300)))
     assert image.shape == (3, 224, 224)
+
+
+def _posterize_at_zero_bits(transform: Any) -> Any:
+    """Reduce the transform's RandAugment to its posterize op, always applied at magnitude 10 (0 bits)."""
+    (augment,) = [step for step in transform.transforms if isinstance(step, RandAugment)]
+    (op,) = [op for op in augment.ops if op.name == "PosterizeIncreasing"]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    augment.ops, augment.num_layers = [op], 1
+    return op
+
+
+def test_deit_randaugment_posterize_to_zero_bits_gives_black_as_pillow_before_13() -> None:
+    # mstd0.5 clips about 2 % of magnitudes to 10, where PosterizeIncreasing keeps 0 bits; Pillow 13 raises
+    # there, Pillow < 13 (what DeiT trained with) returned a black image.
+    transform = deit_train_transform(16)
+    op = _posterize_at_zero_bits(transform)
+    image = Image.new("RGB", (20, 16), (200, 120, 40))
+    assert np.asarray(op(image)).max() == 0
+    out = transform(image)  # the whole pipeline: crop, flip, posterize, normalise (erasing aside)
+    black = (-torch.tensor(IMAGENET_DEFAULT_MEAN) / torch.tensor(IMAGENET_DEFAULT_STD)).view(3, 1, 1)
+    erased = (out - black).abs().amax(0) > 1e-5
+    torch.testing.assert_close(out[:, ~erased], black.expand_as(out)[:, ~erased])
+    assert (~erased).any()
 
 
 def test_segmentation_train_transform_pads_with_ignore_and_keeps_labels() -> None:

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import RandAugment, posterize
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
@@ -32,7 +34,7 @@ SEG_IGNORE_INDEX = -1
 
 def deit_train_transform(image_size: int = 224) -> T.Compose:
     """DeiT's training augmentation (timm), as LocalViT's ``main.py`` builds it."""
-    return create_transform(
+    transform = create_transform(
         input_size=image_size,
         is_training=True,
         color_jitter=0.4,
@@ -42,6 +44,29 @@ def deit_train_transform(image_size: int = 224) -> T.Compose:
         re_mode="pixel",
         re_count=1,
     )
+    for step in transform.transforms:
+        if isinstance(step, RandAugment):
+            _black_posterize_at_zero_bits(step)
+    return transform
+
+
+def _posterize_zero_bits_black(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's ``posterize``, except that keeping 0 bits gives a black image instead of an error.
+
+    With ``mstd0.5`` a RandAugment magnitude is sometimes clipped to 10, where timm's PosterizeIncreasing
+    keeps 0 bits. Pillow < 13 masked every value with ``~(2**8 - 1)`` (a black image), which is what DeiT
+    trained with; Pillow 13 raises ``ValueError`` instead, about once per thousand training images.
+    """
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def _black_posterize_at_zero_bits(augment: RandAugment) -> None:
+    # Only this transform's ops are changed: timm's module (shared by every other user) stays as it is.
+    for op in augment.ops:
+        if op.aug_fn is posterize:
+            op.aug_fn = _posterize_zero_bits_black
 
 
 def deit_eval_transform(image_size: int = 224) -> T.Compose:
