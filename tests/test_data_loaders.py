@@ -13,6 +13,7 @@ from PIL import Image
 from scipy.io import savemat
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.auto_augment import RandAugment
+from torch.utils.data import DataLoader
 
 from lvit.data import build_dataset
 from lvit.data.datasets import ADE20K, KITTIDepth, LayoutError, NYUv2, eigen_crop_mask, garg_crop_mask
@@ -170,13 +171,50 @@ def _write_ade(root: Path) -> None:
 
 def test_ade20k_label_zero_is_ignore_and_classes_shift_down(tmp_path: Path) -> None:
     _write_ade(tmp_path / "ADEChallengeData2016")
-    sample = build_dataset("ade20k", "val", {}, tmp_path)[0]
+    sample = ADE20K(tmp_path, "val")[0]
     labels = sample["labels"]
     assert labels.shape == (8, 12) and sample["image"].shape == (3, 8, 12)
     assert labels[0, 0] == -1 and labels[0, 1] == 0 and labels[0, 2] == 149
     train = build_dataset("ade20k", "train", {"image_size": 16}, tmp_path)[0]
     assert train["image"].shape == (3, 16, 16) and train["labels"].shape == (16, 16)
     assert set(train["labels"].unique().tolist()) <= {-1, 0, 149}
+
+
+def test_ade20k_val_of_mixed_sizes_batches_normalised_as_training(tmp_path: Path) -> None:
+    root = tmp_path / "ADEChallengeData2016"
+    _write_ade(root)  # one 8 x 12 image per split
+    for name, (height, width) in {"ADE_val_00000002": (20, 10), "ADE_val_00000003": (16, 16)}.items():
+        _write_rgb(root / "images" / "validation" / f"{name}.jpg", height, width)
+        annotation = np.zeros((height, width), dtype=np.uint8)
+        annotation[:, width // 2 :] = 7  # right half class 7 (-> 6), left half "other" (-> ignore)
+        Image.fromarray(annotation).save(root / "annotations" / "validation" / f"{name}.png")
+    recipe = {"image_size": 16}
+    val = build_dataset("ade20k", "val", recipe, tmp_path)
+    batch = next(iter(DataLoader(val, batch_size=3)))  # raised "stack expects each tensor to be equal size"
+    assert batch["image"].shape == (3, 3, 16, 16) and batch["labels"].shape == (3, 16, 16)
+    gray = (128 / 255 - 0.5) / 0.5  # _write_rgb's value, normalised with DPT's mean = std = 0.5
+    torch.testing.assert_close(batch["image"], torch.full_like(batch["image"], gray), atol=0.02, rtol=0)
+    train = build_dataset("ade20k", "train", recipe, tmp_path)[0]
+    inside = train["labels"] != -1  # training pads with the ignore label; the image holds the same gray
+    torch.testing.assert_close(train["image"][:, inside], torch.full_like(train["image"][:, inside], gray),
+                               atol=0.02, rtol=0)  # fmt: skip
+    for labels in batch["labels"][1:]:  # nearest labels; 20 x 10 -> 32 x 16 -> centre 16 x 16 crop
+        assert (labels[:, :8] == -1).all() and (labels[:, 8:] == 6).all()
+    assert torch.equal(val[1]["labels"], batch["labels"][1])  # deterministic
+
+
+def test_nyu_and_kitti_splits_are_normalised_as_dpt(tmp_path: Path) -> None:
+    _write_nyu(tmp_path / "nyu")
+    _write_kitti(tmp_path / "kitti")
+    (tmp_path / "kitti" / "splits" / "eigen_train_files_with_gt.txt").write_text(
+        (tmp_path / "kitti" / "splits" / "eigen_test_files_with_gt.txt").read_text()
+    )
+    for split in ("train", "val"):
+        nyu = build_dataset("nyu", split, {}, tmp_path)[0]["image"]  # black, one red pixel in image 0
+        assert nyu.min() == -1.0 and nyu.shape == (3, 480, 640)
+        kitti = build_dataset("kitti", split, {}, tmp_path)[0]["image"]
+        torch.testing.assert_close(kitti, torch.full_like(kitti, (128 / 255 - 0.5) / 0.5))
+    assert build_dataset("nyu", "val", {}, tmp_path)[0]["image"][0, 10, 20] == 1.0
 
 
 def test_ade20k_bad_input(tmp_path: Path) -> None:

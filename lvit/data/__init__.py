@@ -29,6 +29,7 @@ from lvit.data.transforms import (
     deit_eval_transform,
     deit_train_transform,
     segmentation_train_transform,
+    segmentation_val_transform,
 )
 
 _DEFAULT_SAMPLES = {"train": 10_000, "val": 1_000, "test": 1_000}
@@ -57,19 +58,24 @@ def _imagenet(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset
     return imagenet(data_root, "train" if split == "train" else "val", transform)
 
 
+# NYUv2 and KITTI frames have one size per dataset (480 x 640; KITTI's KB crop 352 x 1216, multiples of 32),
+# so both splits batch as they are; their images are normalised as DPT's dense pipelines normalise.
 def _nyu(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
-    return NYUv2(data_root, "train" if split == "train" else "test")
+    return NormalizedImages(NYUv2(data_root, "train" if split == "train" else "test"), DPT_MEAN, DPT_STD)
 
 
 def _kitti(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
-    return KITTIDepth(data_root, "train" if split == "train" else "test")
+    return NormalizedImages(KITTIDepth(data_root, "train" if split == "train" else "test"), DPT_MEAN, DPT_STD)
 
 
 def _ade20k(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
-    if split != "train":
-        return ADE20K(data_root, "val")
     crop = int(image_hw(recipe.get("image_size", 480))[0])
-    return ADE20K(data_root, "train", partial(segmentation_train_transform, crop_size=crop))
+    if split == "train":
+        return ADE20K(data_root, "train", partial(segmentation_train_transform, crop_size=crop))
+    # The training loop evaluates in batches, so validation images must share one size: PyTorch-Encoding's
+    # validation during training (shorter side to the training crop, centre crop, normalised as in training).
+    # The paper's number (whole images, multi-scale + flip) is ``lvit evaluate --protocol ms_flip``'s.
+    return ADE20K(data_root, "val", partial(segmentation_val_transform, crop_size=crop))
 
 
 _BUILDERS: dict[str, Callable[[str, Mapping[str, Any], Path], Dataset]] = {

@@ -8,7 +8,8 @@
   = the scale factor closer to 1), bicubic, mean = std = 0.5; train resizes the longer side to 384, takes a
   random square 384 crop and a random horizontal flip.
 - DPT segmentation (dpt.md §5.3, PyTorch-Encoding ``_sync_transform``): random mirror, longer side random in
-  [0.5, 2.0] x 520 (bicubic image, nearest mask), pad to 480 (mask with ignore), random 480 crop.
+  [0.5, 2.0] x 520 (bicubic image, nearest mask), pad to 480 (mask with ignore), random 480 crop; validation
+  during training (PyTorch-Encoding ``_val_sync_transform``): shorter side to 480, centre 480 crop.
 
 Dense transforms act on tensors: image float (3, H, W) in [0, 1], depth / mask (H, W).
 """
@@ -198,5 +199,21 @@ def segmentation_train_transform(
         mask = F.pad(mask, (0, pad_w, 0, pad_h), value=SEG_IGNORE_INDEX)
     top = int(torch.randint(image.shape[-2] - crop_size + 1, (1,), generator=generator))
     left = int(torch.randint(image.shape[-1] - crop_size + 1, (1,), generator=generator))
+    crop = (..., slice(top, top + crop_size), slice(left, left + crop_size))
+    return normalize(image[crop]), mask[crop]
+
+
+def segmentation_val_transform(
+    image: torch.Tensor, mask: torch.Tensor, crop_size: int = 480
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch-Encoding ``_val_sync_transform``: shorter side to ``crop_size`` (bicubic image, nearest mask),
+    centre ``crop_size`` square crop, mean = std = 0.5. Deterministic, and every sample has one size."""
+    height, width = image.shape[-2:]
+    if width > height:
+        new_hw = (crop_size, int(width * crop_size / height))
+    else:
+        new_hw = (int(height * crop_size / width), crop_size)
+    image, mask = _resize_image(image, new_hw), _resize_nearest(mask, new_hw)
+    top, left = round((new_hw[0] - crop_size) / 2), round((new_hw[1] - crop_size) / 2)
     crop = (..., slice(top, top + crop_size), slice(left, left + crop_size))
     return normalize(image[crop]), mask[crop]
