@@ -63,6 +63,19 @@ def test_imagenet_bad_input_names_layout_and_file(tmp_path: Path) -> None:
         build_dataset("imagenet", "val", {}, tmp_path)[0]
 
 
+def test_imagenet_refuses_splits_whose_class_folders_differ(tmp_path: Path) -> None:
+    # val lacking n01443537 would number n01484850 as 1 (its train index is 2): top-1 against wrong labels.
+    train, val = ("n01440764", "n01443537", "n01484850"), ("n01440764", "n01484850", "n01491361")
+    for split, wnids in (("train", train), ("val", val)):
+        for wnid in wnids:
+            _write_rgb(tmp_path / "imagenet" / split / wnid / "a.JPEG", 30, 40)
+    for split in ("train", "val"):
+        with pytest.raises(LayoutError) as refused:
+            build_dataset("imagenet", split, {"image_size": 32}, tmp_path)
+        message = str(refused.value)
+        assert "only in train: ['n01443537']" in message and "only in val: ['n01491361']" in message
+
+
 # ---- NYUv2
 
 
