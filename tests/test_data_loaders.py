@@ -13,6 +13,7 @@ from PIL import Image
 from scipy.io import savemat
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.auto_augment import RandAugment
+from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader
 
 from lvit.data import build_dataset
@@ -24,6 +25,8 @@ from lvit.data.transforms import (
     dpt_resize_shape,
     segmentation_train_transform,
 )
+from lvit.engine.tasks import build_task
+from lvit.experiments.recipes import CLASSIFICATION_PROFILES
 
 
 def _write_rgb(path: Path, height: int, width: int, value: int = 128) -> None:
@@ -253,10 +256,8 @@ def test_dpt_resize_shape_by_hand() -> None:
 
 
 def test_deit_transforms_follow_the_recipe() -> None:
-    names = [type(t).__name__ for t in deit_train_transform(224).transforms]
-    assert (
-        "RandAugment" in names and "RandomErasing" in names and "RandomResizedCropAndInterpolation" in names
-    )
+    names = [type(t).__name__ for t in deit_train_transform(224, "rand-m9-mstd0.5-inc1").transforms]
+    assert "RandAugment" in names and "RandomResizedCropAndInterpolation" in names
     image = deit_eval_transform(224)(Image.new("RGB", (400, 300)))
     assert image.shape == (3, 224, 224)
 
@@ -273,15 +274,27 @@ def _posterize_at_zero_bits(transform: Any) -> Any:
 def test_deit_randaugment_posterize_to_zero_bits_gives_black_as_pillow_before_13() -> None:
     # mstd0.5 clips about 2 % of magnitudes to 10, where PosterizeIncreasing keeps 0 bits; Pillow 13 raises
     # there, Pillow < 13 (what DeiT trained with) returned a black image.
-    transform = deit_train_transform(16)
+    transform = deit_train_transform(16, "rand-m9-mstd0.5-inc1")
     op = _posterize_at_zero_bits(transform)
     image = Image.new("RGB", (20, 16), (200, 120, 40))
     assert np.asarray(op(image)).max() == 0
-    out = transform(image)  # the whole pipeline: crop, flip, posterize, normalise (erasing aside)
+    out = transform(image)  # the whole pipeline: crop, flip, posterize, normalise
     black = (-torch.tensor(IMAGENET_DEFAULT_MEAN) / torch.tensor(IMAGENET_DEFAULT_STD)).view(3, 1, 1)
-    erased = (out - black).abs().amax(0) > 1e-5
-    torch.testing.assert_close(out[:, ~erased], black.expand_as(out)[:, ~erased])
-    assert (~erased).any()
+    torch.testing.assert_close(out, black.expand_as(out))
+
+
+def test_paper_classification_erases_once_on_the_batch_and_reads_randaugment_from_the_recipe(
+    tmp_path: Path,
+) -> None:
+    for split in ("train", "val"):
+        _write_rgb(tmp_path / "imagenet" / split / "n01440764" / "a.JPEG", 30, 40)
+    recipe = {**CLASSIFICATION_PROFILES["paper"], "image_size": 32, "randaugment": "rand-m5-n3-mstd0.5-inc1"}
+    steps = build_dataset("imagenet", "train", recipe, tmp_path).transform.transforms
+    assert not any(isinstance(step, RandomErasing) for step in steps)  # the dataset erased too
+    erasing = build_task("classification", recipe).erasing
+    assert erasing is not None and erasing.probability == recipe["random_erasing"] == 0.25
+    (augment,) = [step for step in steps if isinstance(step, RandAugment)]
+    assert augment.num_layers == 3 and {op.magnitude for op in augment.ops} == {5}
 
 
 def test_segmentation_train_transform_pads_with_ignore_and_keeps_labels() -> None:

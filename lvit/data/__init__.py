@@ -3,7 +3,8 @@
 ``build_dataset(name, split, recipe, data_root)`` is the one entry point the engine uses. Recipe keys read
 (all optional except where a dataset needs them): ``image_size``, ``train_samples`` / ``val_samples`` /
 ``test_samples`` (sample count for the split), ``num_classes``, ``seed``, for ``local_shapes`` ``nuisance``
-(:class:`~lvit.data.synthetic.LocalShapes`), and for ``scenes`` ``domains``
+(:class:`~lvit.data.synthetic.LocalShapes`), for ``imagenet`` ``randaugment`` (the train transform's timm
+RandAugment config; random erasing is the engine's batch step), and for ``scenes`` ``domains``
 or a per-split ``{split}_domains`` (e.g. ``train_domains=("indoor", "outdoor")``,
 ``test_domains=("tabletop",)`` for zero-shot transfer to a held-out domain). Procedural images come out
 normalised as the paper's pipeline normalises real ones (:class:`~lvit.data.transforms.NormalizedImages`).
@@ -54,7 +55,10 @@ def _scenes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
 
 def _imagenet(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
     size = int(recipe.get("image_size", 224))
-    transform = deit_train_transform(size) if split == "train" else deit_eval_transform(size)
+    if split == "train":
+        transform = deit_train_transform(size, recipe.get("randaugment"))
+    else:
+        transform = deit_eval_transform(size)
     return imagenet(data_root, "train" if split == "train" else "val", transform)
 
 

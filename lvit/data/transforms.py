@@ -1,9 +1,10 @@
 """The papers' train and eval transforms.
 
-- LocalViT / DeiT (localvit.md §3): train = timm ``create_transform``, RandAugment ``rand-m9-mstd0.5-inc1``,
-  bicubic, colour jitter 0.4 (ignored by timm once AA is set), random erasing p=0.25 pixel mode count 1;
-  eval = Resize(size / 0.875 = 256, bicubic) -> CenterCrop(224) -> ImageNet mean/std. Mixup/CutMix and
-  repeated augmentation act on batches and live in the engine.
+- LocalViT / DeiT (localvit.md §3): train = timm ``create_transform``, the recipe's RandAugment
+  (``rand-m9-mstd0.5-inc1`` at paper), bicubic, colour jitter 0.4 (ignored by timm once AA is set);
+  eval = Resize(size / 0.875 = 256, bicubic) -> CenterCrop(224) -> ImageNet mean/std. Random erasing
+  (p=0.25, pixel mode, count 1), Mixup/CutMix and repeated augmentation act on batches and live in the
+  engine, as at every profile.
 - DPT depth (dpt.md §2.8, §5.1): eval resizes keeping the aspect ratio, each side a multiple of 32 ("minimal"
   = the scale factor closer to 1), bicubic, mean = std = 0.5; train resizes the longer side to 384, takes a
   random square 384 crop and a random horizontal flip.
@@ -33,17 +34,16 @@ DPT_STD = (0.5, 0.5, 0.5)
 SEG_IGNORE_INDEX = -1
 
 
-def deit_train_transform(image_size: int = 224) -> T.Compose:
-    """DeiT's training augmentation (timm), as LocalViT's ``main.py`` builds it."""
+def deit_train_transform(image_size: int, randaugment: str | None) -> T.Compose:
+    """DeiT's per-image training augmentation (timm), as LocalViT's ``main.py`` builds it, with the recipe's
+    RandAugment config (None: none). Its random erasing is left to the engine's batch step
+    (``lvit.engine.augment``), which every profile uses, so images are erased once."""
     transform = create_transform(
         input_size=image_size,
         is_training=True,
         color_jitter=0.4,
-        auto_augment="rand-m9-mstd0.5-inc1",
+        auto_augment=randaugment,
         interpolation="bicubic",
-        re_prob=0.25,
-        re_mode="pixel",
-        re_count=1,
     )
     for step in transform.transforms:
         if isinstance(step, RandAugment):
