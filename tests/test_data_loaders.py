@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -10,7 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from scipy.io import savemat
-from timm.data import IMAGENET_DEFAULT_MEAN
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.auto_augment import RandAugment
+from timm.data.random_erasing import RandomErasing
+from torch.utils.data import DataLoader
 
 from lvit.data import build_dataset
 from lvit.data.datasets import ADE20K, KITTIDepth, LayoutError, NYUv2, eigen_crop_mask, garg_crop_mask
@@ -21,6 +25,8 @@ from lvit.data.transforms import (
     dpt_resize_shape,
     segmentation_train_transform,
 )
+from lvit.engine.tasks import build_task
+from lvit.experiments.recipes import CLASSIFICATION_PROFILES
 
 
 def _write_rgb(path: Path, height: int, width: int, value: int = 128) -> None:
@@ -58,6 +64,19 @@ def test_imagenet_bad_input_names_layout_and_file(tmp_path: Path) -> None:
     corrupt.write_bytes(b"not a jpeg")
     with pytest.raises(Exception, match="broken.JPEG"):
         build_dataset("imagenet", "val", {}, tmp_path)[0]
+
+
+def test_imagenet_refuses_splits_whose_class_folders_differ(tmp_path: Path) -> None:
+    # val lacking n01443537 would number n01484850 as 1 (its train index is 2): top-1 against wrong labels.
+    train, val = ("n01440764", "n01443537", "n01484850"), ("n01440764", "n01484850", "n01491361")
+    for split, wnids in (("train", train), ("val", val)):
+        for wnid in wnids:
+            _write_rgb(tmp_path / "imagenet" / split / wnid / "a.JPEG", 30, 40)
+    for split in ("train", "val"):
+        with pytest.raises(LayoutError) as refused:
+            build_dataset("imagenet", split, {"image_size": 32}, tmp_path)
+        message = str(refused.value)
+        assert "only in train: ['n01443537']" in message and "only in val: ['n01491361']" in message
 
 
 # ---- NYUv2
@@ -168,13 +187,50 @@ def _write_ade(root: Path) -> None:
 
 def test_ade20k_label_zero_is_ignore_and_classes_shift_down(tmp_path: Path) -> None:
     _write_ade(tmp_path / "ADEChallengeData2016")
-    sample = build_dataset("ade20k", "val", {}, tmp_path)[0]
+    sample = ADE20K(tmp_path, "val")[0]
     labels = sample["labels"]
     assert labels.shape == (8, 12) and sample["image"].shape == (3, 8, 12)
     assert labels[0, 0] == -1 and labels[0, 1] == 0 and labels[0, 2] == 149
     train = build_dataset("ade20k", "train", {"image_size": 16}, tmp_path)[0]
     assert train["image"].shape == (3, 16, 16) and train["labels"].shape == (16, 16)
     assert set(train["labels"].unique().tolist()) <= {-1, 0, 149}
+
+
+def test_ade20k_val_of_mixed_sizes_batches_normalised_as_training(tmp_path: Path) -> None:
+    root = tmp_path / "ADEChallengeData2016"
+    _write_ade(root)  # one 8 x 12 image per split
+    for name, (height, width) in {"ADE_val_00000002": (20, 10), "ADE_val_00000003": (16, 16)}.items():
+        _write_rgb(root / "images" / "validation" / f"{name}.jpg", height, width)
+        annotation = np.zeros((height, width), dtype=np.uint8)
+        annotation[:, width // 2 :] = 7  # right half class 7 (-> 6), left half "other" (-> ignore)
+        Image.fromarray(annotation).save(root / "annotations" / "validation" / f"{name}.png")
+    recipe = {"image_size": 16}
+    val = build_dataset("ade20k", "val", recipe, tmp_path)
+    batch = next(iter(DataLoader(val, batch_size=3)))  # raised "stack expects each tensor to be equal size"
+    assert batch["image"].shape == (3, 3, 16, 16) and batch["labels"].shape == (3, 16, 16)
+    gray = (128 / 255 - 0.5) / 0.5  # _write_rgb's value, normalised with DPT's mean = std = 0.5
+    torch.testing.assert_close(batch["image"], torch.full_like(batch["image"], gray), atol=0.02, rtol=0)
+    train = build_dataset("ade20k", "train", recipe, tmp_path)[0]
+    inside = train["labels"] != -1  # training pads with the ignore label; the image holds the same gray
+    torch.testing.assert_close(train["image"][:, inside], torch.full_like(train["image"][:, inside], gray),
+                               atol=0.02, rtol=0)  # fmt: skip
+    for labels in batch["labels"][1:]:  # nearest labels; 20 x 10 -> 32 x 16 -> centre 16 x 16 crop
+        assert (labels[:, :8] == -1).all() and (labels[:, 8:] == 6).all()
+    assert torch.equal(val[1]["labels"], batch["labels"][1])  # deterministic
+
+
+def test_nyu_and_kitti_splits_are_normalised_as_dpt(tmp_path: Path) -> None:
+    _write_nyu(tmp_path / "nyu")
+    _write_kitti(tmp_path / "kitti")
+    (tmp_path / "kitti" / "splits" / "eigen_train_files_with_gt.txt").write_text(
+        (tmp_path / "kitti" / "splits" / "eigen_test_files_with_gt.txt").read_text()
+    )
+    for split in ("train", "val"):
+        nyu = build_dataset("nyu", split, {}, tmp_path)[0]["image"]  # black, one red pixel in image 0
+        assert nyu.min() == -1.0 and nyu.shape == (3, 480, 640)
+        kitti = build_dataset("kitti", split, {}, tmp_path)[0]["image"]
+        torch.testing.assert_close(kitti, torch.full_like(kitti, (128 / 255 - 0.5) / 0.5))
+    assert build_dataset("nyu", "val", {}, tmp_path)[0]["image"][0, 10, 20] == 1.0
 
 
 def test_ade20k_bad_input(tmp_path: Path) -> None:
@@ -200,12 +256,45 @@ def test_dpt_resize_shape_by_hand() -> None:
 
 
 def test_deit_transforms_follow_the_recipe() -> None:
-    names = [type(t).__name__ for t in deit_train_transform(224).transforms]
-    assert (
-        "RandAugment" in names and "RandomErasing" in names and "RandomResizedCropAndInterpolation" in names
-    )
+    names = [type(t).__name__ for t in deit_train_transform(224, "rand-m9-mstd0.5-inc1").transforms]
+    assert "RandAugment" in names and "RandomResizedCropAndInterpolation" in names
     image = deit_eval_transform(224)(Image.new("RGB", (400, 300)))
     assert image.shape == (3, 224, 224)
+
+
+def _posterize_at_zero_bits(transform: Any) -> Any:
+    """Reduce the transform's RandAugment to its posterize op, always applied at magnitude 10 (0 bits)."""
+    (augment,) = [step for step in transform.transforms if isinstance(step, RandAugment)]
+    (op,) = [op for op in augment.ops if op.name == "PosterizeIncreasing"]
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    augment.ops, augment.num_layers = [op], 1
+    return op
+
+
+def test_deit_randaugment_posterize_to_zero_bits_gives_black_as_pillow_before_13() -> None:
+    # mstd0.5 clips about 2 % of magnitudes to 10, where PosterizeIncreasing keeps 0 bits; Pillow 13 raises
+    # there, Pillow < 13 (what DeiT trained with) returned a black image.
+    transform = deit_train_transform(16, "rand-m9-mstd0.5-inc1")
+    op = _posterize_at_zero_bits(transform)
+    image = Image.new("RGB", (20, 16), (200, 120, 40))
+    assert np.asarray(op(image)).max() == 0
+    out = transform(image)  # the whole pipeline: crop, flip, posterize, normalise
+    black = (-torch.tensor(IMAGENET_DEFAULT_MEAN) / torch.tensor(IMAGENET_DEFAULT_STD)).view(3, 1, 1)
+    torch.testing.assert_close(out, black.expand_as(out))
+
+
+def test_paper_classification_erases_once_on_the_batch_and_reads_randaugment_from_the_recipe(
+    tmp_path: Path,
+) -> None:
+    for split in ("train", "val"):
+        _write_rgb(tmp_path / "imagenet" / split / "n01440764" / "a.JPEG", 30, 40)
+    recipe = {**CLASSIFICATION_PROFILES["paper"], "image_size": 32, "randaugment": "rand-m5-n3-mstd0.5-inc1"}
+    steps = build_dataset("imagenet", "train", recipe, tmp_path).transform.transforms
+    assert not any(isinstance(step, RandomErasing) for step in steps)  # the dataset erased too
+    erasing = build_task("classification", recipe).erasing
+    assert erasing is not None and erasing.probability == recipe["random_erasing"] == 0.25
+    (augment,) = [step for step in steps if isinstance(step, RandAugment)]
+    assert augment.num_layers == 3 and {op.magnitude for op in augment.ops} == {5}
 
 
 def test_segmentation_train_transform_pads_with_ignore_and_keeps_labels() -> None:

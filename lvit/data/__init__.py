@@ -3,7 +3,8 @@
 ``build_dataset(name, split, recipe, data_root)`` is the one entry point the engine uses. Recipe keys read
 (all optional except where a dataset needs them): ``image_size``, ``train_samples`` / ``val_samples`` /
 ``test_samples`` (sample count for the split), ``num_classes``, ``seed``, for ``local_shapes`` ``nuisance``
-(:class:`~lvit.data.synthetic.LocalShapes`), and for ``scenes`` ``domains``
+(:class:`~lvit.data.synthetic.LocalShapes`), for ``imagenet`` ``randaugment`` (the train transform's timm
+RandAugment config; random erasing is the engine's batch step), and for ``scenes`` ``domains``
 or a per-split ``{split}_domains`` (e.g. ``train_domains=("indoor", "outdoor")``,
 ``test_domains=("tabletop",)`` for zero-shot transfer to a held-out domain). Procedural images come out
 normalised as the paper's pipeline normalises real ones (:class:`~lvit.data.transforms.NormalizedImages`).
@@ -29,6 +30,7 @@ from lvit.data.transforms import (
     deit_eval_transform,
     deit_train_transform,
     segmentation_train_transform,
+    segmentation_val_transform,
 )
 
 _DEFAULT_SAMPLES = {"train": 10_000, "val": 1_000, "test": 1_000}
@@ -53,23 +55,31 @@ def _scenes(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
 
 def _imagenet(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
     size = int(recipe.get("image_size", 224))
-    transform = deit_train_transform(size) if split == "train" else deit_eval_transform(size)
+    if split == "train":
+        transform = deit_train_transform(size, recipe.get("randaugment"))
+    else:
+        transform = deit_eval_transform(size)
     return imagenet(data_root, "train" if split == "train" else "val", transform)
 
 
+# NYUv2 and KITTI frames have one size per dataset (480 x 640; KITTI's KB crop 352 x 1216, multiples of 32),
+# so both splits batch as they are; their images are normalised as DPT's dense pipelines normalise.
 def _nyu(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
-    return NYUv2(data_root, "train" if split == "train" else "test")
+    return NormalizedImages(NYUv2(data_root, "train" if split == "train" else "test"), DPT_MEAN, DPT_STD)
 
 
 def _kitti(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
-    return KITTIDepth(data_root, "train" if split == "train" else "test")
+    return NormalizedImages(KITTIDepth(data_root, "train" if split == "train" else "test"), DPT_MEAN, DPT_STD)
 
 
 def _ade20k(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
-    if split != "train":
-        return ADE20K(data_root, "val")
     crop = int(image_hw(recipe.get("image_size", 480))[0])
-    return ADE20K(data_root, "train", partial(segmentation_train_transform, crop_size=crop))
+    if split == "train":
+        return ADE20K(data_root, "train", partial(segmentation_train_transform, crop_size=crop))
+    # The training loop evaluates in batches, so validation images must share one size: PyTorch-Encoding's
+    # validation during training (shorter side to the training crop, centre crop, normalised as in training).
+    # The paper's number (whole images, multi-scale + flip) is ``lvit evaluate --protocol ms_flip``'s.
+    return ADE20K(data_root, "val", partial(segmentation_val_transform, crop_size=crop))
 
 
 _BUILDERS: dict[str, Callable[[str, Mapping[str, Any], Path], Dataset]] = {

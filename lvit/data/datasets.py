@@ -105,16 +105,46 @@ IMAGENET_LAYOUT = "  <data_root>/imagenet/train/<wnid>/*.JPEG\n  <data_root>/ima
 
 
 def imagenet(data_root: str | Path, split: str, transform: Callable | None = None) -> ImageFolder:
-    """ImageNet-1k as an ImageFolder over ``imagenet/{train,val}`` (DeiT transforms via ``transform``)."""
+    """ImageNet-1k as an ImageFolder over ``imagenet/{train,val}`` (DeiT transforms via ``transform``).
+
+    When the other split has class folders too, both must hold the same ones.
+    """
     if split not in ("train", "val"):
         raise ValueError(f"unknown ImageNet split {split!r}; valid splits: train, val")
     folder = _require(Path(data_root) / "imagenet" / split, IMAGENET_LAYOUT)
     try:
-        return ImageFolder(str(folder), transform=transform)
+        dataset = ImageFolder(str(folder), transform=transform)
     except FileNotFoundError as err:
         raise LayoutError(
             f"{folder} holds no class folders with images ({err}); expected layout:\n{IMAGENET_LAYOUT}"
         ) from err
+    _require_same_classes(folder.parent, split, dataset.classes)
+    return dataset
+
+
+def _class_folders(folder: Path) -> list[str]:
+    """The class names ImageFolder would find in ``folder`` (its sub-folders); none if it does not exist."""
+    return sorted(entry.name for entry in folder.iterdir() if entry.is_dir()) if folder.is_dir() else []
+
+
+def _require_same_classes(root: Path, split: str, classes: list[str]) -> None:
+    """Refuse a split whose class folders differ from the other split's. ImageFolder numbers classes by their
+    sorted folder names, so a class missing from one split shifts every later index and top-1 would be
+    scored against wrong labels. An other split without class folders (evaluation only) is not compared."""
+    other = "val" if split == "train" else "train"
+    other_classes = _class_folders(root / other)
+    if not other_classes or other_classes == classes:
+        return
+    only_here = sorted(set(classes) - set(other_classes))
+    only_there = sorted(set(other_classes) - set(classes))
+    raise LayoutError(
+        f"{root / split} and {root / other} hold different class folders, so their class indices would not "
+        f"match: only in {split}: {_some(only_here)}; only in {other}: {_some(only_there)}"
+    )
+
+
+def _some(names: list[str], shown: int = 10) -> str:
+    return f"{names[:shown]} ({len(names)} in all)" if len(names) > shown else str(names)
 
 
 # ----------------------------------------------------------------------------------------------------------

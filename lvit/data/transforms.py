@@ -1,14 +1,16 @@
 """The papers' train and eval transforms.
 
-- LocalViT / DeiT (localvit.md §3): train = timm ``create_transform``, RandAugment ``rand-m9-mstd0.5-inc1``,
-  bicubic, colour jitter 0.4 (ignored by timm once AA is set), random erasing p=0.25 pixel mode count 1;
-  eval = Resize(size / 0.875 = 256, bicubic) -> CenterCrop(224) -> ImageNet mean/std. Mixup/CutMix and
-  repeated augmentation act on batches and live in the engine.
+- LocalViT / DeiT (localvit.md §3): train = timm ``create_transform``, the recipe's RandAugment
+  (``rand-m9-mstd0.5-inc1`` at paper), bicubic, colour jitter 0.4 (ignored by timm once AA is set);
+  eval = Resize(size / 0.875 = 256, bicubic) -> CenterCrop(224) -> ImageNet mean/std. Random erasing
+  (p=0.25, pixel mode, count 1), Mixup/CutMix and repeated augmentation act on batches and live in the
+  engine, as at every profile.
 - DPT depth (dpt.md §2.8, §5.1): eval resizes keeping the aspect ratio, each side a multiple of 32 ("minimal"
   = the scale factor closer to 1), bicubic, mean = std = 0.5; train resizes the longer side to 384, takes a
   random square 384 crop and a random horizontal flip.
 - DPT segmentation (dpt.md §5.3, PyTorch-Encoding ``_sync_transform``): random mirror, longer side random in
-  [0.5, 2.0] x 520 (bicubic image, nearest mask), pad to 480 (mask with ignore), random 480 crop.
+  [0.5, 2.0] x 520 (bicubic image, nearest mask), pad to 480 (mask with ignore), random 480 crop; validation
+  during training (PyTorch-Encoding ``_val_sync_transform``): shorter side to 480, centre 480 crop.
 
 Dense transforms act on tensors: image float (3, H, W) in [0, 1], depth / mask (H, W).
 """
@@ -21,7 +23,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.auto_augment import RandAugment, posterize
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
@@ -30,18 +34,40 @@ DPT_STD = (0.5, 0.5, 0.5)
 SEG_IGNORE_INDEX = -1
 
 
-def deit_train_transform(image_size: int = 224) -> T.Compose:
-    """DeiT's training augmentation (timm), as LocalViT's ``main.py`` builds it."""
-    return create_transform(
+def deit_train_transform(image_size: int, randaugment: str | None) -> T.Compose:
+    """DeiT's per-image training augmentation (timm), as LocalViT's ``main.py`` builds it, with the recipe's
+    RandAugment config (None: none). Its random erasing is left to the engine's batch step
+    (``lvit.engine.augment``), which every profile uses, so images are erased once."""
+    transform = create_transform(
         input_size=image_size,
         is_training=True,
         color_jitter=0.4,
-        auto_augment="rand-m9-mstd0.5-inc1",
+        auto_augment=randaugment,
         interpolation="bicubic",
-        re_prob=0.25,
-        re_mode="pixel",
-        re_count=1,
     )
+    for step in transform.transforms:
+        if isinstance(step, RandAugment):
+            _black_posterize_at_zero_bits(step)
+    return transform
+
+
+def _posterize_zero_bits_black(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's ``posterize``, except that keeping 0 bits gives a black image instead of an error.
+
+    With ``mstd0.5`` a RandAugment magnitude is sometimes clipped to 10, where timm's PosterizeIncreasing
+    keeps 0 bits. Pillow < 13 masked every value with ``~(2**8 - 1)`` (a black image), which is what DeiT
+    trained with; Pillow 13 raises ``ValueError`` instead, about once per thousand training images.
+    """
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def _black_posterize_at_zero_bits(augment: RandAugment) -> None:
+    # Only this transform's ops are changed: timm's module (shared by every other user) stays as it is.
+    for op in augment.ops:
+        if op.aug_fn is posterize:
+            op.aug_fn = _posterize_zero_bits_black
 
 
 def deit_eval_transform(image_size: int = 224) -> T.Compose:
@@ -173,5 +199,21 @@ def segmentation_train_transform(
         mask = F.pad(mask, (0, pad_w, 0, pad_h), value=SEG_IGNORE_INDEX)
     top = int(torch.randint(image.shape[-2] - crop_size + 1, (1,), generator=generator))
     left = int(torch.randint(image.shape[-1] - crop_size + 1, (1,), generator=generator))
+    crop = (..., slice(top, top + crop_size), slice(left, left + crop_size))
+    return normalize(image[crop]), mask[crop]
+
+
+def segmentation_val_transform(
+    image: torch.Tensor, mask: torch.Tensor, crop_size: int = 480
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch-Encoding ``_val_sync_transform``: shorter side to ``crop_size`` (bicubic image, nearest mask),
+    centre ``crop_size`` square crop, mean = std = 0.5. Deterministic, and every sample has one size."""
+    height, width = image.shape[-2:]
+    if width > height:
+        new_hw = (crop_size, int(width * crop_size / height))
+    else:
+        new_hw = (int(height * crop_size / width), crop_size)
+    image, mask = _resize_image(image, new_hw), _resize_nearest(mask, new_hw)
+    top, left = round((new_hw[0] - crop_size) / 2), round((new_hw[1] - crop_size) / 2)
     crop = (..., slice(top, top + crop_size), slice(left, left + crop_size))
     return normalize(image[crop]), mask[crop]

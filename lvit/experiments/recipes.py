@@ -12,8 +12,9 @@ placement ablation indexes blocks 1-12); smoke and proxy shrink width and resolu
 Classification augmentation per profile (what the engine does with these keys):
 
 * ``paper``: the full DeiT recipe: RandAugment ``rand-m9-mstd0.5-inc1`` and bicubic resizing in the dataset
-  transform, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, random erasing 0.25, repeated augmentation ×3,
-  drop path 0.1, 300 epochs, batch 1024, lr 1e-3 (5e-4 × 1024/512), warmup 5, min lr 1e-5.
+  transform, Mixup 0.8 / CutMix 1.0, label smoothing 0.1, random erasing 0.25 (on the batch, as at every
+  profile; the dataset transform does not erase), repeated augmentation ×3, drop path 0.1, 300 epochs,
+  batch 1024, lr 1e-3 (5e-4 × 1024/512), warmup 5, min lr 1e-5.
 * ``proxy``: procedural LocalShapes rendered on the GPU, with label smoothing as the only regulariser.
   DeiT's augmentation (Mixup 0.8, CutMix 1.0, random erasing, drop path) pays off over 300 epochs; over the
   proxy's 8 it kept every model near chance in the first GPU run, and without it LocalViT-T reaches 18 %
