@@ -132,15 +132,18 @@ def _state_from_manifest() -> tuple[str, bool]:
 
 
 def device_name(device: str) -> str:
-    """``cuda:0`` -> ``cuda:0 (NVIDIA H100 80GB HBM3)``; CPU devices name the core count."""
+    """``cuda:0`` -> ``cuda:0 (NVIDIA H100 80GB HBM3)``; CPU devices name the core count. Under torchrun the
+    number of ranks is added (``cuda:0 (NVIDIA H100 80GB HBM3, 8 ranks)``): rank 0 writes for all of them."""
     import torch
 
     dev = torch.device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    ranks = f", {world} ranks" if world > 1 else ""
     if dev.type == "cuda" and torch.cuda.is_available():
-        return f"{dev} ({torch.cuda.get_device_name(dev)})"
+        return f"{dev} ({torch.cuda.get_device_name(dev)}{ranks})"
     if dev.type == "cpu":
-        return f"cpu ({os.cpu_count()} cores)"
-    return str(dev)
+        return f"cpu ({os.cpu_count()} cores{ranks})"
+    return f"{dev} ({world} ranks)" if world > 1 else str(dev)
 
 
 def _json_default(value: Any) -> Any:

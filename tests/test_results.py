@@ -55,6 +55,14 @@ def test_provenance_fields(prov):
         provenance("tiny", 0, "cpu", CONFIG, START, 1.0)
 
 
+def test_device_names_the_ranks_a_torchrun_result_came_from(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    alone = results.device_name("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert results.device_name("cpu") == alone.removesuffix(")") + ", 4 ranks)"
+    assert results.device_name("meta") == "meta (4 ranks)"
+
+
 def test_config_hash_stable_and_order_independent():
     a = config_hash({"lr": 0.001, "model": {"depth": 12, "dim": 192}, "aug": ["mixup", "cutmix"]})
     b = config_hash({"aug": ["mixup", "cutmix"], "model": {"dim": 192, "depth": 12}, "lr": 0.001})
