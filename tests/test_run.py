@@ -10,6 +10,7 @@ import pytest
 import timm
 import torch
 import torch.multiprocessing as mp
+from PIL import Image
 
 from lvit import results as store
 from lvit.engine import loop
@@ -97,6 +98,12 @@ def test_lvit_run_refuses_bad_seeds_devices_paths_and_absent_datasets_in_one_lin
     monkeypatch.undo()
     with pytest.raises(SystemExit, match=r"^lvit run: missing .*imagenet/train; expected layout:"):
         main([*base, "--profile", "paper", "--data-root", str(tmp_path / "no_data"), "--rows", "Low 1~4"])
+    for split in ("train", "val"):  # a layout that holds too few images for one paper batch
+        folder = tmp_path / "tiny" / "imagenet" / split / "n01440764"
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "a.JPEG")
+    with pytest.raises(SystemExit, match=r"^lvit run: train set of 1 samples is smaller than one global"):
+        main([*base, "--profile", "paper", "--data-root", str(tmp_path / "tiny"), "--rows", "Low 1~4"])
 
 
 def test_the_torchrun_relaunch_passes_the_seeds_themselves_and_its_failure_is_one_line(tmp_path, monkeypatch):

@@ -57,6 +57,10 @@ if TYPE_CHECKING:
 CHECKPOINT_NAME = "last.pt"
 
 
+class TrainSetTooSmallError(ValueError):
+    """The train set holds fewer samples than one global batch: no optimizer step could be taken."""
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the last good checkpoint was kept."""
 
@@ -519,7 +523,7 @@ def fit(
     sampler = _train_sampler(train_set, config, dist_info)
     steps_per_epoch = len(sampler) // (micro_batch * config.grad_accum)  # type: ignore[arg-type]
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise TrainSetTooSmallError(
             f"train set of {len(train_set)} samples is smaller than one global batch "  # type: ignore[arg-type]
             f"({config.batch_size}); lower batch_size or raise the sample count"
         )
@@ -588,6 +592,7 @@ __all__ = [
     "DistInfo",
     "LoopConfig",
     "NonFiniteLossError",
+    "TrainSetTooSmallError",
     "cleanup_distributed",
     "fit",
     "init_distributed",

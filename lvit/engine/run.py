@@ -57,6 +57,7 @@ from lvit.data.datasets import LayoutError
 from lvit.engine.admission import admitted, free_gib, release_cached_memory
 from lvit.engine.loop import (
     LoopConfig,
+    TrainSetTooSmallError,
     init_distributed,
     load_checkpoint,
     resolve_device,
@@ -973,7 +974,7 @@ def _run_command(args: argparse.Namespace) -> int:
     try:
         df = run_experiment(args.experiment, args.profile, seeds, args.device, args.data_root,
                             args.results_dir, args.rows, reuse=not args.no_reuse)  # fmt: skip
-    except (LayoutError, TorchrunError) as error:  # the paper profile's datasets are the user's to supply
+    except (LayoutError, TrainSetTooSmallError, TorchrunError) as error:  # the paper's data are the user's
         raise SystemExit(f"lvit run: {error}") from None
     if int(os.environ.get("RANK", "0")) == 0 and len(df):
         print(store.summarize(df).to_string(index=False))
