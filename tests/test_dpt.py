@@ -392,3 +392,24 @@ def test_hybrid_pads_no_pointwise_conv_and_computes_the_same(monkeypatch) -> Non
             conv.same_pad = True
             padded = conv(feature_map)
             assert skip_pointwise_same_padding(conv) == 1 and torch.equal(conv(feature_map), padded)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "size"), [
+    ("dpt_tiny", {}, 384),
+    ("dpt_hybrid", {}, 384),
+    ("dpt_localvit_tiny", dict(task="segmentation"), 480),
+    ("dpt_large.segmentation", {}, 480),  # the tag picks the task
+])
+def test_timm_data_config_is_the_official_preprocessing(name: str, kwargs: dict, size: int) -> None:
+    # dpt.md §2.8: mean = std = 0.5, bicubic, 384 (depth) / 480 (segmentation), no centre crop.
+    with torch.device("meta"):
+        model = timm.create_model(name, **kwargs)
+    config = timm.data.resolve_data_config({}, model=model)
+    assert config == dict(input_size=(3, size, size), interpolation="bicubic", mean=(0.5, 0.5, 0.5),
+                          std=(0.5, 0.5, 0.5), crop_pct=1.0, crop_mode="center")
+    assert model.task == ("depth" if size == 384 else "segmentation")
+
+
+def test_data_config_tag_contradicting_task_is_refused() -> None:
+    with pytest.raises(ValueError, match="segmentation preprocessing, but task='depth'"):
+        timm.create_model("dpt_tiny.segmentation", task="depth")
