@@ -413,3 +413,45 @@ def test_timm_data_config_is_the_official_preprocessing(name: str, kwargs: dict,
 def test_data_config_tag_contradicting_task_is_refused() -> None:
     with pytest.raises(ValueError, match="segmentation preprocessing, but task='depth'"):
         timm.create_model("dpt_tiny.segmentation", task="depth")
+
+
+_CHECKPOINTED = {  # name: (DPT kwargs, torch.utils.checkpoint calls per forward)
+    "dpt_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
+                      backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2)), 4),
+    "dpt_localvit_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
+                               backbone_kwargs=dict(depth=5, embed_dim=32, num_heads=2, se_reduction=4)), 4),
+    # 2 ViT blocks and the ResNet's 3 + 4 + 9 blocks (timm checkpoints each of them in its stage)
+    "dpt_hybrid": (dict(block_taps=(0, 1), reassemble_channels=(256, 512, 32, 32), features=16,
+                        backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2)), 2 + 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CHECKPOINTED))
+def test_grad_checkpointing_recomputes_blocks_with_equal_results(name: str, monkeypatch) -> None:
+    kwargs, expected_calls = _CHECKPOINTED[name]
+    torch.manual_seed(0)
+    model = lvit.create_model(name, **kwargs).train()
+    x = torch.randn(2, 3, 64, 64)
+
+    def output_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(x)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain_out, plain_grads = output_and_grads()
+    calls = []
+    original = torch.utils.checkpoint.checkpoint  # what timm's checkpoint helpers call
+
+    def counting(*args, **kw):
+        calls.append(args[0])
+        return original(*args, **kw)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    model.set_grad_checkpointing(True)
+    checkpointed_out, checkpointed_grads = output_and_grads()
+    assert len(calls) == expected_calls
+    torch.testing.assert_close(checkpointed_out, plain_out, rtol=0, atol=0)
+    assert len(checkpointed_grads) == len(plain_grads)
+    for checkpointed, plain in zip(checkpointed_grads, plain_grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain)

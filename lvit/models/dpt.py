@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._manipulate import checkpoint
 
 READOUTS: tuple[str, ...] = ("ignore", "add", "project")
 TASKS: tuple[str, ...] = ("depth", "segmentation")
@@ -330,6 +331,12 @@ class DPT(nn.Module):
         self.backbone.load_state_dict(state_dict, strict=True)
         self.freeze_unused()
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each backbone block (and, in the Hybrid, each ResNet stage) in the backward pass
+        instead of storing its activations; the decoder is not checkpointed."""
+        self.backbone.set_grad_checkpointing(enable)
+
     # -- forward ------------------------------------------------------------------------------------
     def check_input_size(self, height: int, width: int) -> None:
         multiple = 2 * self.patch_stride  # the ×½ stage and the ×2 fusion need an even token grid
@@ -366,7 +373,8 @@ class DPT(nn.Module):
             if hasattr(block, "grid_size"):
                 block.grid_size = grid
         for index, block in enumerate(vit.blocks[: max(self.block_taps) + 1]):
-            x = block(x)
+            # The blocks are run here, not by the backbone's forward, so its checkpointing flag is read here.
+            x = checkpoint(block, x) if vit.grad_checkpointing else block(x)
             if index in self.block_taps:
                 taps.append(x)
         return taps, grid
