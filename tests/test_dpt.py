@@ -15,6 +15,7 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from timm.optim import create_optimizer_v2
 
 import lvit
 from lvit.models.dpt import DPT, ReadAdd, ReadIgnore, ReadProject, checkpoint_filter_fn
@@ -455,3 +456,12 @@ def test_grad_checkpointing_recomputes_blocks_with_equal_results(name: str, monk
     assert len(checkpointed_grads) == len(plain_grads)
     for checkpointed, plain in zip(checkpointed_grads, plain_grads, strict=True):
         torch.testing.assert_close(checkpointed, plain)
+
+
+def test_timm_optimizer_does_not_decay_backbone_embeddings() -> None:
+    model = _micro()
+    optimizer = create_optimizer_v2(model, "adamw", weight_decay=0.05)
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay_of[id(model.backbone.pos_embed)] == 0.0
+    assert decay_of[id(model.backbone.cls_token)] == 0.0
+    assert decay_of[id(model.backbone.patch_embed.proj.weight)] == 0.05  # conv weights still decay

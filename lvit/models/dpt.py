@@ -332,6 +332,12 @@ class DPT(nn.Module):
         self.freeze_unused()
 
     @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's no-decay parameters (position embedding, class token, ...) under their names in
+        this model, for timm's optimizer factory. lvit's DPT training builds its own groups (engine.tasks)."""
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each backbone block (and, in the Hybrid, each ResNet stage) in the backward pass
         instead of storing its activations; the decoder is not checkpointed."""
