@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -218,3 +219,11 @@ def test_localvit_tnt_data_config_is_the_deit_eval_it_was_evaluated_with() -> No
     pixels = torch.randint(0, 256, (300, 341, 3), dtype=torch.uint8, generator=generator)
     image = Image.fromarray(pixels.numpy())
     torch.testing.assert_close(timm_eval(image), deit_eval_transform(224)(image), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_mlp6", "tnt_tiny_patch16_224", "localvit_tnt_tiny"])
+def test_features_only_gives_the_selected_blocks_as_maps(name: str) -> None:
+    model = timm.create_model(name, features_only=True, out_indices=(1, 3), img_size=64, depth=4)
+    features = model(torch.randn(2, 3, 64, 64))
+    assert [f.shape for f in features] == [(2, 192, 4, 4)] * 2
+    assert model.feature_info.reduction() == [16, 16]

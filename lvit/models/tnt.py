@@ -18,6 +18,7 @@ from timm.models.tnt import TNT, Block, checkpoint_filter_fn
 from timm.models.tnt import _cfg as tnt_cfg
 
 from lvit.models.locality import LocalityFeedForward, apply_to_patch_tokens
+from lvit.models.localvit import getter_feature_cfg
 
 __all__ = ["LocalityTNTBlock", "LocalViTTNT"]
 
@@ -83,15 +84,18 @@ _TNT_TINY = dict(patch_size=16, embed_dim=192, inner_dim=12, depth=12, num_heads
                  qkv_bias=False, legacy=True)
 
 
+def _create_tnt(cls: type[TNT], variant: str, pretrained: bool = False, **kwargs: Any) -> TNT:
+    return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=getter_feature_cfg(kwargs), **kwargs)
+
+
 @register_model
 def tnt_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> TNT:
     """TNT-T, the baseline of LocalViT-TNT (timm has only TNT-S/B)."""
-    return build_model_with_cfg(TNT, "tnt_tiny_patch16_224", pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **dict(_TNT_TINY, **kwargs))
+    return _create_tnt(TNT, "tnt_tiny_patch16_224", pretrained, **dict(_TNT_TINY, **kwargs))
 
 
 @register_model
 def localvit_tnt_tiny(pretrained: bool = False, **kwargs: Any) -> LocalViTTNT:
     """LocalViT-TNT (official ``localvit_tnt_t_patch16_224``)."""
-    return build_model_with_cfg(LocalViTTNT, "localvit_tnt_tiny", pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **dict(_TNT_TINY, **kwargs))
+    return _create_tnt(LocalViTTNT, "localvit_tnt_tiny", pretrained, **dict(_TNT_TINY, **kwargs))
