@@ -18,6 +18,7 @@ import torch.nn as nn
 from timm.optim import create_optimizer_v2
 
 import lvit
+from lvit.models.convert import CheckpointMismatchError
 from lvit.models.dpt import DPT, ReadAdd, ReadIgnore, ReadProject, checkpoint_filter_fn
 
 KEYS_DIR = Path(__file__).parents[2] / "shared" / "reference" / "dpt_keys"
@@ -465,3 +466,14 @@ def test_timm_optimizer_does_not_decay_backbone_embeddings() -> None:
     assert decay_of[id(model.backbone.pos_embed)] == 0.0
     assert decay_of[id(model.backbone.cls_token)] == 0.0
     assert decay_of[id(model.backbone.patch_embed.proj.weight)] == 0.05  # conv weights still decay
+
+
+def test_whole_model_load_of_a_backbone_checkpoint_points_to_load_backbone() -> None:
+    model = _micro()
+    classification = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=r"DPT\.load_backbone\(state_dict\)"):
+        lvit.load_pretrained(model, classification)
+    classification.pop("head.weight")  # not the backbone's keys exactly: no hint, only the listing
+    with pytest.raises(CheckpointMismatchError) as error:
+        lvit.load_pretrained(model, classification)
+    assert "load_backbone" not in str(error.value)
