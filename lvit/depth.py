@@ -59,6 +59,9 @@ def predict_depth(model: nn.Module, image: np.ndarray | str | Path, net_size: in
     ``model`` is a DPT depth model (``lvit.create_model("dpt_hybrid")`` + ``lvit.load_pretrained``);
     ``net_size`` is the training resolution the resize targets (384 for the released depth models).
     """
+    task = getattr(model, "task", "depth")
+    if task != "depth":  # refused here: a segmentation head's (B, C, H, W) fails deep inside the resize
+        raise ValueError(f"predict_depth needs a depth model (task='depth'); this model has task={task!r}")
     rgb = load_image(image)
     height, width = rgb.shape[:2]
     param = next(model.parameters())

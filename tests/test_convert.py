@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
 
 import lvit
 from lvit.models.convert import CheckpointMismatchError, checkpoint_filter_for, load_pretrained
@@ -135,3 +136,19 @@ def test_untrusted_pickles_are_refused(tmp_path: Path) -> None:
 def test_family_filter_lookup() -> None:
     assert checkpoint_filter_for(lvit.create_model("localvit_tiny", embed_dim=48, depth=1, num_heads=2)) \
         is checkpoint_filter_fn
+
+
+@pytest.mark.parametrize("name", ["pvt_tiny", "localvit_pvt_tiny"])
+def test_pvt_position_embeddings_resampled_per_stage(name: str, tmp_path: Path) -> None:
+    small = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1), num_classes=3)
+    built_224 = lvit.create_model(name, **small).eval()
+    torch.save({"model": built_224.state_dict()}, tmp_path / "pvt_224.pth")
+    model = load_pretrained(lvit.create_model(name, img_size=256, **small), tmp_path / "pvt_224.pth").eval()
+    for stage, (grid, prefix) in enumerate([(64, 0), (32, 0), (16, 0), (8, 1)], start=1):
+        expected = resample_abs_pos_embed(getattr(built_224, f"pos_embed{stage}"), (grid, grid),
+                                          num_prefix_tokens=prefix)  # the last stage's class token is kept
+        torch.testing.assert_close(getattr(model, f"pos_embed{stage}"), expected, rtol=0, atol=0)
+    # ... so the 256 model computes what the 224 model computes at 256 (it resamples the same way per forward)
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), built_224(x))

@@ -15,8 +15,10 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from timm.optim import create_optimizer_v2
 
 import lvit
+from lvit.models.convert import CheckpointMismatchError
 from lvit.models.dpt import DPT, ReadAdd, ReadIgnore, ReadProject, checkpoint_filter_fn
 
 KEYS_DIR = Path(__file__).parents[2] / "shared" / "reference" / "dpt_keys"
@@ -392,3 +394,86 @@ def test_hybrid_pads_no_pointwise_conv_and_computes_the_same(monkeypatch) -> Non
             conv.same_pad = True
             padded = conv(feature_map)
             assert skip_pointwise_same_padding(conv) == 1 and torch.equal(conv(feature_map), padded)
+
+
+@pytest.mark.parametrize(("name", "kwargs", "size"), [
+    ("dpt_tiny", {}, 384),
+    ("dpt_hybrid", {}, 384),
+    ("dpt_localvit_tiny", dict(task="segmentation"), 480),
+    ("dpt_large.segmentation", {}, 480),  # the tag picks the task
+])
+def test_timm_data_config_is_the_official_preprocessing(name: str, kwargs: dict, size: int) -> None:
+    # dpt.md §2.8: mean = std = 0.5, bicubic, 384 (depth) / 480 (segmentation), no centre crop.
+    with torch.device("meta"):
+        model = timm.create_model(name, **kwargs)
+    config = timm.data.resolve_data_config({}, model=model)
+    assert config == dict(input_size=(3, size, size), interpolation="bicubic", mean=(0.5, 0.5, 0.5),
+                          std=(0.5, 0.5, 0.5), crop_pct=1.0, crop_mode="center")
+    assert model.task == ("depth" if size == 384 else "segmentation")
+
+
+def test_data_config_tag_contradicting_task_is_refused() -> None:
+    with pytest.raises(ValueError, match="segmentation preprocessing, but task='depth'"):
+        timm.create_model("dpt_tiny.segmentation", task="depth")
+
+
+_CHECKPOINTED = {  # name: (DPT kwargs, torch.utils.checkpoint calls per forward)
+    "dpt_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
+                      backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2)), 4),
+    "dpt_localvit_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
+                               backbone_kwargs=dict(depth=5, embed_dim=32, num_heads=2, se_reduction=4)), 4),
+    # 2 ViT blocks and the ResNet's 3 + 4 + 9 blocks (timm checkpoints each of them in its stage)
+    "dpt_hybrid": (dict(block_taps=(0, 1), reassemble_channels=(256, 512, 32, 32), features=16,
+                        backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2)), 2 + 16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CHECKPOINTED))
+def test_grad_checkpointing_recomputes_blocks_with_equal_results(name: str, monkeypatch) -> None:
+    kwargs, expected_calls = _CHECKPOINTED[name]
+    torch.manual_seed(0)
+    model = lvit.create_model(name, **kwargs).train()
+    x = torch.randn(2, 3, 64, 64)
+
+    def output_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(x)
+        out.square().mean().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain_out, plain_grads = output_and_grads()
+    calls = []
+    original = torch.utils.checkpoint.checkpoint  # what timm's checkpoint helpers call
+
+    def counting(*args, **kw):
+        calls.append(args[0])
+        return original(*args, **kw)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    model.set_grad_checkpointing(True)
+    checkpointed_out, checkpointed_grads = output_and_grads()
+    assert len(calls) == expected_calls
+    torch.testing.assert_close(checkpointed_out, plain_out, rtol=0, atol=0)
+    assert len(checkpointed_grads) == len(plain_grads)
+    for checkpointed, plain in zip(checkpointed_grads, plain_grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain)
+
+
+def test_timm_optimizer_does_not_decay_backbone_embeddings() -> None:
+    model = _micro()
+    optimizer = create_optimizer_v2(model, "adamw", weight_decay=0.05)
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay_of[id(model.backbone.pos_embed)] == 0.0
+    assert decay_of[id(model.backbone.cls_token)] == 0.0
+    assert decay_of[id(model.backbone.patch_embed.proj.weight)] == 0.05  # conv weights still decay
+
+
+def test_whole_model_load_of_a_backbone_checkpoint_points_to_load_backbone() -> None:
+    model = _micro()
+    classification = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=r"DPT\.load_backbone\(state_dict\)"):
+        lvit.load_pretrained(model, classification)
+    classification.pop("head.weight")  # not the backbone's keys exactly: no hint, only the listing
+    with pytest.raises(CheckpointMismatchError) as error:
+        lvit.load_pretrained(model, classification)
+    assert "load_backbone" not in str(error.value)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
 from timm.models.vision_transformer import Block
 
 import lvit
+from lvit.data.transforms import deit_eval_transform
 from lvit.models.locality import ECALayer, HSwish, LocalityFeedForward, SELayer, apply_to_patch_tokens
 from lvit.models.localvit import LocalityBlock
 
@@ -204,3 +208,22 @@ def test_fused_hard_activations_equal_the_written_out_formulas_and_gradients(dty
         # tolerances of the module's dtype (bf16: 8 mantissa bits); random inputs never land on x = ±3
         torch.testing.assert_close(out, ref.to(dtype))
         torch.testing.assert_close(grad, ref_grad.to(dtype))
+
+
+def test_localvit_tnt_data_config_is_the_deit_eval_it_was_evaluated_with() -> None:
+    # localvit.md §3 "Eval": Resize 256 bicubic -> CenterCrop 224 -> ImageNet mean/std, for every backbone.
+    with torch.device("meta"):
+        model = lvit.create_model("localvit_tnt_tiny")
+    timm_eval = create_transform(**resolve_data_config({}, model=model))
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (300, 341, 3), dtype=torch.uint8, generator=generator)
+    image = Image.fromarray(pixels.numpy())
+    torch.testing.assert_close(timm_eval(image), deit_eval_transform(224)(image), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_mlp6", "tnt_tiny_patch16_224", "localvit_tnt_tiny"])
+def test_features_only_gives_the_selected_blocks_as_maps(name: str) -> None:
+    model = timm.create_model(name, features_only=True, out_indices=(1, 3), img_size=64, depth=4)
+    features = model(torch.randn(2, 3, 64, 64))
+    assert [f.shape for f in features] == [(2, 192, 4, 4)] * 2
+    assert model.feature_info.reduction() == [16, 16]

@@ -35,9 +35,11 @@ _LISTED = 20  # keys listed per category in an error message
 class CheckpointMismatchError(ValueError):
     """A checkpoint whose keys or shapes do not match the model; nothing was loaded."""
 
-    def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+    def __init__(
+        self, missing: list[str], unexpected: list[str], mismatched: list[str], hint: str = ""
+    ) -> None:
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = [_listing("missing keys", missing), _listing("unexpected keys", unexpected),
+        parts = [hint, _listing("missing keys", missing), _listing("unexpected keys", unexpected),
                  _listing("shape mismatches", mismatched)]
         super().__init__("checkpoint does not match the model, nothing was loaded; "
                          + "; ".join(p for p in parts if p))
@@ -98,6 +100,16 @@ def checkpoint_filter_for(model: nn.Module) -> FilterFn | None:
     return None
 
 
+def _backbone_hint(model: nn.Module, state_dict: StateDict) -> str:
+    """For a model with a ``load_backbone`` (DPT) given exactly its backbone's keys (a classification
+    checkpoint), say how to load them: the whole-model loader reports every key as missing or unexpected."""
+    backbone = getattr(model, "backbone", None)
+    if not callable(getattr(model, "load_backbone", None)) or set(state_dict) != set(backbone.state_dict()):
+        return ""
+    return (f"these are the keys of the backbone alone ({type(backbone).__name__}); load a "
+            f"classification checkpoint into it with {type(model).__name__}.load_backbone(state_dict)")
+
+
 def load_pretrained(
     model: nn.Module,
     path_or_state_dict: str | os.PathLike | Mapping[str, Any],
@@ -126,6 +138,6 @@ def load_pretrained(
     mismatched = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
                   if k in state_dict and state_dict[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(missing, unexpected, mismatched)
+        raise CheckpointMismatchError(missing, unexpected, mismatched, _backbone_hint(model, state_dict))
     model.load_state_dict(state_dict, strict=True)
     return model

@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from timm.models import register_model
+from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._manipulate import checkpoint
 
 READOUTS: tuple[str, ...] = ("ignore", "add", "project")
 TASKS: tuple[str, ...] = ("depth", "segmentation")
@@ -330,6 +331,18 @@ class DPT(nn.Module):
         self.backbone.load_state_dict(state_dict, strict=True)
         self.freeze_unused()
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """The backbone's no-decay parameters (position embedding, class token, ...) under their names in
+        this model, for timm's optimizer factory. lvit's DPT training builds its own groups (engine.tasks)."""
+        return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each backbone block (and, in the Hybrid, each ResNet stage) in the backward pass
+        instead of storing its activations; the decoder is not checkpointed."""
+        self.backbone.set_grad_checkpointing(enable)
+
     # -- forward ------------------------------------------------------------------------------------
     def check_input_size(self, height: int, width: int) -> None:
         multiple = 2 * self.patch_stride  # the ×½ stage and the ×2 fusion need an even token grid
@@ -366,7 +379,8 @@ class DPT(nn.Module):
             if hasattr(block, "grid_size"):
                 block.grid_size = grid
         for index, block in enumerate(vit.blocks[: max(self.block_taps) + 1]):
-            x = block(x)
+            # The blocks are run here, not by the backbone's forward, so its checkpointing flag is read here.
+            x = checkpoint(block, x) if vit.grad_checkpointing else block(x)
             if index in self.block_taps:
                 taps.append(x)
         return taps, grid
@@ -564,13 +578,49 @@ def dpt_model_names() -> list[str]:
     return sorted(_VARIANTS)
 
 
-def _create_dpt(variant: str, pretrained: bool = False, **kwargs: Any) -> DPT:
+# Preprocessing of the official inference scripts (dpt.md §2.8): mean = std = 0.5, bicubic, 384 px for depth
+# and 480 px for segmentation, no centre crop. Tagged by task: the task, not a weight set, decides them.
+_NET_SIZE = {"depth": 384, "segmentation": 480}
+
+
+def _cfg(task: str) -> dict[str, Any]:
+    size = _NET_SIZE[task]
+    return {
+        "url": "", "input_size": (3, size, size), "pool_size": None, "crop_pct": 1.0,
+        "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+        # Other sizes run too: the position embeddings are resampled in every forward.
+        "fixed_input_size": False,
+        "paper_ids": "arXiv:2103.13413", "origin_url": "https://github.com/isl-org/DPT", "license": "mit",
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    f"{variant}.{task}": _cfg(task) for variant in _VARIANTS for task in TASKS
+})
+
+
+def _create_dpt(
+    variant: str,
+    pretrained: bool = False,
+    pretrained_cfg: str | dict[str, Any] | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> DPT:
     if pretrained:
         raise ValueError(f"{variant}: nothing is downloaded; build, then lvit.load_pretrained(model, file)")
-    for factory_option in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(factory_option, None)
-    config = {**_VARIANTS[variant], **kwargs}
-    return DPT(**config)
+    kwargs.pop("cache_dir", None)
+    if isinstance(pretrained_cfg, str):  # a tag, as in timm.create_model("dpt_large.segmentation")
+        kwargs.setdefault("task", pretrained_cfg)
+    model = DPT(**{**_VARIANTS[variant], **kwargs})
+    if isinstance(pretrained_cfg, str) and pretrained_cfg != model.task:
+        raise ValueError(f"{variant}.{pretrained_cfg} is the {pretrained_cfg} preprocessing, "
+                         f"but task={model.task!r}")
+    # timm's data config (resolve_data_config, create_transform) reads these; build_model_with_cfg is not
+    # used (no features_only, no weights to fetch), so they are set as it sets them.
+    model.pretrained_cfg = resolve_pretrained_cfg(
+        variant, pretrained_cfg or model.task, pretrained_cfg_overlay).to_dict()
+    model.default_cfg = model.pretrained_cfg
+    return model
 
 
 @register_model

@@ -201,11 +201,17 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def getter_feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm's ViT/TNT ``feature_cfg``: ``features_only`` through ``forward_intermediates``. Takes
+    ``out_indices`` out of ``kwargs``, where the model's constructor would reject it."""
+    return dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+
+
 def _create_localvit(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:
     return build_model_with_cfg(
         LocalVisionTransformer, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter"),
+        feature_cfg=getter_feature_cfg(kwargs),
         **kwargs,
     )
 
@@ -245,6 +251,7 @@ def localvit_small(pretrained: bool = False, **kwargs: Any) -> LocalVisionTransf
 @register_model
 def deit_tiny_mlp6(pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
     """DeiT-T with γ=6 (official ``deit_tiny_patch16_224_ex6``), the baseline of the γ=6 rows."""
-    args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=6.0)
+    args = dict(dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=6.0), **kwargs)
     return build_model_with_cfg(VisionTransformer, "deit_tiny_mlp6", pretrained,
-                                pretrained_filter_fn=vit_checkpoint_filter_fn, **dict(args, **kwargs))
+                                pretrained_filter_fn=vit_checkpoint_filter_fn,
+                                feature_cfg=getter_feature_cfg(args), **args)

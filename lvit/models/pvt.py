@@ -193,8 +193,17 @@ class PyramidVisionTransformer(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Official PVT / LocalViT-PVT files -> lvit: unwrap ``{'model': ...}``; key names are already ours."""
-    return state_dict.get("model", state_dict)
+    """Official PVT / LocalViT-PVT files -> lvit: unwrap ``{'model': ...}`` and resample each stage's
+    ``pos_embed{i}`` to the model's grid (as the forward resamples them for other inputs); key names are
+    already ours."""
+    state_dict = dict(state_dict.get("model", state_dict))
+    for stage in range(1, model.num_stages + 1):
+        key = f"pos_embed{stage}"
+        if key in state_dict and state_dict[key].shape != getattr(model, key).shape:
+            state_dict[key] = resample_abs_pos_embed(
+                state_dict[key], new_size=getattr(model, f"patch_embed{stage}").grid_size,
+                num_prefix_tokens=int(stage == model.num_stages))  # only the last stage has a class token
+    return state_dict
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -12,11 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.tnt import TNT, Block, checkpoint_filter_fn
 from timm.models.tnt import _cfg as tnt_cfg
 
 from lvit.models.locality import LocalityFeedForward, apply_to_patch_tokens
+from lvit.models.localvit import getter_feature_cfg
 
 __all__ = ["LocalityTNTBlock", "LocalViTTNT"]
 
@@ -68,8 +70,13 @@ class LocalViTTNT(TNT):
 # Official LocalViT release v1.0.0: localvit_tnt.pth (load with lvit.load_pretrained).
 default_cfgs = generate_default_cfgs({
     "tnt_tiny_patch16_224.untrained": tnt_cfg(),
-    "localvit_tnt_tiny.paper_in1k": tnt_cfg(origin_url="https://github.com/ofsoundof/LocalViT",
-                                            paper_ids="arXiv:2104.05707"),
+    # Not TNT's preprocessing (mean = std = 0.5, crop 0.9): LocalViT's main.py trained and evaluated every
+    # backbone with DeiT's transforms, Resize 256 bicubic -> CenterCrop 224 -> ImageNet mean/std (localvit.md
+    # §3, "Eval"), as lvit's own evaluation does (lvit.data.transforms.deit_eval_transform).
+    "localvit_tnt_tiny.paper_in1k": tnt_cfg(
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875,
+        origin_url="https://github.com/ofsoundof/LocalViT", paper_ids="arXiv:2104.05707",
+        paper_name="LocalViT: Bringing Locality to Vision Transformers"),
 })
 
 # TNT-T: dim 192, pixel dim 12, 3 outer and 3 inner heads, no qkv bias, legacy layout.
@@ -77,15 +84,18 @@ _TNT_TINY = dict(patch_size=16, embed_dim=192, inner_dim=12, depth=12, num_heads
                  qkv_bias=False, legacy=True)
 
 
+def _create_tnt(cls: type[TNT], variant: str, pretrained: bool = False, **kwargs: Any) -> TNT:
+    return build_model_with_cfg(cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=getter_feature_cfg(kwargs), **kwargs)
+
+
 @register_model
 def tnt_tiny_patch16_224(pretrained: bool = False, **kwargs: Any) -> TNT:
     """TNT-T, the baseline of LocalViT-TNT (timm has only TNT-S/B)."""
-    return build_model_with_cfg(TNT, "tnt_tiny_patch16_224", pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **dict(_TNT_TINY, **kwargs))
+    return _create_tnt(TNT, "tnt_tiny_patch16_224", pretrained, **dict(_TNT_TINY, **kwargs))
 
 
 @register_model
 def localvit_tnt_tiny(pretrained: bool = False, **kwargs: Any) -> LocalViTTNT:
     """LocalViT-TNT (official ``localvit_tnt_t_patch16_224``)."""
-    return build_model_with_cfg(LocalViTTNT, "localvit_tnt_tiny", pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **dict(_TNT_TINY, **kwargs))
+    return _create_tnt(LocalViTTNT, "localvit_tnt_tiny", pretrained, **dict(_TNT_TINY, **kwargs))
