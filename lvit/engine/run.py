@@ -443,7 +443,7 @@ def _run_row(
                 backbone_run = (run_with_weights(pretraining) or "") if pretraining is not None else ""
             trained[train_key] = _Trained(model, history, ckpt, shared_run, backbone_run)
         model, history, ckpt, shared_run, backbone_run = trained[train_key]
-        if int(os.environ.get("RANK", "0")) != 0:
+        if _rank() != 0:
             return []
         metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
         store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
@@ -804,18 +804,20 @@ def _run_all(
     reuse: bool,
 ) -> None:
     name = experiment.name
+    stored = store.load_results(results_dir, profile, name)
     trained: dict[str, _Trained] = {}
     for seed in seed_list:  # seeds outer: consecutive rows can share one trained model
         for row in selected:
             config = run_config(name, row, recipe, profile, seed)
-            stored = (results_dir, name, row, profile, seed, config)
-            if reuse and _decided_by_rank0(_result_stored_now, *stored):
+            pair = (name, row, profile, seed, config)
+            if reuse and _decided_by_rank0(_result_stored, stored, *pair):
                 continue
             # one process (or torchrun job) at a time runs a (row, seed)
             lock = Path(results_dir) / profile / "checkpoints" / name / store.config_hash(config)[:16]
             with _locked_by_rank0(lock):
                 # another process may have stored it while this one waited
-                if reuse and _decided_by_rank0(_result_stored_now, *stored):
+                stored = store.load_results(results_dir, profile, name)
+                if reuse and _decided_by_rank0(_result_stored, stored, *pair):
                     continue
                 records = _run_row(experiment, row, profile, recipe, seed, target, data_root, results_dir,
                                    config, trained, reuse)  # fmt: skip
@@ -849,13 +851,6 @@ def _result_stored(
     """Whether ``stored`` holds this (row, seed)'s results under ``config``, the current declaration."""
     hashed = store.config_hash(config)
     return len(store.reusable_results(stored, name, row.label, profile, seed, hashed)) > 0
-
-
-def _result_stored_now(
-    results_dir: str | Path, name: str, row: Row, profile: str, seed: int, config: Mapping[str, Any]
-) -> bool:
-    """:func:`_result_stored` in the store as it is now."""
-    return _result_stored(store.load_results(results_dir, profile, name), name, row, profile, seed, config)
 
 
 def declared_config_hash(name: str, row_label: str, profile: str, seed: int) -> str | None:
