@@ -47,7 +47,7 @@ def deit_train_transform(image_size: int, randaugment: str | None) -> T.Compose:
     )
     for step in transform.transforms:
         if isinstance(step, RandAugment):
-            _black_posterize_at_zero_bits(step)
+            _install_zero_bits_posterize(step)
     return transform
 
 
@@ -63,7 +63,7 @@ def _posterize_zero_bits_black(img: Image.Image, bits_to_keep: int, **kwargs: An
     return posterize(img, bits_to_keep, **kwargs)
 
 
-def _black_posterize_at_zero_bits(augment: RandAugment) -> None:
+def _install_zero_bits_posterize(augment: RandAugment) -> None:
     # Only this transform's ops are changed: timm's module (shared by every other user) stays as it is.
     for op in augment.ops:
         if op.aug_fn is posterize:
