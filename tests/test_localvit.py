@@ -7,6 +7,7 @@ import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from timm.models.vision_transformer import Block
@@ -227,3 +228,19 @@ def test_features_only_gives_the_selected_blocks_as_maps(name: str) -> None:
     features = model(torch.randn(2, 3, 64, 64))
     assert [f.shape for f in features] == [(2, 192, 4, 4)] * 2
     assert model.feature_info.reduction() == [16, 16]
+
+
+@pytest.mark.parametrize("name", ["pvt_tiny", "localvit_pvt_tiny"])
+def test_pvt_features_only_gives_each_stage_as_a_map_and_the_last_is_the_normed_tokens(name: str) -> None:
+    features = timm.create_model(name, features_only=True, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = features(x)
+        model = features.model  # the whole PVT: its forward_intermediates give the maps
+        tokens = model.forward_features(x)
+        final, (last,) = model.forward_intermediates(x, indices=[3], norm=True)
+    assert [tuple(f.shape) for f in maps] == [(2, 64, 16, 16), (2, 128, 8, 8), (2, 320, 4, 4), (2, 512, 2, 2)]
+    assert features.feature_info.reduction() == [4, 8, 16, 32]
+    assert torch.equal(final, tokens)  # the features come from the classifier's own forward
+    torch.testing.assert_close(last, rearrange(tokens[:, 1:], "b (h w) c -> b c h w", h=2))
+    assert not torch.equal(maps[3], last)  # features_only maps are not normed (timm's default)

@@ -201,10 +201,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def getter_feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """timm's ViT/TNT ``feature_cfg``: ``features_only`` through ``forward_intermediates``. Takes
-    ``out_indices`` out of ``kwargs``, where the model's constructor would reject it."""
-    return dict(out_indices=kwargs.pop("out_indices", 3), feature_cls="getter")
+def getter_feature_cfg(kwargs: dict[str, Any], out_indices: int = 3) -> dict[str, Any]:
+    """timm's ``feature_cfg`` for ``features_only`` through ``forward_intermediates`` (default: the last
+    ``out_indices`` taps, 3 as timm's ViT/TNT). Takes ``out_indices`` out of ``kwargs``, where the model's
+    constructor would reject it."""
+    return dict(out_indices=kwargs.pop("out_indices", out_indices), feature_cls="getter")
 
 
 def _create_localvit(variant: str, pretrained: bool = False, **kwargs: Any) -> LocalVisionTransformer:

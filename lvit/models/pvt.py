@@ -28,9 +28,10 @@ from timm.layers import (
     trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 from lvit.models.locality import LocalityFeedForward, apply_to_patch_tokens
-from lvit.models.localvit import init_weights_official
+from lvit.models.localvit import getter_feature_cfg, init_weights_official
 
 __all__ = ["PyramidVisionTransformer", "checkpoint_filter_fn"]
 
@@ -133,10 +134,12 @@ class PyramidVisionTransformer(nn.Module):
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         img_size = to_2tuple(img_size)
         stride, in_dim = 1, in_chans
+        self.feature_info: list[dict[str, Any]] = []  # each stage's output map, for timm's features_only
         for i, (dim, depth) in enumerate(zip(embed_dims, depths, strict=True), start=1):
             stage_patch = patch_size if i == 1 else 2
             embed = PatchEmbed((img_size[0] // stride, img_size[1] // stride), stage_patch, in_dim, dim)
             stride, in_dim = stride * stage_patch, dim
+            self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"block{i}"))
             last = i == self.num_stages
             setattr(self, f"patch_embed{i}", embed)
             setattr(self, f"pos_embed{i}", nn.Parameter(torch.zeros(1, embed.num_patches + int(last), dim)))
@@ -173,17 +176,52 @@ class PyramidVisionTransformer(nn.Module):
             pos_embed = resample_abs_pos_embed(pos_embed, grid, built_grid, num_prefix_tokens=prefix)
         return getattr(self, f"pos_drop{stage}")(x + pos_embed)
 
+    def _run_stage(self, stage: int, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Stage ``stage`` (1-based): a feature map ``(B, C, H, W)`` out of stages 1-3, the last stage's
+        tokens ``(B, 1 + H*W, C)`` (class token first) out of the last; and the stage's grid."""
+        x, grid = getattr(self, f"patch_embed{stage}")(x)
+        if stage == self.num_stages:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self._add_pos_embed(stage, x, grid)
+        for block in getattr(self, f"block{stage}"):
+            x = block(x, grid)
+        if stage < self.num_stages:
+            x = rearrange(x, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+        return x, grid
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in range(1, self.num_stages + 1):
-            x, grid = getattr(self, f"patch_embed{stage}")(x)
-            if stage == self.num_stages:
-                x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-            x = self._add_pos_embed(stage, x, grid)
-            for block in getattr(self, f"block{stage}"):
-                x = block(x, grid)
-            if stage < self.num_stages:
-                x = rearrange(x, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
+            x, _ = self._run_stage(stage, x)
         return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API (``features_only``): the stages' outputs as maps ``(B, C, H, W)``, strides
+        4-32. ``indices`` are 0-based stages (an int n: the last n); ``norm`` applies the final norm to the
+        last stage's map, whose class token is dropped."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r}: PVT's intermediates are NCHW maps only")
+        take_indices, max_index = feature_take_indices(self.num_stages, indices)
+        intermediates = []
+        for stage in range(1, (max_index + 1 if stop_early else self.num_stages) + 1):
+            x, grid = self._run_stage(stage, x)
+            if stage - 1 not in take_indices:
+                continue
+            if stage < self.num_stages:
+                intermediates.append(x)
+            else:
+                tokens = self.norm(x) if norm else x
+                intermediates.append(rearrange(tokens[:, 1:], "b (h w) c -> b c h w", h=grid[0], w=grid[1]))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x[:, 0] if pre_logits else self.head(x[:, 0])
@@ -224,7 +262,8 @@ default_cfgs = generate_default_cfgs({
 
 def _create_pvt(variant: str, pretrained: bool = False, **kwargs: Any) -> PyramidVisionTransformer:
     return build_model_with_cfg(PyramidVisionTransformer, variant, pretrained,
-                                pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+                                pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=getter_feature_cfg(kwargs, out_indices=4), **kwargs)
 
 
 @register_model
