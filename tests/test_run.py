@@ -253,7 +253,6 @@ def test_a_stored_run_without_its_weights_is_trained_again_beside_it_never_over_
     """As on a fresh machine, where committed records have no weights: a dense row that needs the backbone's
     weights trains its pretraining as a new run; the first record, which table rows cite, is untouched; each
     dense row names the run its backbone came from; a table row reads the first record without training."""
-    from lvit import results as store
     from lvit.engine.run import backbone_pretraining, pending_work
     from lvit.experiments import get_experiment
 
@@ -339,7 +338,6 @@ def test_pending_work_is_distinct_pretrainings_first_and_notebooks_reuse_it(tmp_
 
 
 def test_wall_hints_are_stored_walls_of_the_same_configuration_at_other_seeds(tmp_path):
-    from lvit import results as store
     from lvit.engine.run import DenseRun, pending_work, run_pending, wall_hints
 
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")

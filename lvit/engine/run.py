@@ -722,15 +722,21 @@ def resolve(
                 f"rows {published_only} of {name!r} are published-only (no model); runnable rows: "
                 f"{', '.join(r.label for r in runnable)}"
             )
-    if experiment.task in TRAINING_TASKS:
+    if not _has_loader(experiment, recipe):
         from lvit.data import dataset_names
 
-        if recipe.get("dataset") not in dataset_names():
-            raise ValueError(
-                f"{name}/{profile}: dataset {recipe.get('dataset')!r} is not available; valid "
-                f"datasets: {', '.join(dataset_names())}"
-            )
+        raise ValueError(
+            f"{name}/{profile}: dataset {recipe.get('dataset')!r} is not available; valid "
+            f"datasets: {', '.join(dataset_names())}"
+        )
     return experiment, recipe, selected
+
+
+def _has_loader(experiment: Experiment, recipe: Mapping[str, Any]) -> bool:
+    """Whether the recipe's dataset can be built (an experiment that trains nothing needs none)."""
+    from lvit.data import dataset_names
+
+    return experiment.task not in TRAINING_TASKS or recipe.get("dataset") in dataset_names()
 
 
 def seeds_to_run(seeds: int | Sequence[int]) -> list[int]:
@@ -1012,13 +1018,11 @@ def _list_command(args: argparse.Namespace) -> int:
 
 
 def _profile_listing(experiment: Experiment, profile: str) -> str:
-    """The profile, marked when its dataset has no loader yet (DPT's MIX 6): it would be refused."""
-    from lvit.data import dataset_names
-
-    dataset = experiment.recipe(profile).get("dataset")
-    if experiment.task in TRAINING_TASKS and dataset not in dataset_names():
-        return f"{profile} (no loader for {dataset!r} yet)"
-    return profile
+    """The profile, marked when its dataset has no loader yet (DPT's MIX 6): :func:`resolve` refuses it."""
+    recipe = experiment.recipe(profile)
+    if _has_loader(experiment, recipe):
+        return profile
+    return f"{profile} (no loader for {recipe.get('dataset')!r} yet)"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
