@@ -198,11 +198,12 @@ def imagenet_backbone(dense: Training, model: nn.Module) -> dict[str, torch.Tens
     return filter_fn(state, backbone) if filter_fn is not None else state
 
 
-def pretrained_backbone(pretraining: Training) -> dict[str, torch.Tensor]:
-    """The weights ``pretraining`` ends with: those of a stored run whose weights are here
-    (:func:`run_with_weights`), else of a run trained now, under the shared run's lock."""
+def pretrained_backbone(pretraining: Training) -> tuple[str, dict[str, torch.Tensor]]:
+    """The run whose weights ``pretraining`` ends with, and those weights: a stored run's whose weights are
+    here (:func:`run_with_weights`), else a run's trained now, under the shared run's lock."""
     run = train_shared(pretraining)
-    return load_checkpoint(store.shared_run_weights_path(pretraining.results_dir, pretraining.profile, run))
+    weights = store.shared_run_weights_path(pretraining.results_dir, pretraining.profile, run)
+    return run, load_checkpoint(weights)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -366,24 +367,32 @@ class Training:
     def build_model(self) -> nn.Module:
         """The model at its seed's initialisation; a dense model's backbone comes from the profile's
         classification pretraining when the recipe says so."""
+        return self._built()[0]
+
+    def _built(self) -> tuple[nn.Module, str]:
+        """:meth:`build_model`'s model, and the shared run its backbone was loaded from ("" if none)."""
         torch.manual_seed(self.seed)
         model = lvit.create_model(self.model, **self.kwargs)
+        backbone_run = ""
         pretraining = backbone_pretraining(self, model)
         if pretraining is not None:
-            _load_backbone(model.backbone, pretrained_backbone(pretraining))  # type: ignore[union-attr]
+            backbone_run, weights = pretrained_backbone(pretraining)
+            _load_backbone(model.backbone, weights)  # type: ignore[union-attr]
         elif (imagenet := imagenet_backbone(self, model)) is not None:
             _load_backbone(model.backbone, imagenet)  # type: ignore[union-attr]
-        return model
+        return model, backbone_run
 
-    def run(self, ckpt: Path) -> tuple[nn.Module, list[dict[str, Any]]]:
+    def run(self, ckpt: Path) -> tuple[nn.Module, list[dict[str, Any]], str]:
+        """Build and train the model: (model, history, the shared run its backbone came from or "")."""
         # at the recipe's CPU thread count whoever runs it (a notebook, a reproduce worker): float sums
         # depend on the thread count, so a run's numbers would depend on which process did it
         with _cpu_threads(self.recipe.get("cpu_threads") if self.device.type == "cpu" else None):
-            model = self.build_model()  # before admission: a backbone pretraining waits for its own
+            model, backbone_run = self._built()  # before admission: a backbone pretraining waits for its own
             need_gib = GPU_MEMORY_GIB.get((self.task, self.profile), 0.0)
             with admitted(self.device, need_gib) as settled:
-                return model, train(model, self.task, self.recipe, self.seed, self.device, self.data_root,
-                                    ckpt, self.desc, on_first_step=settled)
+                history = train(model, self.task, self.recipe, self.seed, self.device, self.data_root, ckpt,
+                                self.desc, on_first_step=settled)
+        return model, history, backbone_run
 
 
 def _training(row: Row, task: str, recipe: Mapping[str, Any], seed: int, profile: str, device: torch.device,
@@ -437,10 +446,7 @@ def _run_row(
             if shared:
                 model, history, wall_s, shared_run = _shared_run(training, ckpt, reuse, need_weights=False)
             else:
-                model, history = training.run(ckpt)
-                pretraining = backbone_pretraining(training)
-                # the run build_model loaded: the first with weights here, which no later training displaces
-                backbone_run = (run_with_weights(pretraining) or "") if pretraining is not None else ""
+                model, history, backbone_run = training.run(ckpt)
             trained[train_key] = _Trained(model, history, ckpt, shared_run, backbone_run)
         model, history, ckpt, shared_run, backbone_run = trained[train_key]
         if _rank() != 0:
@@ -663,7 +669,7 @@ def _shared_run(
             record = json.loads(store.shared_run_path(t.results_dir, t.profile, stored).read_text())
             return None, record["history"], record["wall_s"], stored
         started, t0 = datetime.now(timezone.utc), time.perf_counter()
-        model, history = t.run(ckpt)
+        model, history, _ = t.run(ckpt)
         wall_s = time.perf_counter() - t0
         run = _decided_by_rank0(
             lambda: store.retraining_name(t.key, started) if first.exists() else first.stem
