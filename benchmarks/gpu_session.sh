@@ -46,6 +46,18 @@ budget() {
     if [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
 }
 
+# tests/test_locality_triton.py -k FILTER into LOG: whether the fused locality kernels equal the eager modules
+# on this GPU (FUSED_TEST=passed/failed)
+fused_locality_test() {  # LOG FILTER
+    FUSED_TEST=passed
+    if ! timeout -k 5 "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
+        -k "$2" >"$1" 2>&1; then
+        tail -30 "$1"
+        FUSED_TEST=failed
+    fi
+    tail -1 "$1"
+}
+
 archive() {
     tar czf "$OUT/results_$PROFILE.tgz" --exclude=checkpoints --exclude='*.pt' --exclude='*.lock' "results/$PROFILE" \
         2>/dev/null
@@ -105,15 +117,13 @@ PYTHON
     if [ "$DEVICE" = cuda ]; then
         # the graphed steps capture the fused locality kernels: only if they equal the eager modules here
         stamp "sanity: the fused locality kernels equal the eager modules on the GPU (tests/test_locality_triton.py)"
-        graph_tests="" FUSED_TEST=passed  # the benchmarks read FUSED_TEST instead of testing again
-        if ! timeout "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
-            -k "not compile_traces" >"$LOGS/fused_locality_test.log" 2>&1; then
+        graph_tests=""
+        fused_locality_test "$LOGS/fused_locality_test.log" "not compile_traces"  # the benchmarks read FUSED_TEST
+        if [ "$FUSED_TEST" = failed ]; then
             stamp "fused locality kernels FAILED: the graphs capture the eager modules (LVIT_FUSED_LOCALITY=0)"
-            tail -30 "$LOGS/fused_locality_test.log"
             export LVIT_FUSED_LOCALITY=0
-            graph_tests="not fused" FUSED_TEST=failed
+            graph_tests="not fused"
         fi
-        tail -1 "$LOGS/fused_locality_test.log"
         stamp "sanity: graphed training steps equal eager ones on the GPU (tests/test_cuda_graph.py)"
         if ! timeout "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py \
             -k "$graph_tests" >"$LOGS/cuda_graph_test.log" 2>&1; then
@@ -132,15 +142,10 @@ training_speed_benchmarks() {  # the training-throughput target first: the fused
     # of the compiled model (inductor around the kernels' custom ops) and of the CUDA-graph step run after
     # the timings: the first compiles for tens of seconds, and neither gates what the timings time.
     fused="fused compiled-fused graphed-fused"  # not local: fused_middle_benchmark reads it
-    local late_tests="compile_traces or cuda_graph"
+    local late_tests="compile_traces"  # the sanity step ran the others, the CUDA-graph one among them
     if [ -z "${FUSED_TEST:-}" ]; then
-        FUSED_TEST=passed
-        if ! timeout -k 5 "$(budget 90)" python3 -m pytest -q -p no:cacheprovider tests/test_locality_triton.py \
-            -k "not ($late_tests)" >"$BENCH_DIR/fused_locality_test.log" 2>&1; then
-            tail -30 "$BENCH_DIR/fused_locality_test.log"
-            FUSED_TEST=failed
-        fi
-        tail -1 "$BENCH_DIR/fused_locality_test.log"
+        late_tests="compile_traces or cuda_graph"
+        fused_locality_test "$BENCH_DIR/fused_locality_test.log" "not ($late_tests)"
     fi
     if [ "$FUSED_TEST" = failed ]; then
         stamp "fused locality kernels FAILED their test: not timed"
@@ -272,7 +277,8 @@ fi
 # More dense seeds than declared first: 3 can leave a row 1 live seed (the collapse is a seed lottery)
 DECLARED_SEEDS=1  # a table declares at least one; asked of lvit (seconds of imports) only if more are wanted
 if [ "$DENSE_SEEDS" -gt 1 ]; then
-    DECLARED_SEEDS=$(python3 -c "from lvit.experiments.recipes import TABLE_SEEDS; print(TABLE_SEEDS.get('$PROFILE', 1))")
+    DECLARED_SEEDS=$(python3 -c "from lvit.experiments import get_experiment as e; \
+print(min(e(n).default_seeds('$PROFILE') for n in '$DENSE_NOTEBOOKS'.split()))")
 fi
 if [ "$DENSE_SEEDS" -gt "${DECLARED_SEEDS:-1}" ] && [ "$suite" = 0 ]; then
     DENSE_S=$(budget "$DENSE_MAX_S")
