@@ -152,3 +152,21 @@ def test_pvt_position_embeddings_resampled_per_stage(name: str, tmp_path: Path) 
     x = torch.randn(1, 3, 256, 256)
     with torch.no_grad():
         torch.testing.assert_close(model(x), built_224(x))
+
+
+def test_new_head_starts_fine_tuning_with_the_models_own_classifier(official: dict) -> None:
+    with pytest.raises(CheckpointMismatchError, match=r"only the classifier differs .*new_head=True.*"
+                       r"head\.weight \(1000, 192\) vs model \(10, 192\)"):
+        load_pretrained(lvit.create_model("localvit_tiny", num_classes=10), official)
+    for classes in (10, 0):
+        model = lvit.create_model("localvit_tiny", num_classes=classes)
+        fresh_head = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("head.")}
+        load_pretrained(model, official, new_head=True)
+        loaded = model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in official.items() if not k.startswith("head."))
+        assert all(torch.equal(loaded[k], v) for k, v in fresh_head.items())  # the model's own head stays
+    broken = {k: v for k, v in official.items() if k != "blocks.0.attn.qkv.weight"}  # the rest stays strict
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing keys: blocks\.0\.attn\.qkv\.weight$"):
+        load_pretrained(lvit.create_model("localvit_tiny", num_classes=10), broken, new_head=True)
+    with pytest.raises(ValueError, match="names no classifier"):
+        load_pretrained(lvit.create_model("dpt_tiny"), {}, new_head=True)

@@ -110,10 +110,33 @@ def _backbone_hint(model: nn.Module, state_dict: StateDict) -> str:
             f"classification checkpoint into it with {type(model).__name__}.load_backbone(state_dict)")
 
 
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The key prefixes of the model's classifier(s), as its timm ``pretrained_cfg`` names them."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    if not classifier:
+        raise ValueError(f"{type(model).__name__} names no classifier (pretrained_cfg['classifier']), "
+                         "so new_head has nothing to leave out")
+    return tuple(f"{name}." for name in ((classifier,) if isinstance(classifier, str) else classifier))
+
+
+def _head_hint(model: nn.Module, differing: list[str]) -> str:
+    """For a checkpoint that differs from the model in its classifier alone (another class count), say how
+    to start fine-tuning from it."""
+    try:
+        heads = _classifier_prefixes(model)
+    except ValueError:
+        return ""
+    if not all(key.startswith(heads) for key in differing):
+        return ""
+    return ("only the classifier differs (another class count?); to fine-tune from this checkpoint, "
+            "load it with new_head=True: the model keeps its own, freshly initialised classifier")
+
+
 def load_pretrained(
     model: nn.Module,
     path_or_state_dict: str | os.PathLike | Mapping[str, Any],
     filter_fn: FilterFn | None = None,
+    new_head: bool = False,
 ) -> nn.Module:
     """Load an official release file or a state_dict into ``model`` strictly; returns ``model``.
 
@@ -121,6 +144,9 @@ def load_pretrained(
         model: the lvit/timm model to fill.
         path_or_state_dict: a ``.pth``/``.pt``/``.safetensors`` path, or a (possibly wrapped) state_dict.
         filter_fn: key conversion; default: the model family's ``checkpoint_filter_fn``.
+        new_head: a fine-tuning start: the checkpoint's classifier (``pretrained_cfg['classifier']``) is
+            left out and the model keeps its own (built for another class count, or none); every other key
+            is still loaded strictly.
 
     Raises:
         CheckpointMismatchError: missing/unexpected keys or shape mismatches; the model is unchanged.
@@ -133,11 +159,17 @@ def load_pretrained(
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
     expected = model.state_dict()
+    if new_head:
+        heads = _classifier_prefixes(model)
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(heads)}
+        expected = {k: v for k, v in expected.items() if not k.startswith(heads)}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items()
-                  if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(missing, unexpected, mismatched, _backbone_hint(model, state_dict))
-    model.load_state_dict(state_dict, strict=True)
+    reshaped = [k for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or reshaped:
+        hint = _backbone_hint(model, state_dict) or _head_hint(model, missing + unexpected + reshaped)
+        mismatched = [f"{k} {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+                      for k in reshaped]
+        raise CheckpointMismatchError(missing, unexpected, mismatched, hint)
+    model.load_state_dict(state_dict, strict=not new_head)  # the keys were checked: only the head is absent
     return model
