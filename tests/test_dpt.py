@@ -477,3 +477,14 @@ def test_whole_model_load_of_a_backbone_checkpoint_points_to_load_backbone() -> 
     with pytest.raises(CheckpointMismatchError) as error:
         lvit.load_pretrained(model, classification)
     assert "load_backbone" not in str(error.value)
+
+
+def test_timms_backbone_keywords_configure_the_dpt_backbone() -> None:
+    model = timm.create_model("dpt_tiny", in_chans=1, drop_path_rate=0.1, img_size=128,
+                              backbone_kwargs={"qkv_bias": False}).eval()  # fmt: skip
+    backbone = model.backbone
+    assert backbone.patch_embed.proj.in_channels == 1 and backbone.patch_embed.img_size == (128, 128)
+    assert backbone.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)
+    assert backbone.blocks[0].attn.qkv.bias is None  # backbone_kwargs still reach it beside them
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 128, 128)).shape == (1, 128, 128)

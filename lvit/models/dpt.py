@@ -599,6 +599,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+# timm's model keywords that configure DPT's backbone: timm.create_model("dpt_large", drop_path_rate=0.1)
+_BACKBONE_KEYWORDS = ("in_chans", "drop_path_rate", "img_size")
+
+
 def _create_dpt(
     variant: str,
     pretrained: bool = False,
@@ -611,7 +615,11 @@ def _create_dpt(
     kwargs.pop("cache_dir", None)
     if isinstance(pretrained_cfg, str):  # a tag, as in timm.create_model("dpt_large.segmentation")
         kwargs.setdefault("task", pretrained_cfg)
-    model = DPT(**{**_VARIANTS[variant], **kwargs})
+    config = {**_VARIANTS[variant], **kwargs}
+    for_backbone = {k: config.pop(k) for k in _BACKBONE_KEYWORDS if k in config}
+    if for_backbone:
+        config["backbone_kwargs"] = {**config.get("backbone_kwargs", {}), **for_backbone}
+    model = DPT(**config)
     if isinstance(pretrained_cfg, str) and pretrained_cfg != model.task:
         raise ValueError(f"{variant}.{pretrained_cfg} is the {pretrained_cfg} preprocessing, "
                          f"but task={model.task!r}")
