@@ -143,28 +143,33 @@ def evaluate_zero_shot(
     pred_inverse_depth: torch.Tensor,
     gt_depth: torch.Tensor,
     mask: torch.Tensor,
-    depth_cap: float,
+    depth_cap: float | None,
     reduction: Reduction = "mean",
 ) -> dict[str, torch.Tensor]:
     """The MiDaS zero-shot protocol (dpt.md §6.1) on predictions already resized to the GT size.
 
     1. target disparity = 1 / gt_depth on the valid pixels;
     2. align the predicted inverse depth to it per image (:func:`align_scale_shift`);
-    3. clamp the aligned disparity below at 1 / depth_cap (NYU 10 m, KITTI 80 m) and invert it;
+    3. clamp the aligned disparity below at 1 / depth_cap (NYU 10 m, KITTI 80 m) and invert it; with
+       ``depth_cap=None`` at each image's farthest valid GT depth instead, for ground truth in no fixed
+       unit (DPT's ablation mix: relative disparities, and BlendedMVS's per-scene scale);
     4. AbsRel, δ>1.25 (percent) and RMSE of that depth against gt_depth over ``mask``.
 
     ``mask`` should already exclude invalid depth (e.g. NYU: (d > 0) & (d < 10); KITTI: d ≠ 0).
     Returns ``{"abs_rel", "delta_error", "rmse"}``, means over images (or per image with
     ``reduction="none"``).
     """
-    if depth_cap <= 0:
-        raise ValueError(f"depth_cap must be positive, got {depth_cap}")
+    if depth_cap is not None and depth_cap <= 0:
+        raise ValueError(f"depth_cap must be positive or None, got {depth_cap}")
     valid = mask.bool()
     if (gt_depth[valid] <= 0).any():
         raise ValueError("mask includes pixels with gt_depth <= 0; exclude them from the mask")
     gt_disparity = torch.where(valid, 1.0 / gt_depth.double(), torch.zeros_like(gt_depth, dtype=torch.double))
     aligned = align_scale_shift(pred_inverse_depth.double(), gt_disparity, valid)
-    depth = 1.0 / aligned.clamp(min=1.0 / depth_cap)
+    if depth_cap is None:  # per image: the smallest valid GT disparity
+        depth = 1.0 / torch.maximum(aligned, gt_disparity.masked_fill(~valid, torch.inf).amin((-2, -1), True))
+    else:
+        depth = 1.0 / aligned.clamp(min=1.0 / depth_cap)
     return {
         "abs_rel": abs_rel(depth, gt_depth, valid, reduction),
         "delta_error": delta_error(depth, gt_depth, valid, reduction),

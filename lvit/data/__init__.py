@@ -6,8 +6,10 @@
 (:class:`~lvit.data.synthetic.LocalShapes`), for ``imagenet`` ``randaugment`` (the train transform's timm
 RandAugment config; random erasing is the engine's batch step), and for ``scenes`` ``domains``
 or a per-split ``{split}_domains`` (e.g. ``train_domains=("indoor", "outdoor")``,
-``test_domains=("tabletop",)`` for zero-shot transfer to a held-out domain). Procedural images come out
-normalised as the paper's pipeline normalises real ones (:class:`~lvit.data.transforms.NormalizedImages`).
+``test_domains=("tabletop",)`` for zero-shot transfer to a held-out domain), and likewise for
+``dpt_ablation_mix`` (members ``redweb``, ``hrwsi``, ``blendedmvs``; its validation serves "test" too).
+Procedural images come out normalised as the paper's pipeline normalises real ones
+(:class:`~lvit.data.transforms.NormalizedImages`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
+from lvit.data.ablation_mix import ABLATION_DATASETS, AblationMix
 from lvit.data.datasets import ADE20K, KITTIDepth, NYUv2, imagenet
 from lvit.data.seeding import image_hw
 from lvit.data.synthetic import DOMAINS, SCENE_CLASSES, LocalShapes, Scenes
@@ -29,6 +32,8 @@ from lvit.data.transforms import (
     NormalizedImages,
     deit_eval_transform,
     deit_train_transform,
+    depth_train_transform,
+    depth_val_transform,
     segmentation_train_transform,
     segmentation_val_transform,
 )
@@ -82,6 +87,16 @@ def _ade20k(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
     return ADE20K(data_root, "val", partial(segmentation_val_transform, crop_size=crop))
 
 
+def _dpt_ablation_mix(split: str, recipe: Mapping[str, Any], data_root: Path) -> Dataset:
+    # Images differ in size: training takes DPT's random square crops, validation the centre square.
+    size = int(image_hw(recipe.get("image_size", 384))[0])
+    domains = recipe.get(f"{split}_domains", recipe.get("domains", ABLATION_DATASETS))
+    if split == "train":
+        crop = partial(depth_train_transform, size=size)
+        return AblationMix(data_root, "train", domains, crop, balanced=True)
+    return AblationMix(data_root, "val", domains, partial(depth_val_transform, size=size))
+
+
 _BUILDERS: dict[str, Callable[[str, Mapping[str, Any], Path], Dataset]] = {
     "local_shapes": _local_shapes,
     "scenes": _scenes,
@@ -89,6 +104,7 @@ _BUILDERS: dict[str, Callable[[str, Mapping[str, Any], Path], Dataset]] = {
     "nyu": _nyu,
     "kitti": _kitti,
     "ade20k": _ade20k,
+    "dpt_ablation_mix": _dpt_ablation_mix,
 }
 
 

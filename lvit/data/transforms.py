@@ -7,7 +7,8 @@
   engine, as at every profile.
 - DPT depth (dpt.md §2.8, §5.1): eval resizes keeping the aspect ratio, each side a multiple of 32 ("minimal"
   = the scale factor closer to 1), bicubic, mean = std = 0.5; train resizes the longer side to 384, takes a
-  random square 384 crop and a random horizontal flip.
+  random square 384 crop and a random horizontal flip; validation during training on images of many sizes
+  (the ablation mix) takes the shorter side to the training size and the centre square.
 - DPT segmentation (dpt.md §5.3, PyTorch-Encoding ``_sync_transform``): random mirror, longer side random in
   [0.5, 2.0] x 520 (bicubic image, nearest mask), pad to 480 (mask with ignore), random 480 crop; validation
   during training (PyTorch-Encoding ``_val_sync_transform``): shorter side to 480, centre 480 crop.
@@ -203,17 +204,32 @@ def segmentation_train_transform(
     return normalize(image[crop]), mask[crop]
 
 
+def _shorter_side_centre_crop(
+    image: torch.Tensor, targets: tuple[torch.Tensor, ...], size: int
+) -> tuple[torch.Tensor, ...]:
+    """Shorter side to ``size`` (bicubic image, nearest targets), centre ``size`` square crop, mean = std =
+    0.5: ``(image, *targets)``. Deterministic, and every sample comes out one size, so loops batch them."""
+    height, width = image.shape[-2:]
+    new_hw = (size, int(width * size / height)) if width > height else (int(height * size / width), size)
+    image = _resize_image(image, new_hw)
+    top, left = round((new_hw[0] - size) / 2), round((new_hw[1] - size) / 2)
+    crop = (..., slice(top, top + size), slice(left, left + size))
+    return normalize(image[crop]), *(_resize_nearest(t, new_hw)[crop] for t in targets)
+
+
 def segmentation_val_transform(
     image: torch.Tensor, mask: torch.Tensor, crop_size: int = 480
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch-Encoding ``_val_sync_transform``: shorter side to ``crop_size`` (bicubic image, nearest mask),
-    centre ``crop_size`` square crop, mean = std = 0.5. Deterministic, and every sample has one size."""
-    height, width = image.shape[-2:]
-    if width > height:
-        new_hw = (crop_size, int(width * crop_size / height))
-    else:
-        new_hw = (int(height * crop_size / width), crop_size)
-    image, mask = _resize_image(image, new_hw), _resize_nearest(mask, new_hw)
-    top, left = round((new_hw[0] - crop_size) / 2), round((new_hw[1] - crop_size) / 2)
-    crop = (..., slice(top, top + crop_size), slice(left, left + crop_size))
-    return normalize(image[crop]), mask[crop]
+    centre ``crop_size`` square crop, mean = std = 0.5."""
+    image, mask = _shorter_side_centre_crop(image, (mask,), crop_size)
+    return image, mask
+
+
+def depth_val_transform(
+    image: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, size: int = 384
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validation of a depth training whose images differ in size (DPT's ablation mix): as the segmentation
+    validation, shorter side to ``size`` and the centre square; depth and mask resized nearest."""
+    image, depth, valid = _shorter_side_centre_crop(image, (depth, valid), size)
+    return image, depth, valid

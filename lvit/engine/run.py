@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -275,10 +275,17 @@ def _eval_depth(
     device: torch.device,
     data_root: str | Path,
 ) -> dict[str, float]:
-    """Each declared metric on its stand-in domain; ``mean_*`` averages the per-domain metrics when there are
-    some, else is measured on the whole validation mix (at the row's inference side for Figure 4)."""
+    """Each declared metric on its domain (a procedural stand-in, or a dataset of the paper's mix); ``mean_*``
+    averages the per-domain metrics when there are some, else is measured on the whole validation mix (at the
+    row's inference side for Figure 4). The depth cap is the recipe's when it declares one (None: each image's
+    farthest valid depth), else the procedural domains' largest depth."""
     from lvit.data.scenes import DOMAIN_SPECS
     from lvit.engine.tasks import DepthTask
+
+    def cap(domains: Iterable[str]) -> float | None:
+        if "depth_cap" in recipe:
+            return recipe["depth_cap"]
+        return max(DOMAIN_SPECS[d].max_depth for d in domains)
 
     domains: Mapping[str, str] = recipe.get("metric_domains", {})
     values: dict[str, float] = {}
@@ -288,9 +295,7 @@ def _eval_depth(
         if name in domains:
             domain = domains[name]
             data = _dataset(recipe, "val", data_root, device, val_domains=(domain,))
-            measures = DepthTask({**recipe, "depth_cap": DOMAIN_SPECS[domain].max_depth}).evaluate(
-                model, data, device, batch
-            )
+            measures = DepthTask({**recipe, "depth_cap": cap((domain,))}).evaluate(model, data, device, batch)
             values[name] = measures[name.split("_", 1)[1]]
     for name in names:
         if not name.startswith("mean_") or name in values:
@@ -308,8 +313,8 @@ def _eval_depth(
             # DPT needs sides divisible by twice the patch (its last reassemble stage halves the grid)
             changes["image_size"] = inference_side(row.label, side, multiple=2 * recipe.get("patch_size", 16))
         data = _dataset(recipe, "val", data_root, device, **changes)
-        cap = max(DOMAIN_SPECS[d].max_depth for d in getattr(data, "domains", DOMAIN_SPECS))
-        values[name] = DepthTask({**recipe, "depth_cap": cap}).evaluate(model, data, device, batch)[measure]
+        task = DepthTask({**recipe, "depth_cap": cap(getattr(data, "domains", DOMAIN_SPECS))})
+        values[name] = task.evaluate(model, data, device, batch)[measure]
     return values
 
 
