@@ -673,8 +673,21 @@ def _create_dpt(
     # used (no features_only, no weights to fetch), so they are set as it sets them.
     model.pretrained_cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg or model.task, pretrained_cfg_overlay).to_dict()
+    # The input conv is the backbone's stem, which the backbone keyword can change, so it is read off the
+    # backbone built; timm's (and load_pretrained's) in_chans adaptation looks for it here.
+    model.pretrained_cfg["first_conv"] = model.pretrained_cfg.get("first_conv") or _backbone_first_conv(model)
     model.default_cfg = model.pretrained_cfg
     return model
+
+
+def _backbone_first_conv(model: DPT) -> str | tuple[str, ...] | None:
+    """The backbone's ``first_conv`` (its timm ``pretrained_cfg``) under its name in ``model``."""
+    names = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    if not names:
+        return None
+    if isinstance(names, str):
+        return f"backbone.{names}"
+    return tuple(f"backbone.{name}" for name in names)
 
 
 @register_model
