@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
+from timm.models import adapt_input_conv
 
 import lvit
 from lvit.models.convert import CheckpointMismatchError, checkpoint_filter_for, load_pretrained
@@ -170,3 +172,54 @@ def test_new_head_starts_fine_tuning_with_the_models_own_classifier(official: di
         load_pretrained(lvit.create_model("localvit_tiny", num_classes=10), broken, new_head=True)
     with pytest.raises(ValueError, match="names no classifier"):
         load_pretrained(lvit.create_model("dpt_tiny"), {}, new_head=True)
+
+
+_SMALL = {  # name: (keywords of a small model, the name of its first conv)
+    "localvit_tiny": (dict(embed_dim=48, depth=1, num_heads=2), "patch_embed.proj"),
+    "pvt_tiny": (dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1)),
+                 "patch_embed1.proj"),
+    "dpt_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
+                      backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2)), "backbone.patch_embed.proj"),
+}
+
+
+@pytest.mark.parametrize("in_chans", [1, 2])
+@pytest.mark.parametrize("name", sorted(_SMALL))
+def test_an_rgb_checkpoint_loads_into_another_in_chans_with_its_first_conv_adapted(name: str, in_chans: int):
+    kwargs, first_conv = _SMALL[name]
+    torch.manual_seed(0)
+    rgb = lvit.create_model(name, **kwargs).state_dict()
+    model = lvit.create_model(name, in_chans=in_chans, **kwargs)
+    assert model.pretrained_cfg["first_conv"] == first_conv
+    load_pretrained(model, rgb)
+    key, loaded = f"{first_conv}.weight", model.state_dict()
+    torch.testing.assert_close(loaded[key], adapt_input_conv(in_chans, rgb[key]), rtol=0, atol=0)
+    if in_chans == 1:  # timm's rule for grey input: the RGB filters summed
+        torch.testing.assert_close(loaded[key], rgb[key].sum(dim=1, keepdim=True), rtol=0, atol=0)
+    assert all(torch.equal(loaded[k], v) for k, v in rgb.items() if k != key)
+
+
+@pytest.mark.parametrize("first_conv_shape", [(48, 3, 8, 8), (24, 3, 16, 16)])  # another patch, another width
+def test_only_the_input_channels_of_the_first_conv_are_adapted(first_conv_shape: tuple[int, ...]) -> None:
+    kwargs, _ = _SMALL["localvit_tiny"]
+    rgb = lvit.create_model("localvit_tiny", **kwargs).state_dict()
+    model = lvit.create_model("localvit_tiny", in_chans=1, **kwargs)
+    before = _snapshot(model)
+    other_stem = dict(rgb, **{"patch_embed.proj.weight": torch.randn(first_conv_shape)})
+    listed = rf"patch_embed\.proj\.weight {re.escape(str(first_conv_shape))} vs model \(48, 1, 16, 16\)"
+    with pytest.raises(CheckpointMismatchError, match=listed):  # listed as it is, not adapted
+        load_pretrained(model, other_stem)
+    grey = lvit.create_model("localvit_tiny", in_chans=1, **kwargs).state_dict()
+    inner = dict(grey, **{"blocks.0.conv.conv.0.weight": torch.randn(192, 24, 1, 1)})  # not a first conv
+    with pytest.raises(CheckpointMismatchError, match=r"1 shape mismatches: blocks\.0\.conv\.conv\.0\."):
+        load_pretrained(model, inner)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_dpt_hybrid_names_its_resnet_stem_as_the_first_conv_and_adapts_it() -> None:
+    with torch.device("meta"):  # shapes only: the values are checked on the small models above
+        rgb = lvit.create_model("dpt_hybrid").state_dict()
+        model = lvit.create_model("dpt_hybrid", in_chans=1)
+    assert model.pretrained_cfg["first_conv"] == "backbone.patch_embed.backbone.stem.conv"
+    load_pretrained(model, rgb)
+    assert model.backbone.patch_embed.backbone.stem.conv.weight.shape == (64, 1, 7, 7)

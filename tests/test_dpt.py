@@ -488,3 +488,43 @@ def test_timms_backbone_keywords_configure_the_dpt_backbone() -> None:
     assert backbone.blocks[0].attn.qkv.bias is None  # backbone_kwargs still reach it beside them
     with torch.no_grad():
         assert model(torch.randn(1, 1, 128, 128)).shape == (1, 128, 128)
+
+
+def test_reset_classifier_gives_segmentation_a_new_class_count_and_keeps_every_other_weight() -> None:
+    torch.manual_seed(0)
+    model = _micro(task="segmentation", num_classes=5)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    heads = ("head.4.", "aux_head.4.")  # the classifier convs, as pretrained_cfg names them
+    assert model.pretrained_cfg["classifier"] == ("head.4", "aux_head.4")
+    model.reset_classifier(7)
+    assert model.num_classes == 7 and model.get_classifier() is model.head[4]
+    assert model.head[4].weight.shape == model.aux_head[4].weight.shape == (7, 16, 1, 1)
+    reset = model.state_dict()
+    assert reset.keys() == original.keys()
+    assert all(torch.equal(reset[k], v) for k, v in original.items() if not k.startswith(heads))
+    new_head = {k: v.clone() for k, v in reset.items() if k.startswith(heads)}
+    x = torch.randn(2, 3, 64, 64)
+    out, aux = model.train()(x)
+    assert out.shape == aux.shape == (2, 7, 64, 64)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 7, 64, 64)
+    with pytest.raises(CheckpointMismatchError, match="only the classifier differs"):
+        lvit.load_pretrained(model, original)
+    lvit.load_pretrained(model, original, new_head=True)  # a 5-class checkpoint into the 7-class model
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in original.items() if not k.startswith(heads))
+    assert all(torch.equal(loaded[k], v) for k, v in new_head.items())
+    model.reset_classifier(0)  # timm's "no classifier": the heads give the fusion features
+    assert isinstance(model.get_classifier(), nn.Identity)
+    with torch.no_grad():
+        assert model(x).shape == (2, 16, 64, 64)
+
+
+def test_a_depth_dpt_has_no_classifier_to_reset() -> None:
+    model = _micro()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0
+    model.reset_classifier(0)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(ValueError, match="depth DPT has no classifier.*task='segmentation'"):
+        model.reset_classifier(3)

@@ -162,6 +162,49 @@ def test_pvt_forward_backward_at_another_resolution(name: str) -> None:
     logits.sum().backward()
 
 
+@pytest.mark.parametrize("name", ["pvt_tiny", "localvit_pvt_tiny"])
+def test_pvt_grad_checkpointing_recomputes_every_block_with_equal_results(name: str, monkeypatch) -> None:
+    small = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 2, 1, 2), num_classes=3)
+    torch.manual_seed(0)
+    model = lvit.create_model(name, **small).train()  # no dropout or drop-path by default: deterministic
+    x = torch.randn(2, 3, 64, 64)
+
+    def output_and_grads(forward) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        out = forward(x)
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def last_stage_map(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
+
+    plain = [output_and_grads(model), output_and_grads(last_stage_map)]
+    calls = []
+    original = torch.utils.checkpoint.checkpoint  # what timm's checkpoint helper calls
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    model.set_grad_checkpointing(True)
+    blocks = [block for stage in range(1, 5) for block in getattr(model, f"block{stage}")]
+    for forward, (plain_out, plain_grads) in zip((model, last_stage_map), plain, strict=True):
+        calls.clear()
+        out, grads = output_and_grads(forward)
+        assert calls == blocks  # each block of each stage, once, in order
+        torch.testing.assert_close(out, plain_out, rtol=0, atol=0)
+        assert grads.keys() == plain_grads.keys() and "patch_embed1.proj.weight" in grads
+        for key, reference in plain_grads.items():
+            torch.testing.assert_close(grads[key], reference, msg=key)
+    calls.clear()
+    model.forward_intermediates(x, indices=[1], stop_early=True, intermediates_only=True)
+    assert calls == blocks[:3]  # stages 1-2 only
+    model.set_grad_checkpointing(False)
+    model(x)
+    assert calls == blocks[:3]
+
+
 def test_localvit_tnt_forward_backward() -> None:
     model = lvit.create_model("localvit_tnt_tiny", img_size=64, embed_dim=48, depth=2, num_classes=3)
     logits = model(torch.randn(2, 3, 64, 64))

@@ -4,6 +4,8 @@
 safetensors), unwraps training-checkpoint containers, converts keys with the model family's
 ``checkpoint_filter_fn(state_dict, model)`` and loads **all or nothing**: any missing or unexpected key,
 or any shape mismatch, raises :class:`CheckpointMismatchError` listing them, and the model is unchanged.
+The one difference adapted, as timm adapts it, is the input channels of the first convolution: a 3-channel
+release file loads into a model built with ``in_chans=1``.
 
 A family plugs in its conversion by defining ``checkpoint_filter_fn`` in the module of its model class
 (timm's convention, e.g. :func:`lvit.models.localvit.checkpoint_filter_fn`); the filter is looked up along
@@ -13,6 +15,7 @@ the class hierarchy, so timm's own models (``deit_tiny_patch16_224``) use timm's
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.models import adapt_input_conv
 
 __all__ = ["CheckpointMismatchError", "checkpoint_filter_for", "load_pretrained", "read_checkpoint"]
 
@@ -30,6 +34,7 @@ FilterFn = Callable[[StateDict, nn.Module], StateDict]
 # Containers written by training scripts; the non-EMA weights ("model") are what official evaluations report.
 _CONTAINER_KEYS = ("model", "state_dict")
 _LISTED = 20  # keys listed per category in an error message
+_logger = logging.getLogger(__name__)
 
 
 class CheckpointMismatchError(ValueError):
@@ -132,6 +137,41 @@ def _head_hint(model: nn.Module, differing: list[str]) -> str:
             "load it with new_head=True: the model keeps its own, freshly initialised classifier")
 
 
+def _first_convs(model: nn.Module) -> tuple[str, ...]:
+    """The model's input convolution(s), as its timm ``pretrained_cfg['first_conv']`` names them."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    if not names:
+        return ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _differs_in_input_channels_only(conv: nn.Module, weight: torch.Tensor) -> bool:
+    """A checkpoint weight for ``conv`` that only another input channel count keeps from loading."""
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or weight.ndim != 4:
+        return False  # grouped or non-2D convs have no single input-channel dimension to adapt
+    ours = conv.weight.shape
+    same_elsewhere = weight.shape[0] == ours[0] and weight.shape[2:] == ours[2:]
+    return weight.shape[1] != ours[1] and same_elsewhere
+
+
+def _adapt_input_channels(model: nn.Module, state_dict: StateDict) -> StateDict:
+    """timm's ``in_chans`` adaptation: a first conv whose checkpoint weight differs from the model's in the
+    input channels alone gets ``adapt_input_conv`` (summed into one channel, or repeated and rescaled);
+    any other difference is left to the strict check, which refuses it."""
+    adapted = dict(state_dict)  # the caller's mapping stays as it was
+    for name in _first_convs(model):
+        key = f"{name}.weight"
+        try:
+            conv = model.get_submodule(name)
+        except AttributeError:
+            continue  # a cfg naming no module: the strict check reports what does not match
+        if key in state_dict and _differs_in_input_channels_only(conv, state_dict[key]):
+            source_chans = state_dict[key].shape[1]
+            adapted[key] = adapt_input_conv(conv.in_channels, state_dict[key], base_chans=source_chans)
+            _logger.info("adapted %s from %d to %d input channels", key, source_chans, conv.in_channels)
+    return adapted
+
+
 def load_pretrained(
     model: nn.Module,
     path_or_state_dict: str | os.PathLike | Mapping[str, Any],
@@ -148,6 +188,10 @@ def load_pretrained(
             left out and the model keeps its own (built for another class count, or none); every other key
             is still loaded strictly.
 
+    A first conv (``pretrained_cfg['first_conv']``) that differs only in its input channels (the model was
+    built with another ``in_chans``) is adapted with timm's ``adapt_input_conv``, as ``timm.create_model``
+    does for pretrained weights.
+
     Raises:
         CheckpointMismatchError: missing/unexpected keys or shape mismatches; the model is unchanged.
     """
@@ -158,6 +202,7 @@ def load_pretrained(
     filter_fn = filter_fn or checkpoint_filter_for(model)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
+    state_dict = _adapt_input_channels(model, state_dict)
     expected = model.state_dict()
     if new_head:
         heads = _classifier_prefixes(model)

@@ -194,6 +194,16 @@ def depth_head(features: int, upsample: float, head_features: int = 32) -> nn.Se
     )
 
 
+# Position of the 1x1 classifier conv in both segmentation heads: the official ``scratch.output_conv.4`` and
+# ``auxlayer.4``, so checkpoints load by index.
+CLASSIFIER_INDEX = 4
+
+
+def classifier_conv(features: int, num_classes: int) -> nn.Module:
+    """The per-pixel classifier; with ``num_classes=0`` none (timm's convention): the head gives features."""
+    return nn.Conv2d(features, num_classes, kernel_size=1) if num_classes > 0 else nn.Identity()
+
+
 def segmentation_head(features: int, num_classes: int, upsample: float | None) -> nn.Sequential:
     """Conv-BN-ReLU-Dropout(0.1)-Conv; the main head ends with ×2, the auxiliary head does not."""
     layers: list[nn.Module] = [
@@ -201,7 +211,7 @@ def segmentation_head(features: int, num_classes: int, upsample: float | None) -
         nn.BatchNorm2d(features),
         nn.ReLU(),
         nn.Dropout(0.1),
-        nn.Conv2d(features, num_classes, kernel_size=1),
+        classifier_conv(features, num_classes),
     ]
     if upsample is not None:
         layers.append(Interpolate(upsample))
@@ -237,7 +247,8 @@ class DPT(nn.Module):
         features: fusion width D̂ (256 in every official model).
         task: ``"depth"`` or ``"segmentation"``.
         readout: ``"ignore"``, ``"add"`` or ``"project"``.
-        num_classes: segmentation classes (ADE20K: 150).
+        num_classes: segmentation classes (ADE20K: 150; 0: no classifier, the heads give the fusion
+            features); a depth model ignores it. :meth:`reset_classifier` changes it after construction.
         backbone_kwargs: passed to ``timm.create_model`` for the backbone (img_size, patch_size, ...).
     """
 
@@ -261,6 +272,8 @@ class DPT(nn.Module):
         if len(conv_taps) + len(block_taps) != 4 or len(reassemble_channels) != 4:
             raise ValueError("DPT needs four taps (conv_taps + block_taps) and four reassemble_channels")
         self.task, self.readout = task, readout
+        self.num_features = features  # the width of the fusion maps the heads read
+        self.num_classes = num_classes if task == "segmentation" else 0
         self.block_taps, self.conv_taps = tuple(block_taps), tuple(conv_taps)
         self.backbone = timm.create_model(backbone, pretrained=False, **dict(backbone_kwargs or {}))
         skip_pointwise_same_padding(self.backbone)
@@ -336,6 +349,33 @@ class DPT(nn.Module):
         """The backbone's no-decay parameters (position embedding, class token, ...) under their names in
         this model, for timm's optimizer factory. lvit's DPT training builds its own groups (engine.tasks)."""
         return {f"backbone.{name}" for name in self.backbone.no_weight_decay()}
+
+    # -- classifier (timm's API) ----------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        """The main segmentation head's final 1x1 conv; ``nn.Identity`` where there is none (a depth model,
+        or a segmentation model reset to 0 classes)."""
+        if self.task == "depth":
+            return nn.Identity()
+        return self.head[CLASSIFIER_INDEX]
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier conv of the main and the auxiliary segmentation head by a freshly
+        initialised one for ``num_classes`` (0: none, the heads then give ``num_features`` maps); every other
+        weight stays. A fine-tuning start: then ``lvit.load_pretrained(model, file, new_head=True)``.
+
+        A depth model has no classifier: ``num_classes=0`` changes nothing, more classes raise ValueError.
+        ``global_pool`` is accepted for timm's signature and has no effect (a dense model pools nothing).
+        """
+        if self.task == "depth":
+            if num_classes > 0:
+                raise ValueError(f"a depth DPT has no classifier to reset to {num_classes} classes; "
+                                 "build it with task='segmentation'")
+            return
+        self.num_classes = num_classes
+        for head in (self.head, self.aux_head):
+            reference = head[0].weight  # the new conv lives where the head does
+            conv = classifier_conv(self.num_features, num_classes).to(reference.device, reference.dtype)
+            head[CLASSIFIER_INDEX] = conv.train(head.training)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -583,11 +623,17 @@ def dpt_model_names() -> list[str]:
 _NET_SIZE = {"depth": 384, "segmentation": 480}
 
 
+# The official segmentation weights are ADE20K's 150 classes; a depth model has no classifier.
+_CLASSIFIER = {"depth": dict(num_classes=0, classifier=None),
+               "segmentation": dict(num_classes=150, classifier=tuple(
+                   f"{head}.{CLASSIFIER_INDEX}" for head in ("head", "aux_head")))}
+
+
 def _cfg(task: str) -> dict[str, Any]:
     size = _NET_SIZE[task]
     return {
         "url": "", "input_size": (3, size, size), "pool_size": None, "crop_pct": 1.0,
-        "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+        "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), **_CLASSIFIER[task],
         # Other sizes run too: the position embeddings are resampled in every forward.
         "fixed_input_size": False,
         "paper_ids": "arXiv:2103.13413", "origin_url": "https://github.com/isl-org/DPT", "license": "mit",
@@ -627,8 +673,21 @@ def _create_dpt(
     # used (no features_only, no weights to fetch), so they are set as it sets them.
     model.pretrained_cfg = resolve_pretrained_cfg(
         variant, pretrained_cfg or model.task, pretrained_cfg_overlay).to_dict()
+    # The input conv is the backbone's stem, which the backbone keyword can change, so it is read off the
+    # backbone built; timm's (and load_pretrained's) in_chans adaptation looks for it here.
+    model.pretrained_cfg["first_conv"] = model.pretrained_cfg.get("first_conv") or _backbone_first_conv(model)
     model.default_cfg = model.pretrained_cfg
     return model
+
+
+def _backbone_first_conv(model: DPT) -> str | tuple[str, ...] | None:
+    """The backbone's ``first_conv`` (its timm ``pretrained_cfg``) under its name in ``model``."""
+    names = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("first_conv")
+    if not names:
+        return None
+    if isinstance(names, str):
+        return f"backbone.{names}"
+    return tuple(f"backbone.{name}" for name in names)
 
 
 @register_model

@@ -29,6 +29,7 @@ from timm.layers import (
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint
 
 from lvit.models.locality import LocalityFeedForward, apply_to_patch_tokens
 from lvit.models.localvit import getter_feature_cfg, init_weights_official
@@ -130,6 +131,7 @@ class PyramidVisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.num_stages = len(depths)
         self.num_features = self.head_hidden_size = embed_dims[-1]
+        self.grad_checkpointing = False
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         dpr = calculate_drop_path_rates(drop_path_rate, sum(depths))
         img_size = to_2tuple(img_size)
@@ -161,6 +163,12 @@ class PyramidVisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"cls_token", *(f"pos_embed{i}" for i in range(1, self.num_stages + 1))}
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block of every stage in the backward pass instead of storing its activations
+        (timm's memory saving); every forward (classification, ``forward_intermediates``) honours it."""
+        self.grad_checkpointing = enable
+
     def get_classifier(self) -> nn.Module:
         return self.head
 
@@ -184,7 +192,10 @@ class PyramidVisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self._add_pos_embed(stage, x, grid)
         for block in getattr(self, f"block{stage}"):
-            x = block(x, grid)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, grid)
+            else:
+                x = block(x, grid)
         if stage < self.num_stages:
             x = rearrange(x, "b (h w) c -> b c h w", h=grid[0], w=grid[1])
         return x, grid
