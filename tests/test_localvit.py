@@ -287,3 +287,6 @@ def test_pvt_features_only_gives_each_stage_as_a_map_and_the_last_is_the_normed_
     assert torch.equal(final, tokens)  # the features come from the classifier's own forward
     torch.testing.assert_close(last, rearrange(tokens[:, 1:], "b (h w) c -> b c h w", h=2))
     assert not torch.equal(maps[3], last)  # features_only maps are not normed (timm's default)
+    with torch.no_grad():  # stopped early, the final output is the last stage run: stage 2's map
+        final, (second,) = model.forward_intermediates(x, indices=[1], stop_early=True)
+    assert torch.equal(final, second) and torch.equal(second, maps[1])

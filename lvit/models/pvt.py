@@ -221,7 +221,8 @@ class PyramidVisionTransformer(nn.Module):
             raise ValueError(f"output_fmt {output_fmt!r}: PVT's intermediates are NCHW maps only")
         take_indices, max_index = feature_take_indices(self.num_stages, indices)
         intermediates = []
-        for stage in range(1, (max_index + 1 if stop_early else self.num_stages) + 1):
+        last_stage = max_index + 1 if stop_early else self.num_stages
+        for stage in range(1, last_stage + 1):
             x, grid = self._run_stage(stage, x)
             if stage - 1 not in take_indices:
                 continue
@@ -232,7 +233,8 @@ class PyramidVisionTransformer(nn.Module):
                 intermediates.append(rearrange(tokens[:, 1:], "b (h w) c -> b c h w", h=grid[0], w=grid[1]))
         if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        # An early stop leaves an earlier stage's map, which the final norm (of the last tokens) does not fit.
+        return (self.norm(x) if last_stage == self.num_stages else x), intermediates
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return x[:, 0] if pre_logits else self.head(x[:, 0])
