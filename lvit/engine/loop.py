@@ -7,8 +7,10 @@ What the loop does, and why:
   with NCCL on CUDA and gloo on CPU, the model is wrapped in DDP, data is sharded by a ``DistributedSampler``
   (or timm's ``RepeatAugSampler``, whose shuffle also takes the seed here) re-seeded with ``set_epoch`` every
   epoch. Batch sizes given to the loop are *global*; each rank takes ``batch_size / (world * grad_accum)``.
-  BatchNorm stays per rank, as in the LocalViT and DPT recipes (no SyncBN). Only rank 0 writes checkpoints
-  and evaluates.
+  BatchNorm stays per rank, as in the LocalViT and DPT recipes (no SyncBN). Only rank 0 writes checkpoints.
+  Every rank evaluates every world-th validation sample with rank 0's buffers, and the task's sums are
+  reduced across ranks (DeiT's ``--dist-eval``, without the duplicates its sampler pads with), so no rank
+  waits while another evaluates alone.
 * **Determinism mode** (``deterministic=True``): seeds python, numpy and torch with ``seed + rank``, sets
   ``torch.use_deterministic_algorithms(True, warn_only=True)``, ``cudnn.benchmark = False`` and
   ``CUBLAS_WORKSPACE_CONFIG=:4096:8``. With the checkpointed RNG states and sampler position this makes
@@ -504,8 +506,8 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train ``model`` on ``train_set`` with ``task``'s loss, optimizer and schedule; return the history.
 
-    Each history entry holds ``epoch, train_loss, lr, images_per_s, wall_s`` and, on rank 0, the task's
-    validation metrics prefixed with ``val_``; the first also its :meth:`Task.init_diagnostics` prefixed
+    Each history entry holds ``epoch, train_loss, lr, images_per_s, wall_s`` and the task's validation metrics
+    prefixed with ``val_`` (on every rank); the first also, on rank 0, :meth:`Task.init_diagnostics` prefixed
     with ``init_`` (not after a resume from within the first epoch, whose untrained model is gone). On CUDA
     each entry also holds ``gpu_peak_gib``, the most memory this process's allocator had reserved so far.
 
@@ -547,8 +549,8 @@ def fit(
         if training.epoch == 0:
             entry.update({f"init_{k}": v for k, v in init_metrics.items()})
         _raise_if_non_finite(training.bad_step, training.ckpt_path)
-        if val_set is not None and dist_info.is_main:
-            metrics = task.evaluate(model, val_set, device, batch_size=eval_batch)
+        if val_set is not None:  # every rank its share of the images, so that none waits for rank 0
+            metrics = task.evaluate(model, val_set, device, eval_batch, across_ranks=dist_info.world > 1)
             entry.update({f"val_{k}": v for k, v in metrics.items()})
         training.history.append(entry)
         training.next_epoch()

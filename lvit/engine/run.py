@@ -19,11 +19,12 @@ that needs a stored run's weights and lacks them trains the configuration again 
 its backbone came from (``backbone_run``).
 
 Multi-GPU: at the ``paper`` profile with more than one visible GPU, :func:`run_experiment` relaunches itself
-as ``python -m torch.distributed.run --standalone --nproc-per-node N -m lvit.engine.run EXPERIMENT ...``
-(one process per GPU, NCCL, DDP; rank 0 evaluates and writes results) and reads the results back. The same
-command works by hand, e.g. ``torchrun --nproc-per-node 8 -m lvit.engine.run localvit_main --profile paper``.
-Under torchrun rank 0 takes the locks and decides for every rank what is stored already, so shared runs and
-their weights work as in one process; on several nodes the results directory must be on a shared filesystem.
+as ``python -m torch.distributed.run --standalone --nproc-per-node N -m lvit.engine.run EXPERIMENT ...`` (one
+process per GPU, NCCL, DDP; every rank evaluates its share of the images, rank 0 writes results) and reads the
+results back. The same command works by hand, e.g. ``torchrun --nproc-per-node 8 -m lvit.engine.run
+localvit_main --profile paper``. Under torchrun rank 0 takes the locks and decides for every rank what is
+stored already, so shared runs and their weights work as in one process; on several nodes the results
+directory must be on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -295,7 +296,8 @@ def _eval_depth(
         if name in domains:
             domain = domains[name]
             data = _dataset(recipe, "val", data_root, device, val_domains=(domain,))
-            measures = DepthTask({**recipe, "depth_cap": cap((domain,))}).evaluate(model, data, device, batch)
+            task = DepthTask({**recipe, "depth_cap": cap((domain,))})
+            measures = task.evaluate(model, data, device, batch, across_ranks=dist.is_initialized())
             values[name] = measures[name.split("_", 1)[1]]
     for name in names:
         if not name.startswith("mean_") or name in values:
@@ -314,7 +316,7 @@ def _eval_depth(
             changes["image_size"] = inference_side(row.label, side, multiple=2 * recipe.get("patch_size", 16))
         data = _dataset(recipe, "val", data_root, device, **changes)
         task = DepthTask({**recipe, "depth_cap": cap(getattr(data, "domains", DOMAIN_SPECS))})
-        values[name] = task.evaluate(model, data, device, batch)[measure]
+        values[name] = task.evaluate(model, data, device, batch, across_ranks=dist.is_initialized())[measure]
     return values
 
 
@@ -454,9 +456,10 @@ def _run_row(
                 model, history, backbone_run = training.run(ckpt)
             trained[train_key] = _Trained(model, history, ckpt, shared_run, backbone_run)
         model, history, ckpt, shared_run, backbone_run = trained[train_key]
+        # every rank: under torchrun a dense row is evaluated by all ranks, each on its share of the images
+        metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
         if _rank() != 0:
             return []
-        metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
         store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
         # The results are stored; the resume point is no longer needed.
         shutil.rmtree(ckpt, ignore_errors=True)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -37,6 +38,24 @@ BACKBONE_PREFIXES: tuple[str, ...] = ("backbone.", "pretrained.", "encoder.")
 
 def _field(batch: Any, key: str, position: int) -> torch.Tensor:
     return batch[key] if isinstance(batch, Mapping) else batch[position]
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _summed_over_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` summed over the process group's ranks (on ``device``, where NCCL needs them)."""
+    summed = values.to(device, copy=True)
+    dist.all_reduce(summed)
+    return summed.to(values.device)
+
+
+def _share_rank0_buffers(model: nn.Module) -> None:
+    """Every rank takes rank 0's buffers: DDP syncs them at the start of each forward, so after the last
+    step each rank's batch norm holds its own update, and the ranks would evaluate different models."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, 0)
 
 
 def _output(output: Any, key: str = "out") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -69,8 +88,13 @@ class Task:
 
     @torch.no_grad()
     def evaluate(
-        self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int
+        self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int,
+        across_ranks: bool = False,
     ) -> dict[str, float]:
+        """The task's metrics of ``model`` on ``dataset``. ``across_ranks``: every rank of the process group
+        calls this together, evaluates every world-th sample with rank 0's weights and buffers, and gets the
+        metrics of the whole set (sums reduced across ranks; equal to one process's, but for ``loss`` where a
+        task's loss is a batch mean)."""
         raise NotImplementedError
 
     def init_diagnostics(
@@ -80,11 +104,16 @@ class Task:
         history's first entry. None by default."""
         return {}
 
-    def _eval_batches(self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int):
+    def _eval_batches(self, model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int,
+                      across_ranks: bool = False):
         from lvit.engine.loop import iterate_batches, to_device, training_autocast
 
         model.eval()
-        for batch in iterate_batches(dataset, range(len(dataset)), batch_size, device, drop_last=False):
+        indices = range(len(dataset))  # type: ignore[arg-type]
+        if across_ranks:
+            _share_rank0_buffers(model)
+            indices = indices[dist.get_rank()::_world()]
+        for batch in iterate_batches(dataset, indices, batch_size, device, drop_last=False):
             inputs, targets = self.prepare_batch(to_device(batch, device), training=False)
             with training_autocast(device):
                 output = model(inputs)
@@ -164,16 +193,15 @@ class ClassificationTask(Task):
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.smoothing)
 
     @torch.no_grad()
-    def evaluate(self, model, dataset, device, batch_size):
-        correct = torch.zeros((), device=device)
-        loss_sum = torch.zeros((), device=device)
-        count = 0
-        for output, labels in self._eval_batches(model, dataset, device, batch_size):
+    def evaluate(self, model, dataset, device, batch_size, across_ranks=False):
+        sums = torch.zeros(3, dtype=torch.double, device=device)  # correct, loss, count
+        for output, labels in self._eval_batches(model, dataset, device, batch_size, across_ranks):
             logits = _output(output)[0].float()
-            correct += metrics.top1(logits, labels) * len(labels) / 100
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-            count += len(labels)
-        return {"top1": float(correct) / count * 100, "loss": float(loss_sum) / count}
+            sums[0] += metrics.top1(logits, labels) * len(labels) / 100
+            sums[1] += F.cross_entropy(logits, labels, reduction="sum")
+            sums[2] += len(labels)
+        correct, loss_sum, count = (_summed_over_ranks(sums, device) if across_ranks else sums).tolist()
+        return {"top1": correct / count * 100, "loss": loss_sum / count}
 
 
 def _dense_param_groups(
@@ -245,28 +273,35 @@ class DepthTask(Task):
         return {"constant_fraction": float(_constant_maps(self._prediction(output, depth.shape[-2:])).mean())}
 
     @torch.no_grad()
-    def evaluate(self, model, dataset, device, batch_size):
+    def evaluate(self, model, dataset, device, batch_size, across_ranks=False):
         # Per-image metrics averaged over the images that have valid pixels (an empty mask gives NaN).
         # ``constant_fraction``: images whose prediction is one value everywhere. After scale-and-shift
         # alignment such a map scores the same whatever the model, so a collapsed model is flagged.
-        totals: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for output, (depth, mask) in self._eval_batches(model, dataset, device, batch_size):
+        totals = torch.zeros(len(_DEPTH_MEASURES), dtype=torch.double, device=device)
+        counts = torch.zeros_like(totals)
+        for output, (depth, mask) in self._eval_batches(model, dataset, device, batch_size, across_ranks):
             pred = self._prediction(output, depth.shape[-2:])
             per_image = metrics.evaluate_zero_shot(
                 pred, depth, mask, self.recipe.get("depth_cap", 80.0), reduction="none"
             )
             per_image["loss"] = self.loss(output, (depth, mask)).expand(len(depth)).double()
             per_image["constant_fraction"] = _constant_maps(pred)
-            for key, values in per_image.items():
-                totals[key] = totals.get(key, 0.0) + float(values.nansum())
-                counts[key] = counts.get(key, 0) + int((~values.isnan()).sum())
-        result = {key: totals[key] / counts[key] if counts[key] else float("nan") for key in totals}
+            for i, key in enumerate(_DEPTH_MEASURES):
+                totals[i] += per_image[key].nansum()
+                counts[i] += (~per_image[key].isnan()).sum()
+        if across_ranks:
+            totals, counts = _summed_over_ranks(torch.stack([totals, counts]), device)
+        means = torch.where(counts > 0, totals / counts.clamp(min=1), torch.nan)
+        result = dict(zip(_DEPTH_MEASURES, means.tolist(), strict=True))
         if result["constant_fraction"] == 1.0:
             warnings.warn("the depth model predicts a constant map for every image: its metrics are those "
                           "of a constant prediction (e.g. a final ReLU that outputs 0 everywhere)",
                           RuntimeWarning, stacklevel=2)
         return result
+
+
+# What DepthTask.evaluate reports: the zero-shot protocol's measures, the loss, and the collapse flag.
+_DEPTH_MEASURES = ("abs_rel", "delta_error", "rmse", "loss", "constant_fraction")
 
 
 def _constant_maps(pred: torch.Tensor) -> torch.Tensor:
@@ -310,17 +345,19 @@ class SegmentationTask(Task):
         )
 
     @torch.no_grad()
-    def evaluate(self, model, dataset, device, batch_size):
+    def evaluate(self, model, dataset, device, batch_size, across_ranks=False):
         meter = metrics.SegmentationMeter(
             int(self.recipe["num_classes"]), self.recipe.get("ignore_index", -1)
         )
-        for output, labels in self._eval_batches(model, dataset, device, batch_size):
+        for output, labels in self._eval_batches(model, dataset, device, batch_size, across_ranks):
             logits = _output(output)[0]
             if logits.shape[-2:] != labels.shape[-2:]:
                 logits = F.interpolate(
                     logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False
                 )
             meter.update(logits.argmax(1), labels)
+        if across_ranks:
+            meter.confusion = _summed_over_ranks(meter.confusion, device)
         return meter.compute()
 
 
