@@ -207,6 +207,7 @@ class Failure:
 class Reproduction:
     report: Path  # the REPORT.md written after the notebooks
     failures: list[Failure]
+    skipped: dict[str, str]  # table notebook -> the dataset it would read at the profile, which has no loader
 
 
 def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None = None,
@@ -236,6 +237,8 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
     if train_workers < 0:
         raise ValueError(f"train_workers must be >= 0, got {train_workers}")
     chosen, parameters, checked = _checked_request(profile, only, seeds, device, overrides)
+    skipped = _without_loader(chosen, checked.profile)
+    chosen = [name for name in chosen if name not in skipped]
     output_dir = checked.profile_dir / "notebooks"
 
     def run_one(name: str) -> tuple[Failure | None, float]:
@@ -260,10 +263,12 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
                 bar.update()
 
     with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
+        for name, dataset in skipped.items():
+            bar.write(skip_note(name, dataset, checked.profile))
         with _pending_work_in_workers(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
             run_wave([n for n in chosen if n != REPORT_NOTEBOOK], bar)
         run_wave([n for n in chosen if n == REPORT_NOTEBOOK], bar)  # last and alone: it reads every result
-    return Reproduction(write_report(checked.results_dir), failures)
+    return Reproduction(write_report(checked.results_dir), failures, skipped)
 
 
 def _checked_request(
@@ -287,6 +292,19 @@ def _checked_request(
     return chosen, parameters, checked
 
 
+def skip_note(name: str, dataset: str, profile: str) -> str:
+    return f"skipped {name}: it reads {dataset!r} at {profile}, for which lvit has no loader"
+
+
+def _without_loader(chosen: Sequence[str], profile: str) -> dict[str, str]:
+    """The chosen table notebooks that cannot run at ``profile`` because lvit has no loader for the dataset
+    they read there (DPT's MIX 6 at paper), with that dataset: skipped, so that the others run."""
+    from lvit.engine.run import missing_loader
+
+    missing = {name: missing_loader(name, profile) for name in _experiment_notebooks(chosen)}
+    return {name: dataset for name, dataset in missing.items() if dataset is not None}
+
+
 def _experiment_notebooks(chosen: Sequence[str]) -> list[str]:
     """The chosen notebooks that run an experiment of the same name (the report notebook does not)."""
     from lvit.experiments import list_experiments
@@ -295,30 +313,38 @@ def _experiment_notebooks(chosen: Sequence[str]) -> list[str]:
     return [n for n in chosen if n in experiments]
 
 
-def plan(profile: str, only: Sequence[str] | None = None, seeds: int | None = None, device: str = "auto",
-         overrides: Mapping[str, Any] | None = None) -> tuple[NotebookParameters, list[PendingWork]]:
+def plan(
+    profile: str, only: Sequence[str] | None = None, seeds: int | None = None, device: str = "auto",
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[NotebookParameters, list[PendingWork], dict[str, str]]:
     """What :func:`reproduce` with these arguments would train, in the order its workers would, without
     running anything: :func:`lvit.engine.run.pending_work` over the chosen tables (whole tables: a ``rows``
-    override is refused)."""
+    override is refused), and the tables it would skip for want of a loader."""
     from lvit.engine.run import pending_work
 
     chosen, parameters, checked = _checked_request(profile, only, seeds, device, overrides)
     if "rows" in parameters:
         raise ValueError("a dry run lists whole tables; drop the rows parameter")
-    pending = pending_work(_experiment_notebooks(chosen), checked.profile, seeds, checked.device,
-                           checked.results_dir, checked.data_root)  # fmt: skip
-    return checked, pending
+    skipped = _without_loader(chosen, checked.profile)
+    tables = [name for name in _experiment_notebooks(chosen) if name not in skipped]
+    pending = pending_work(tables, checked.profile, seeds, checked.device, checked.results_dir,
+                           checked.data_root)  # fmt: skip
+    return checked, pending, skipped
 
 
-def describe_plan(checked: NotebookParameters, pending: Sequence[PendingWork]) -> str:
+def describe_plan(
+    checked: NotebookParameters, pending: Sequence[PendingWork], skipped: Mapping[str, str]
+) -> str:
     """:func:`plan`'s work as a numbered list, with each item's wall-time hint
-    (:func:`lvit.engine.run.wall_hints`) and what they add up to."""
+    (:func:`lvit.engine.run.wall_hints`) and what they add up to; first the tables skipped."""
     from lvit.engine.run import DenseRun, wall_hints
 
+    notes = [skip_note(name, dataset, checked.profile) for name, dataset in skipped.items()]
     if not pending:
-        return f"nothing to train at {checked.profile}: the chosen notebooks' trainings are all stored"
+        return "\n".join([*notes, f"nothing to train at {checked.profile}: the chosen notebooks' trainings "
+                          "are all stored"])
     hints = wall_hints(pending, checked.results_dir, checked.profile)
-    lines = [f"to train at {checked.profile} (results under {checked.profile_dir}), in this order:"]
+    lines = [*notes, f"to train at {checked.profile} (results under {checked.profile_dir}), in this order:"]
     for number, (work, hint) in enumerate(zip(pending, hints, strict=True), 1):
         kind, name, what = (("dense", work.experiment, ", ".join(work.rows)) if isinstance(work, DenseRun)
                             else ("train", work.model, work.desc))  # fmt: skip
@@ -446,6 +472,8 @@ def _reproduce_command(args: argparse.Namespace) -> int:
     except (ValueError, KeyError) as error:
         raise SystemExit(f"lvit reproduce: {error.args[0]}") from None  # a KeyError's str() adds quotes
     print(f"report: {outcome.report}")
+    for name, dataset in outcome.skipped.items():  # not failures: nothing was tried
+        print(skip_note(name, dataset, profile))
     if outcome.failures:
         print(f"{len(outcome.failures)} notebook(s) failed:")
         for failure in outcome.failures:

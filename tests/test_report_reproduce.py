@@ -137,3 +137,22 @@ def test_dry_run_lists_the_trainings_in_order_and_runs_nothing(tmp_path, capsys)
     with pytest.raises(SystemExit):  # what the real run would refuse, refused as the command line is read
         main(command + ["--jobs", "0"])
     assert "argument -j/--jobs: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_table_whose_dataset_has_no_loader_is_skipped_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    from lvit import reproduce as module
+    from lvit.cli import main
+
+    results = tmp_path / "results"
+    command = ["reproduce", "--profile", "paper", "--device", "cpu", "--only", "dpt_zero_shot_depth",
+               "dpt_segmentation", "-p", f"results_dir={results}"]
+    assert main([*command, "--dry-run"]) == 0  # it used to refuse the whole command over MIX 6
+    out = capsys.readouterr().out
+    assert "skipped dpt_zero_shot_depth: it reads 'mix6' at paper, for which lvit has no loader" in out
+    assert re.findall(r"\d+\. dense (\w+)", out) == ["dpt_segmentation"] * 2  # DPT-Hybrid, DPT-Large
+    ran: list[str] = []
+    monkeypatch.setattr(module, "run_notebook", lambda name, *args: ran.append(name))
+    outcome = module.reproduce("paper", only=["dpt_zero_shot_depth", "dpt_segmentation"], device="cpu",
+                               overrides={"results_dir": str(results)})
+    assert ran == ["dpt_segmentation"] and not outcome.failures
+    assert outcome.skipped == {"dpt_zero_shot_depth": "mix6"}

@@ -746,6 +746,16 @@ def resolve(
     return experiment, recipe, selected
 
 
+def missing_loader(name: str, profile: str) -> str | None:
+    """The dataset experiment ``name`` reads at ``profile`` when lvit has no loader for it (DPT's MIX 6),
+    else None: :func:`resolve` refuses such a run, ``lvit list`` marks it and ``lvit reproduce`` skips it."""
+    experiment = get_experiment(name)
+    if profile not in experiment.profiles:
+        return None
+    recipe = experiment.recipe(profile)
+    return None if _has_loader(experiment, recipe) else str(recipe.get("dataset"))
+
+
 def _has_loader(experiment: Experiment, recipe: Mapping[str, Any]) -> bool:
     """Whether the recipe's dataset can be built (an experiment that trains nothing needs none)."""
     from lvit.data import dataset_names
@@ -1032,11 +1042,9 @@ def _list_command(args: argparse.Namespace) -> int:
 
 
 def _profile_listing(experiment: Experiment, profile: str) -> str:
-    """The profile, marked when its dataset has no loader yet (DPT's MIX 6): :func:`resolve` refuses it."""
-    recipe = experiment.recipe(profile)
-    if _has_loader(experiment, recipe):
-        return profile
-    return f"{profile} (no loader for {recipe.get('dataset')!r} yet)"
+    """The profile, marked when its dataset has no loader yet (:func:`missing_loader`)."""
+    dataset = missing_loader(experiment.name, profile)
+    return profile if dataset is None else f"{profile} (no loader for {dataset!r} yet)"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
