@@ -263,8 +263,6 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
                 bar.update()
 
     with tqdm(total=len(chosen), desc=f"lvit reproduce ({profile})", unit="notebook") as bar:
-        for name, dataset in skipped.items():
-            bar.write(skip_note(name, dataset, checked.profile))
         with _pending_work_in_workers(chosen, seeds, checked, "rows" in parameters, train_workers, bar):
             run_wave([n for n in chosen if n != REPORT_NOTEBOOK], bar)
         run_wave([n for n in chosen if n == REPORT_NOTEBOOK], bar)  # last and alone: it reads every result

@@ -13,7 +13,7 @@ from PIL import Image
 
 from lvit import metrics
 from lvit.data import build_dataset
-from lvit.data.ablation_mix import HRWSI, AblationMix, BlendedMVS, ReDWeb, read_pfm
+from lvit.data.ablation_mix import HRWSI, AblationMix, BlendedMVS, ReDWeb, _redweb_val, read_pfm
 from lvit.data.datasets import LayoutError
 from lvit.engine import run as runner
 from lvit.experiments import recipes
@@ -100,7 +100,7 @@ def test_redweb_rd_is_negative_disparity_with_sky_invalid_and_a_name_hash_split(
     expected = torch.from_numpy(256.0 / (256.0 - rd)).float()  # larger RD = farther
     assert torch.allclose(sample["depth"][sample["valid"]], expected[sample["valid"]])
     assert sample["image"].shape[-2:] == sample["depth"].shape
-    held_out = sum(_in_redweb_val(f"{i:06d}") for i in range(3600))
+    held_out = sum(_redweb_val(f"{i:06d}") for i in range(3600))  # the library's rule
     assert 250 <= held_out <= 350  # about 300 of ReDWeb's 3,600, as DPT's ~1k validation images in total
 
 
@@ -178,13 +178,16 @@ def test_build_dataset_crops_training_images_and_centres_validation_at_the_recip
     assert torch.equal(first["depth"], resized[0, 0, :, 7:39])
 
 
-def test_an_unfixed_depth_cap_clamps_each_image_at_its_own_farthest_depth():
+def test_an_unfixed_depth_cap_clamps_each_image_at_its_own_farthest_valid_depth():
     gt = torch.stack([torch.linspace(1, 4, 64).reshape(8, 8), torch.linspace(2, 50, 64).reshape(8, 8)])
     mask = torch.ones_like(gt, dtype=torch.bool)
+    mask[:, 0, :3] = False
+    gt[:, 0, :3] = 1000.0  # far, but not valid: it must not raise the cap
     pred = 1.0 / gt + 0.05 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(0))
     pooled = metrics.evaluate_zero_shot(pred, gt, mask, None, reduction="none")
     for i in range(2):
-        alone = metrics.evaluate_zero_shot(pred[i], gt[i], mask[i], float(gt[i].max()), reduction="none")
+        farthest = float(gt[i][mask[i]].max())
+        alone = metrics.evaluate_zero_shot(pred[i], gt[i], mask[i], farthest, reduction="none")
         for key in ("abs_rel", "delta_error", "rmse"):
             assert torch.allclose(pooled[key][i], alone[key][0])
     one_cap = metrics.evaluate_zero_shot(pred, gt, mask, 50.0, reduction="none")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
-from timm.models import adapt_input_conv
 
 import lvit
 from lvit.models.convert import CheckpointMismatchError, checkpoint_filter_for, load_pretrained
@@ -193,9 +192,10 @@ def test_an_rgb_checkpoint_loads_into_another_in_chans_with_its_first_conv_adapt
     assert model.pretrained_cfg["first_conv"] == first_conv
     load_pretrained(model, rgb)
     key, loaded = f"{first_conv}.weight", model.state_dict()
-    torch.testing.assert_close(loaded[key], adapt_input_conv(in_chans, rgb[key]), rtol=0, atol=0)
-    if in_chans == 1:  # timm's rule for grey input: the RGB filters summed
-        torch.testing.assert_close(loaded[key], rgb[key].sum(dim=1, keepdim=True), rtol=0, atol=0)
+    # timm's rules: grey input sums the RGB filters; other counts repeat them and rescale by 3 / in_chans
+    expected = (rgb[key].sum(dim=1, keepdim=True) if in_chans == 1
+                else rgb[key].repeat(1, 2, 1, 1)[:, :in_chans] * (3 / in_chans))
+    torch.testing.assert_close(loaded[key], expected, rtol=1e-6, atol=0)
     assert all(torch.equal(loaded[k], v) for k, v in rgb.items() if k != key)
 
 

@@ -304,3 +304,14 @@ def test_segmentation_train_transform_pads_with_ignore_and_keeps_labels() -> Non
     out_image, out_mask = segmentation_train_transform(image, mask, base_size=30, crop_size=48, generator=g)
     assert out_image.shape == (3, 48, 48) and out_mask.shape == (48, 48)
     assert set(out_mask.unique().tolist()) <= {-1, 0, 1, 2, 3, 4}
+
+
+def test_a_16_bit_png_reads_as_uint16_where_pillow_opens_it_as_32_bit(tmp_path, monkeypatch):
+    from lvit.data import datasets
+
+    depth = np.array([[0, 1000], [65535, 7]], dtype=np.uint16)
+    Image.fromarray(depth).save(tmp_path / "depth.png")
+    pillow_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path: pillow_open(path).convert("I"))  # as Pillow 10 opens it
+    read = datasets._load_png_array(tmp_path / "depth.png")
+    assert read.dtype == np.uint16 and np.array_equal(read, depth)  # KITTI's and HRWSI's checks accept it

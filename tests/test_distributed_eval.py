@@ -31,11 +31,13 @@ class _Images(Dataset):
         self.depth = torch.rand(SAMPLES, 8, 8, generator=g) * 9 + 0.5
         self.valid = torch.rand(SAMPLES, 8, 8, generator=g) > 0.2
         self.label_maps = torch.randint(-1, CLASSES, (SAMPLES, 8, 8), generator=g)
+        self.read: list[int] = []  # the indices this process evaluated
 
     def __len__(self) -> int:
         return SAMPLES
 
     def __getitem__(self, i: int):
+        self.read.append(int(i))
         if self.task == "classification":
             return self.images[i], self.labels[i]
         return self.images[i], self.depth[i], self.valid[i], self.label_maps[i]
@@ -59,12 +61,13 @@ class _Net(nn.Module):
         return out[:, 0].relu() + 0.01 if self.task == "depth" else out
 
 
-def _evaluate(task: str, across_ranks: bool = False) -> dict[str, float]:
-    model = _Net(task)
+def _evaluate(task: str, across_ranks: bool = False) -> tuple[dict[str, float], list[int]]:
+    """The task's metrics, and the sample indices this process read to get them."""
+    model, data = _Net(task), _Images(task)
     if across_ranks and torch.distributed.get_rank() == 1:
         model.body[1].running_mean.add_(3.0)  # this rank's own BN update after the last step
-    task_ = build_task(task, RECIPES[task])
-    return task_.evaluate(model, _Images(task), torch.device("cpu"), 4, across_ranks)
+    metrics = build_task(task, RECIPES[task]).evaluate(model, data, torch.device("cpu"), 4, across_ranks)
+    return metrics, data.read
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
@@ -81,10 +84,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 def test_every_rank_gets_the_whole_sets_metrics_of_rank0s_model(tmp_path, free_port):
     mp.start_processes(_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0] == ranks[1]  # one model (rank 1's own buffer was replaced by rank 0's), one answer
     for task in RECIPES:
-        alone = _evaluate(task)
+        (metrics0, read0), (metrics1, read1) = ranks[0][task], ranks[1][task]
+        assert metrics0 == metrics1  # one model (rank 1's own buffer was replaced by rank 0's), one answer
+        assert sorted(read0 + read1) == list(range(SAMPLES)) and len(read0) == 6  # each image once, shared
+        alone, _ = _evaluate(task)
         # the depth loss is a batch mean, so it depends on how shards are batched; float32 sums round apart
         keys = [k for k in alone if not (task == "depth" and k == "loss")]
-        assert {k: ranks[0][task][k] for k in keys} == pytest.approx({k: alone[k] for k in keys}, rel=1e-6)
-    assert 0 < alone["mean_iou"] < 100 and 0 < ranks[0]["classification"]["top1"] < 100
+        assert {k: metrics0[k] for k in keys} == pytest.approx({k: alone[k] for k in keys}, rel=1e-6)
+    assert 0 < alone["mean_iou"] < 100 and 0 < ranks[0]["classification"][0]["top1"] < 100

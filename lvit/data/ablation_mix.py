@@ -15,8 +15,10 @@ Ground truth is relative: ReDWeb's and HRWSI's are disparities up to scale and s
 in each scene's own units. Samples follow the dense convention of :mod:`lvit.data.datasets` with ``depth`` =
 1 / disparity, where the disparity is positive on every valid pixel: HRWSI's PNG value over its type's
 maximum; ReDWeb's (256 − RD) / 256, since its RD maps are negative disparity (the MiDaS authors' reading,
-MiDaS issue #16, which shifts and scales them to [0, 1]; the loss is invariant to that affine map, and the
-shift of 256 keeps the farthest valid pixel at a finite depth). Each member dataset is named by ``domain``.
+MiDaS issue #16, which shifts and scales them to [0, 1]; the shift of 256 keeps the farthest valid pixel at
+a finite depth). The training loss, aligned in disparity, is invariant to these affine choices; the scores
+are not: AbsRel is measured in depth after the alignment, so the ReDWeb and HRWSI columns depend on the
+shift chosen here, as they would on any other. Each member dataset is named by ``domain``.
 
 DPT's validation split (≈1k images in total) was not released. Here: HRWSI's own ``val`` folder; BlendedMVS's
 ``validation_list.txt`` scenes (a scene-level split, because a scene's views are near-duplicates); and the
@@ -73,13 +75,24 @@ def read_pfm(path: Path) -> np.ndarray:
     return np.flipud(np.frombuffer(data, dtype=dtype).reshape(height, width)).astype(np.float32)
 
 
-def _disparity_sample(image: torch.Tensor, disparity: torch.Tensor, valid: torch.Tensor,
-                      name: str) -> dict[str, torch.Tensor]:
-    if disparity.shape != image.shape[-2:]:
-        raise RuntimeError(f"{name}: ground truth {tuple(disparity.shape)}, image {tuple(image.shape[1:])}")
-    valid = valid & (disparity > 0)
-    depth = torch.where(valid, 1.0 / disparity.clamp(min=1e-12), torch.zeros_like(disparity))
-    return {"image": image, "depth": depth, "valid": valid}
+def _sample(
+    image: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, name: str
+) -> dict[str, torch.Tensor]:
+    """The dense sample, valid where the mask says and the depth is positive and finite (0 elsewhere)."""
+    if depth.shape != image.shape[-2:]:
+        raise RuntimeError(f"{name}: ground truth {tuple(depth.shape)}, image {tuple(image.shape[1:])}")
+    valid = valid & torch.isfinite(depth) & (depth > 0)
+    return {"image": image, "depth": torch.where(valid, depth, torch.zeros_like(depth)), "valid": valid}
+
+
+def _inverse(disparity: torch.Tensor) -> torch.Tensor:
+    """Depth of a disparity map; a disparity of 0 (no value) gives inf, which :func:`_sample` masks."""
+    return 1.0 / disparity
+
+
+def _grey(array: np.ndarray) -> np.ndarray:
+    """One channel of a label PNG that may have been saved as RGB."""
+    return array[..., 0] if array.ndim == 3 else array
 
 
 def _images(folder: Path, layout: str) -> list[Path]:
@@ -115,9 +128,11 @@ class ReDWeb(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
-        rd = _load_png_array(self.root / "RDs" / f"{path.stem}.png")
-        rd = torch.from_numpy((rd[..., 0] if rd.ndim == 3 else rd).astype(np.float32))
-        return _disparity_sample(_load_rgb(path), (256.0 - rd) / 256.0, rd != REDWEB_SKY, path.name)
+        rd = _grey(_load_png_array(self.root / "RDs" / f"{path.stem}.png"))
+        if rd.dtype != np.uint8:
+            raise RuntimeError(f"ReDWeb RD map {path.stem}.png must be 8-bit, not {rd.dtype}")
+        rd_map = torch.from_numpy(rd.astype(np.float32))
+        return _sample(_load_rgb(path), _inverse((256.0 - rd_map) / 256.0), rd_map != REDWEB_SKY, path.name)
 
 
 class HRWSI(Dataset):
@@ -137,14 +152,12 @@ class HRWSI(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
-        gt = _load_png_array(self.root / "gts" / f"{path.stem}.png")
-        gt = gt[..., 0] if gt.ndim == 3 else gt
+        gt = _grey(_load_png_array(self.root / "gts" / f"{path.stem}.png"))
         if not np.issubdtype(gt.dtype, np.unsignedinteger):
             raise RuntimeError(f"HRWSI disparity {path.stem}.png must be unsigned integers, not {gt.dtype}")
-        mask = _load_png_array(self.root / "valid_masks" / f"{path.stem}.png")
+        valid = torch.from_numpy(_grey(_load_png_array(self.root / "valid_masks" / f"{path.stem}.png")) > 0)
         disparity = torch.from_numpy(gt.astype(np.float32) / np.iinfo(gt.dtype).max)
-        valid = torch.from_numpy((mask[..., 0] if mask.ndim == 3 else mask) > 0)
-        return _disparity_sample(_load_rgb(path), disparity, valid, path.name)
+        return _sample(_load_rgb(path), _inverse(disparity), valid, path.name)
 
 
 class BlendedMVS(Dataset):
@@ -169,9 +182,7 @@ class BlendedMVS(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
         depth = torch.from_numpy(read_pfm(path.parent.parent / "rendered_depth_maps" / f"{path.stem}.pfm"))
-        valid = torch.isfinite(depth) & (depth > 0)
-        disparity = torch.where(valid, 1.0 / depth.clamp(min=1e-12), torch.zeros_like(depth))
-        return _disparity_sample(_load_rgb(path), disparity, valid, path.name)
+        return _sample(_load_rgb(path), depth, torch.ones_like(depth, dtype=torch.bool), path.name)
 
 
 _MEMBERS: dict[str, type[Dataset]] = {"redweb": ReDWeb, "hrwsi": HRWSI, "blendedmvs": BlendedMVS}
@@ -180,10 +191,10 @@ _MEMBERS: dict[str, type[Dataset]] = {"redweb": ReDWeb, "hrwsi": HRWSI, "blended
 class AblationMix(Dataset):
     """The members named in ``domains`` (default all three), each sample passed through ``transform``.
 
-    ``balanced=True`` (training) draws the datasets equally, as DPT builds each mini-batch by first drawing a
-    dataset uniformly: index ``i`` is sample ``i // n`` (modulo its length) of member ``i % n``, so a shuffled
-    epoch of ``n`` × the largest member's length sees each member equally often, the smaller ones repeated.
-    Otherwise (validation) it is the plain concatenation, every image once.
+    ``balanced=True`` (training) gives the datasets equal shares, as DPT builds its mini-batches by drawing
+    datasets uniformly (``dpt.md`` §5.1): index ``i`` is sample ``i // n`` (modulo its length) of member
+    ``i % n``, so a shuffled epoch of ``n`` × the largest member's length sees each member equally often, the
+    smaller ones repeated. Otherwise (validation) it is the plain concatenation, every image once.
     """
 
     def __init__(self, data_root: str | Path = "data", split: str = "train",

@@ -59,8 +59,11 @@ def _load_rgb(path: Path) -> torch.Tensor:
 
 
 def _load_png_array(path: Path) -> np.ndarray:
+    """A label or depth PNG's samples; 16-bit ones as uint16 under every Pillow the project allows."""
     try:
         with Image.open(path) as img:
+            if img.mode == "I":  # older Pillow opens 16-bit grey PNGs as 32-bit "I"; PNG holds <= 16 bits
+                return np.asarray(img).astype(np.uint16)
             return np.asarray(img)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"annotation file not found: {path}") from err

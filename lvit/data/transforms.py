@@ -222,8 +222,7 @@ def segmentation_val_transform(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch-Encoding ``_val_sync_transform``: shorter side to ``crop_size`` (bicubic image, nearest mask),
     centre ``crop_size`` square crop, mean = std = 0.5."""
-    image, mask = _shorter_side_centre_crop(image, (mask,), crop_size)
-    return image, mask
+    return _shorter_side_centre_crop(image, (mask,), crop_size)  # type: ignore[return-value]
 
 
 def depth_val_transform(
@@ -231,5 +230,4 @@ def depth_val_transform(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Validation of a depth training whose images differ in size (DPT's ablation mix): as the segmentation
     validation, shorter side to ``size`` and the centre square; depth and mask resized nearest."""
-    image, depth, valid = _shorter_side_centre_crop(image, (depth, valid), size)
-    return image, depth, valid
+    return _shorter_side_centre_crop(image, (depth, valid), size)  # type: ignore[return-value]

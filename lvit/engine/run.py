@@ -64,7 +64,7 @@ from lvit.engine.loop import (
     resolve_device,
     save_checkpoint,
 )
-from lvit.engine.tasks import build_task
+from lvit.engine.tasks import build_task, world_size
 from lvit.experiments import Experiment, Row, get_experiment, list_experiments
 from lvit.experiments.base import PROFILES, TRAINED_PROFILES
 from lvit.experiments.recipes import (
@@ -283,22 +283,18 @@ def _eval_depth(
     from lvit.data.scenes import DOMAIN_SPECS
     from lvit.engine.tasks import DepthTask
 
-    def cap(domains: Iterable[str]) -> float | None:
-        if "depth_cap" in recipe:
-            return recipe["depth_cap"]
-        return max(DOMAIN_SPECS[d].max_depth for d in domains)
+    def measures(data: Dataset, domains: Iterable[str]) -> dict[str, float]:
+        scenes_cap = max(DOMAIN_SPECS[d].max_depth for d in domains) if "depth_cap" not in recipe else None
+        task = DepthTask({"depth_cap": scenes_cap, **recipe})  # the recipe's cap first
+        return task.evaluate(model, data, device, recipe["batch_size"], across_ranks=world_size() > 1)
 
     domains: Mapping[str, str] = recipe.get("metric_domains", {})
     values: dict[str, float] = {}
     names = [m.name for m in experiment.metrics]
-    batch = recipe["batch_size"]
     for name in names:
         if name in domains:
-            domain = domains[name]
-            data = _dataset(recipe, "val", data_root, device, val_domains=(domain,))
-            task = DepthTask({**recipe, "depth_cap": cap((domain,))})
-            measures = task.evaluate(model, data, device, batch, across_ranks=dist.is_initialized())
-            values[name] = measures[name.split("_", 1)[1]]
+            data = _dataset(recipe, "val", data_root, device, val_domains=(domains[name],))
+            values[name] = measures(data, (domains[name],))[name.split("_", 1)[1]]
     for name in names:
         if not name.startswith("mean_") or name in values:
             continue
@@ -315,8 +311,7 @@ def _eval_depth(
             # DPT needs sides divisible by twice the patch (its last reassemble stage halves the grid)
             changes["image_size"] = inference_side(row.label, side, multiple=2 * recipe.get("patch_size", 16))
         data = _dataset(recipe, "val", data_root, device, **changes)
-        task = DepthTask({**recipe, "depth_cap": cap(getattr(data, "domains", DOMAIN_SPECS))})
-        values[name] = task.evaluate(model, data, device, batch, across_ranks=dist.is_initialized())[measure]
+        values[name] = measures(data, getattr(data, "domains", DOMAIN_SPECS))[measure]
     return values
 
 

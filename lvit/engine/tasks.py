@@ -40,7 +40,8 @@ def _field(batch: Any, key: str, position: int) -> torch.Tensor:
     return batch[key] if isinstance(batch, Mapping) else batch[position]
 
 
-def _world() -> int:
+def world_size() -> int:
+    """The process group's size (1 without one)."""
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
@@ -93,8 +94,8 @@ class Task:
     ) -> dict[str, float]:
         """The task's metrics of ``model`` on ``dataset``. ``across_ranks``: every rank of the process group
         calls this together, evaluates every world-th sample with rank 0's weights and buffers, and gets the
-        metrics of the whole set (sums reduced across ranks; equal to one process's, but for ``loss`` where a
-        task's loss is a batch mean)."""
+        metrics of the whole set (sums reduced across ranks). They equal one process's up to float rounding,
+        except a ``loss`` that is a batch mean (depth), which depends on how each rank's share is batched."""
         raise NotImplementedError
 
     def init_diagnostics(
@@ -112,8 +113,9 @@ class Task:
         indices = range(len(dataset))  # type: ignore[arg-type]
         if across_ranks:
             _share_rank0_buffers(model)
-            indices = indices[dist.get_rank()::_world()]
-        for batch in iterate_batches(dataset, indices, batch_size, device, drop_last=False):
+            indices = indices[dist.get_rank()::world_size()]
+        workers = int(self.recipe.get("num_workers", 0))  # real datasets decode and resize on the CPU
+        for batch in iterate_batches(dataset, indices, batch_size, device, workers, drop_last=False):
             inputs, targets = self.prepare_batch(to_device(batch, device), training=False)
             with training_autocast(device):
                 output = model(inputs)
@@ -194,7 +196,7 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, dataset, device, batch_size, across_ranks=False):
-        sums = torch.zeros(3, dtype=torch.double, device=device)  # correct, loss, count
+        sums = torch.zeros(3, device=device)  # correct, loss, count: float32, as one process always summed
         for output, labels in self._eval_batches(model, dataset, device, batch_size, across_ranks):
             logits = _output(output)[0].float()
             sums[0] += metrics.top1(logits, labels) * len(labels) / 100

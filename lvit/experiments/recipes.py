@@ -81,9 +81,9 @@ _DPT_PROXIES = {"dpt_base": "dpt_tiny", "dpt_large": "dpt_small", "dpt_hybrid": 
 # Which procedural scene domain stands in for each dataset column of the depth tables (validation split).
 _READ_DOMAINS = {"hrwsi_abs_rel": "indoor", "blendedmvs_abs_rel": "outdoor", "redweb_abs_rel": "tabletop"}
 
-# Loader processes per rank for the real dense datasets: each image is decoded and resized bicubically on
-# the CPU, which the training step would otherwise wait for in the main process (the classification paper
-# recipe loads ImageNet with DeiT's 10).
+# Loader processes per rank for the real dense datasets, in training and evaluation: each image is decoded
+# and resized bicubically on the CPU, which the step would otherwise wait for in the main process (the
+# classification paper recipe loads ImageNet with DeiT's 10).
 _DENSE_WORKERS = 8
 
 DEPTH_PROFILES: dict[str, Recipe] = {

@@ -115,13 +115,22 @@ def _backbone_hint(model: nn.Module, state_dict: StateDict) -> str:
             f"classification checkpoint into it with {type(model).__name__}.load_backbone(state_dict)")
 
 
+def _cfg_modules(model: nn.Module, key: str) -> tuple[str, ...]:
+    """The module names the model's timm ``pretrained_cfg[key]`` gives ("classifier", "first_conv"): a name
+    or a tuple of them; none when absent."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get(key)
+    if not names:
+        return ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     """The key prefixes of the model's classifier(s), as its timm ``pretrained_cfg`` names them."""
-    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    if not classifier:
+    classifiers = _cfg_modules(model, "classifier")
+    if not classifiers:
         raise ValueError(f"{type(model).__name__} names no classifier (pretrained_cfg['classifier']), "
                          "so new_head has nothing to leave out")
-    return tuple(f"{name}." for name in ((classifier,) if isinstance(classifier, str) else classifier))
+    return tuple(f"{name}." for name in classifiers)
 
 
 def _head_hint(model: nn.Module, differing: list[str]) -> str:
@@ -137,38 +146,29 @@ def _head_hint(model: nn.Module, differing: list[str]) -> str:
             "load it with new_head=True: the model keeps its own, freshly initialised classifier")
 
 
-def _first_convs(model: nn.Module) -> tuple[str, ...]:
-    """The model's input convolution(s), as its timm ``pretrained_cfg['first_conv']`` names them."""
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
-    if not names:
-        return ()
-    return (names,) if isinstance(names, str) else tuple(names)
-
-
-def _differs_in_input_channels_only(conv: nn.Module, weight: torch.Tensor) -> bool:
-    """A checkpoint weight for ``conv`` that only another input channel count keeps from loading."""
-    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or weight.ndim != 4:
+def _rgb_weight_for_other_channels(conv: nn.Module, weight: torch.Tensor) -> bool:
+    """A 3-channel (RGB) checkpoint weight for ``conv`` that only the model's other input channel count keeps
+    from loading: what timm's ``adapt_input_conv`` converts (its older releases, too, take RGB weights)."""
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or weight.ndim != 4 or weight.shape[1] != 3:
         return False  # grouped or non-2D convs have no single input-channel dimension to adapt
     ours = conv.weight.shape
-    same_elsewhere = weight.shape[0] == ours[0] and weight.shape[2:] == ours[2:]
-    return weight.shape[1] != ours[1] and same_elsewhere
+    return ours[1] != 3 and weight.shape[0] == ours[0] and weight.shape[2:] == ours[2:]
 
 
 def _adapt_input_channels(model: nn.Module, state_dict: StateDict) -> StateDict:
-    """timm's ``in_chans`` adaptation: a first conv whose checkpoint weight differs from the model's in the
-    input channels alone gets ``adapt_input_conv`` (summed into one channel, or repeated and rescaled);
+    """timm's ``in_chans`` adaptation: a first conv whose RGB checkpoint weight differs from the model's in
+    the input channels alone gets ``adapt_input_conv`` (summed into one channel, or repeated and rescaled);
     any other difference is left to the strict check, which refuses it."""
     adapted = dict(state_dict)  # the caller's mapping stays as it was
-    for name in _first_convs(model):
+    for name in _cfg_modules(model, "first_conv"):
         key = f"{name}.weight"
         try:
             conv = model.get_submodule(name)
         except AttributeError:
             continue  # a cfg naming no module: the strict check reports what does not match
-        if key in state_dict and _differs_in_input_channels_only(conv, state_dict[key]):
-            source_chans = state_dict[key].shape[1]
-            adapted[key] = adapt_input_conv(conv.in_channels, state_dict[key], base_chans=source_chans)
-            _logger.info("adapted %s from %d to %d input channels", key, source_chans, conv.in_channels)
+        if key in state_dict and _rgb_weight_for_other_channels(conv, state_dict[key]):
+            adapted[key] = adapt_input_conv(conv.in_channels, state_dict[key])
+            _logger.info("adapted %s from 3 to %d input channels", key, conv.in_channels)
     return adapted
 
 
@@ -188,8 +188,8 @@ def load_pretrained(
             left out and the model keeps its own (built for another class count, or none); every other key
             is still loaded strictly.
 
-    A first conv (``pretrained_cfg['first_conv']``) that differs only in its input channels (the model was
-    built with another ``in_chans``) is adapted with timm's ``adapt_input_conv``, as ``timm.create_model``
+    An RGB first conv (``pretrained_cfg['first_conv']``) that differs only in its input channels (the model
+    was built with another ``in_chans``) is adapted with timm's ``adapt_input_conv``, as ``timm.create_model``
     does for pretrained weights.
 
     Raises:

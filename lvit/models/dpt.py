@@ -380,7 +380,8 @@ class DPT(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each backbone block (and, in the Hybrid, each ResNet stage) in the backward pass
-        instead of storing its activations; the decoder is not checkpointed."""
+        instead of storing its activations; the decoder is not checkpointed. The batch norms of a LocalViT
+        backbone's feed-forwards, recomputed in train mode, update their running statistics twice per step."""
         self.backbone.set_grad_checkpointing(enable)
 
     # -- forward ------------------------------------------------------------------------------------

@@ -166,7 +166,9 @@ class PyramidVisionTransformer(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block of every stage in the backward pass instead of storing its activations
-        (timm's memory saving); every forward (classification, ``forward_intermediates``) honours it."""
+        (timm's memory saving); every forward (classification, ``forward_intermediates``) honours it. As with
+        any recomputation in train mode, LocalViT-PVT's batch norms update their running statistics twice
+        per step (forward and recompute), so their buffers differ from a run without it."""
         self.grad_checkpointing = enable
 
     def get_classifier(self) -> nn.Module:
