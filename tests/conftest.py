@@ -22,3 +22,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def checkpoint_calls(monkeypatch) -> list:
+    """The functions ``torch.utils.checkpoint.checkpoint`` is called with while the test runs (timm's
+    checkpoint helpers call it), in order: equal outputs alone cannot show that checkpointing was on."""
+    import torch.utils.checkpoint
+
+    calls: list = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(function, *args, **kwargs):
+        calls.append(function)
+        return original(function, *args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    return calls

@@ -429,7 +429,7 @@ _CHECKPOINTED = {  # name: (DPT kwargs, torch.utils.checkpoint calls per forward
 
 
 @pytest.mark.parametrize("name", sorted(_CHECKPOINTED))
-def test_grad_checkpointing_recomputes_blocks_with_equal_results(name: str, monkeypatch) -> None:
+def test_grad_checkpointing_recomputes_blocks_with_equal_results(name: str, checkpoint_calls) -> None:
     kwargs, expected_calls = _CHECKPOINTED[name]
     torch.manual_seed(0)
     model = lvit.create_model(name, **kwargs).train()
@@ -442,17 +442,10 @@ def test_grad_checkpointing_recomputes_blocks_with_equal_results(name: str, monk
         return out.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     plain_out, plain_grads = output_and_grads()
-    calls = []
-    original = torch.utils.checkpoint.checkpoint  # what timm's checkpoint helpers call
-
-    def counting(*args, **kw):
-        calls.append(args[0])
-        return original(*args, **kw)
-
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    assert not checkpoint_calls
     model.set_grad_checkpointing(True)
     checkpointed_out, checkpointed_grads = output_and_grads()
-    assert len(calls) == expected_calls
+    assert len(checkpoint_calls) == expected_calls
     torch.testing.assert_close(checkpointed_out, plain_out, rtol=0, atol=0)
     assert len(checkpointed_grads) == len(plain_grads)
     for checkpointed, plain in zip(checkpointed_grads, plain_grads, strict=True):

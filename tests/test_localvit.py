@@ -163,7 +163,7 @@ def test_pvt_forward_backward_at_another_resolution(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["pvt_tiny", "localvit_pvt_tiny"])
-def test_pvt_grad_checkpointing_recomputes_every_block_with_equal_results(name: str, monkeypatch) -> None:
+def test_pvt_grad_checkpointing_recomputes_every_block_equally(name: str, checkpoint_calls: list) -> None:
     small = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 2, 1, 2), num_classes=3)
     torch.manual_seed(0)
     model = lvit.create_model(name, **small).train()  # no dropout or drop-path by default: deterministic
@@ -179,14 +179,7 @@ def test_pvt_grad_checkpointing_recomputes_every_block_with_equal_results(name: 
         return model.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
 
     plain = [output_and_grads(model), output_and_grads(last_stage_map)]
-    calls = []
-    original = torch.utils.checkpoint.checkpoint  # what timm's checkpoint helper calls
-
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting)
+    calls = checkpoint_calls
     model.set_grad_checkpointing(True)
     blocks = [block for stage in range(1, 5) for block in getattr(model, f"block{stage}")]
     for forward, (plain_out, plain_grads) in zip((model, last_stage_map), plain, strict=True):
