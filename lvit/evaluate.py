@@ -159,6 +159,7 @@ def evaluate_classification(
     """Top-1 / top-5 in percent and the mean cross-entropy over ``dataset`` of ``(image, label)``."""
     from lvit.engine.loop import iterate_batches
 
+    _check_class_folders(model, dataset)
     size = len(dataset)  # type: ignore[arg-type]
     batches = iterate_batches(dataset, range(size), batch_size, device, num_workers, drop_last=False)
     top1 = top5 = loss = 0.0
@@ -171,6 +172,18 @@ def evaluate_classification(
         loss += float(F.cross_entropy(logits, labels, reduction="sum"))
         count += n
     return {"top1": top1 / count, "top5": top5 / count, "loss": loss / count}
+
+
+def _check_class_folders(model: nn.Module, dataset: Dataset) -> None:
+    """Refuse a class-folder set (ImageNet val, possibly under ``--limit``) with another class count than
+    the model's: its labels are indices of the sorted folders, so with a class missing every later label
+    would name the wrong class and top-1 would be wrong without an error."""
+    folders = getattr(dataset, "classes", None) or getattr(getattr(dataset, "dataset", None), "classes", None)
+    classes = getattr(model, "num_classes", None)
+    if folders is not None and classes is not None and len(folders) != classes:
+        raise ValueError(f"the evaluation set has {len(folders)} class folders but the model predicts "
+                         f"{classes} classes; its labels are indices of the sorted folders, so all {classes} "
+                         "must be there")
 
 
 def _mean_per_image(per_image: Mapping[str, list[float]]) -> dict[str, float]:

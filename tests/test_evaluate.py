@@ -418,3 +418,16 @@ def test_cli_on_a_real_layout_marks_a_partial_run_in_the_row(tmp_path: Path) -> 
     assert set(df["experiment"]) == {"pretrained_dpt_zero_shot"}
     assert set(df["row"]) == {"dpt_tiny_depth.pt [first 1]"}  # not the file's full-set row
     assert set(df["metric"]) == {"nyu_abs_rel", "nyu_delta_error", "nyu_rmse"}
+
+
+def test_a_val_set_missing_class_folders_is_refused_before_it_is_scored(tmp_path: Path) -> None:
+    _write_imagenet(tmp_path)  # five class folders
+    data, _ = build_eval_dataset("imagenet", "classification", tmp_path, EvalOptions(limit=3))
+    thousand = MeanColour()
+    thousand.num_classes = 1000  # a release file's model: its labels would not be these folders' indices
+    with pytest.raises(ValueError, match="has 5 class folders but the model predicts 1000 classes"):
+        run_protocol(thousand, "imagenet", "classification", data, CPU, EvalOptions(batch_size=2))
+    five = MeanColour()
+    five.num_classes = 5
+    measured = run_protocol(five, "imagenet", "classification", data, CPU, EvalOptions(batch_size=2))
+    assert measured["top5"] == 100
