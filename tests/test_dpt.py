@@ -278,6 +278,10 @@ def test_load_backbone_from_classification_checkpoint() -> None:
     assert not model.backbone.head.weight.requires_grad
     with torch.no_grad():  # patch 8: inputs are multiples of 16 and the output is at input resolution
         assert model.eval()(torch.randn(1, 3, 48, 80)).shape == (1, 48, 80)
+    grey = lvit.create_model("dpt_tiny", in_chans=1, backbone_kwargs=dict(img_size=64, patch_size=8))
+    grey.load_backbone(classifier.state_dict())  # an RGB backbone file: its stem summed, as timm adapts it
+    rgb_stem = classifier.patch_embed.proj.weight
+    torch.testing.assert_close(grey.backbone.patch_embed.proj.weight, rgb_stem.sum(1, keepdim=True))
 
 
 def test_localvit_backbone_non_square() -> None:

@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 from timm.models import adapt_input_conv
 
-__all__ = ["CheckpointMismatchError", "checkpoint_filter_for", "load_pretrained", "read_checkpoint"]
+__all__ = ["CheckpointMismatchError", "adapt_input_channels", "checkpoint_filter_for", "load_pretrained",
+           "read_checkpoint"]
 
 StateDict = dict[str, torch.Tensor]
 FilterFn = Callable[[StateDict, nn.Module], StateDict]
@@ -155,7 +156,7 @@ def _rgb_weight_for_other_channels(conv: nn.Module, weight: torch.Tensor) -> boo
     return ours[1] != 3 and weight.shape[0] == ours[0] and weight.shape[2:] == ours[2:]
 
 
-def _adapt_input_channels(model: nn.Module, state_dict: StateDict) -> StateDict:
+def adapt_input_channels(model: nn.Module, state_dict: StateDict) -> StateDict:
     """timm's ``in_chans`` adaptation: a first conv whose RGB checkpoint weight differs from the model's in
     the input channels alone gets ``adapt_input_conv`` (summed into one channel, or repeated and rescaled);
     any other difference is left to the strict check, which refuses it."""
@@ -202,7 +203,7 @@ def load_pretrained(
     filter_fn = filter_fn or checkpoint_filter_for(model)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
-    state_dict = _adapt_input_channels(model, state_dict)
+    state_dict = adapt_input_channels(model, state_dict)
     expected = model.state_dict()
     if new_head:
         heads = _classifier_prefixes(model)

@@ -335,8 +335,13 @@ class DPT(nn.Module):
     def load_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Load a classification-pretrained state_dict of the backbone model strictly.
 
-        A classifier of another class count replaces the backbone's head first (the head is unused here).
+        A classifier of another class count replaces the backbone's head first (the head is unused here); an
+        RGB stem is adapted to a backbone built with another ``in_chans``, as :func:`lvit.load_pretrained`
+        adapts it.
         """
+        from lvit.models.convert import adapt_input_channels
+
+        state_dict = adapt_input_channels(self.backbone, state_dict)
         head = getattr(self.backbone, "head", None)
         weight = state_dict.get("head.weight")
         if isinstance(head, nn.Linear) and weight is not None and weight.shape != head.weight.shape:
