@@ -228,3 +228,27 @@ def test_the_training_crop_flips_image_depth_and_mask_together_at_the_recipe_siz
         assert bool(mask[0, 0]) == rising and bool(mask[0, -1]) != rising  # and so did the mask
         directions.add(rising)
     assert directions == {True, False}  # the flip is random
+
+
+def test_lvit_data_preview_shows_a_redweb_image_near_in_red_and_far_in_blue(tmp_path):
+    from lvit.cli import main
+    from lvit.data.cli import preview_grid
+
+    stem = next(s for s in (f"v{i}" for i in range(100)) if _in_redweb_val(s))
+    _jpg(tmp_path / "redweb/ReDWeb_V1/Imgs" / f"{stem}.jpg", 32, 48)
+    rd = np.full((32, 48), 220, dtype=np.uint8)
+    rd[:, :24] = 10  # RD is negative disparity: small on the left = near
+    _png(tmp_path / "redweb/ReDWeb_V1/RDs" / f"{stem}.png", rd)
+    grid = preview_grid("dpt_ablation_mix", 1, 32, "val", 0, "redweb", data_root=tmp_path)
+    assert grid.shape == (3, 64, 32)  # an RGB row over a depth row (one sample: make_grid adds no padding)
+    depth_row = grid[:, 32:]
+    red, blue = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    left, right = depth_row[:, 16, 2], depth_row[:, 16, -3]
+    assert (left - red).norm() < (left - blue).norm() and (right - blue).norm() < (right - red).norm()
+    out = tmp_path / "grid.png"
+    command = ["data", "preview", "--dataset", "dpt_ablation_mix", "--data-root", str(tmp_path), "--domain",
+               "redweb", "--split", "val", "-n", "1", "--image-size", "32", "--out", str(out)]
+    assert main(command) == 0
+    assert Image.open(out).size == (32, 64)
+    with pytest.raises(SystemExit, match="--domain 'indoor' is not one of dpt_ablation_mix's: redweb, hrwsi"):
+        main(["data", "preview", "--dataset", "dpt_ablation_mix", "--domain", "indoor"])
