@@ -4,17 +4,22 @@ paper profile trained on it."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
 
 from lvit import metrics
+from lvit import results as store
 from lvit.data import build_dataset
 from lvit.data.ablation_mix import HRWSI, AblationMix, BlendedMVS, ReDWeb, _redweb_val, read_pfm
 from lvit.data.datasets import LayoutError
+from lvit.engine import loop
 from lvit.engine import run as runner
 from lvit.experiments import recipes
 
@@ -194,22 +199,50 @@ def test_an_unfixed_depth_cap_clamps_each_image_at_its_own_farthest_valid_depth(
     assert not torch.allclose(pooled["abs_rel"][0], one_cap["abs_rel"][0])  # the cap applies per image
 
 
-def test_table7_trains_on_the_ablation_mix_at_the_paper_profile_and_scores_each_dataset(mix_root, tmp_path,
-                                                                                      monkeypatch):
-    root, _ = mix_root
+@pytest.fixture
+def shrunk_paper(monkeypatch) -> None:
+    """Table 7's paper recipe at a CPU test's size, from scratch (there is no ImageNet file here)."""
     paper = recipes.ABLATION_DEPTH_PROFILES["paper"]
     assert paper["dataset"] == "dpt_ablation_mix" and recipes.DEPTH_PROFILES["paper"]["dataset"] == "mix6"
-    shrunk = {k: v for k, v in paper.items() if k != "pretrain"}  # no ImageNet file here: from scratch
+    shrunk = {k: v for k, v in paper.items() if k != "pretrain"}
     shrunk.update(image_size=32, epochs=1, batch_size=4, proxy_models={"dpt_base": "dpt_tiny"}, width=48,
                   features=16, patch_size=8, num_workers=2)  # loader processes, as at paper
     monkeypatch.setitem(recipes.ABLATION_DEPTH_PROFILES, "paper", shrunk)
-    df = runner.run_experiment("dpt_read_ablation", "paper", seeds=[0], rows=["Project"], device="cpu",
-                               results_dir=tmp_path / "results", data_root=root)
+
+
+def _run_table7(root: Path, results_dir: Path) -> pd.DataFrame:
+    return runner.run_experiment("dpt_read_ablation", "paper", seeds=[0], rows=["Project"], device="cpu",
+                                 results_dir=results_dir, data_root=root)
+
+
+def _assert_four_scores(df: pd.DataFrame) -> None:
+    assert len(df) == 4  # one row per metric, written once
     values = dict(zip(df["metric"], df["value"], strict=True))
     assert set(values) == {"hrwsi_abs_rel", "blendedmvs_abs_rel", "redweb_abs_rel", "mean_abs_rel"}
     parts = [values[f"{d}_abs_rel"] for d in ("hrwsi", "blendedmvs", "redweb")]
     assert all(np.isfinite(parts)) and len(set(parts)) == 3  # three validation sets, three numbers
     assert values["mean_abs_rel"] == pytest.approx(sum(parts) / 3)
+
+
+def test_table7_trains_on_the_ablation_mix_at_the_paper_profile_and_scores_each_dataset(mix_root, tmp_path,
+                                                                                      shrunk_paper):
+    _assert_four_scores(_run_table7(mix_root[0], tmp_path / "results"))
+
+
+def _rank_of_table7(rank: int, port: int, root: Path, results_dir: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    _run_table7(root, results_dir)
+    loop.cleanup_distributed()
+
+
+def test_under_torchrun_every_rank_scores_its_share_and_rank0_writes_the_row_once(mix_root, tmp_path,
+                                                                                 shrunk_paper, free_port):
+    # fork: the ranks inherit the shrunk recipe and the imported modules
+    mp.start_processes(_rank_of_table7, args=(free_port, mix_root[0], tmp_path / "results"), nprocs=2,
+                       join=True, start_method="fork")
+    _assert_four_scores(store.load_results(tmp_path / "results", "paper", "dpt_read_ablation"))
 
 
 def test_the_training_crop_flips_image_depth_and_mask_together_at_the_recipe_size():
