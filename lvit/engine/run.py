@@ -73,7 +73,7 @@ from lvit.experiments.recipes import (
     model_overrides,
     validate_recipe,
 )
-from lvit.models.convert import checkpoint_filter_for, read_state_dict
+from lvit.models.convert import load_pretrained, read_state_dict
 
 TRAINING_TASKS = ("classification", "depth", "segmentation")
 
@@ -145,19 +145,10 @@ def _row_model(row: Row, task: str, recipe: Mapping[str, Any]) -> tuple[str, dic
 
 
 def _load_backbone(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load classification weights into a dense model's backbone: no head, position embedding resampled."""
-    from timm.layers import resample_abs_pos_embed
-
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    if "pos_embed" in state and state["pos_embed"].shape != backbone.pos_embed.shape:
-        prefix = 0 if getattr(backbone, "no_embed_class", False) else backbone.num_prefix_tokens
-        state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], list(backbone.patch_embed.grid_size), num_prefix_tokens=prefix
-        )
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    wrong = [k for k in missing if not k.startswith("head.")] + list(unexpected)
-    if wrong:
-        raise RuntimeError(f"pretrained backbone does not fit the dense model's backbone: {wrong[:8]}")
+    """Load classification weights into a dense model's backbone, strictly but for the head, which the dense
+    model does not use: converted by the backbone family's checkpoint filter (timm's, or lvit's for LocalViT),
+    which resamples the position embedding to the backbone's grid."""
+    load_pretrained(backbone, state, new_head=True)
 
 
 def backbone_pretraining(dense: Training, model: nn.Module | None = None) -> Training | None:
@@ -184,7 +175,7 @@ def imagenet_backbone(dense: Training, model: nn.Module) -> dict[str, torch.Tens
     """The ImageNet weights a dense model's backbone starts from at the paper profile
     (``pretrain="imagenet"``: the paper's JAX in21k→in1k 384 releases), or None for another recipe. Nothing
     is downloaded here: the user supplies ``<data_root>/pretrained/<timm architecture>.safetensors`` (or
-    ``.pth``), converted by timm's ``checkpoint_filter_fn`` for the architecture."""
+    ``.pth``), converted by timm's ``checkpoint_filter_fn`` for the architecture as it is loaded."""
     if dense.task == "classification" or dense.recipe.get("pretrain") != "imagenet":
         return None
     backbone = model.backbone
@@ -194,9 +185,7 @@ def imagenet_backbone(dense: Training, model: nn.Module) -> dict[str, torch.Tens
     if not found:
         raise LayoutError(f"missing {files[0]} (or {files[1].name}): timm's {arch!r} ImageNet weights, "
                           f"which {dense.model}'s backbone starts from at the paper profile (data/README.md)")
-    state = read_state_dict(found[0])
-    filter_fn = checkpoint_filter_for(backbone)
-    return filter_fn(state, backbone) if filter_fn is not None else state
+    return read_state_dict(found[0])  # converted as it is loaded (:func:`_load_backbone`)
 
 
 def pretrained_backbone(pretraining: Training) -> tuple[str, dict[str, torch.Tensor]]:
