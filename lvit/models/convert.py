@@ -27,7 +27,7 @@ import torch.nn as nn
 from timm.models import adapt_input_conv
 
 __all__ = ["CheckpointMismatchError", "adapt_input_channels", "checkpoint_filter_for", "load_pretrained",
-           "read_checkpoint"]
+           "pretrained_cfg_modules", "read_checkpoint"]
 
 StateDict = dict[str, torch.Tensor]
 FilterFn = Callable[[StateDict, nn.Module], StateDict]
@@ -116,7 +116,7 @@ def _backbone_hint(model: nn.Module, state_dict: StateDict) -> str:
             f"classification checkpoint into it with {type(model).__name__}.load_backbone(state_dict)")
 
 
-def _cfg_modules(model: nn.Module, key: str) -> tuple[str, ...]:
+def pretrained_cfg_modules(model: nn.Module, key: str) -> tuple[str, ...]:
     """The module names the model's timm ``pretrained_cfg[key]`` gives ("classifier", "first_conv"): a name
     or a tuple of them; none when absent."""
     names = (getattr(model, "pretrained_cfg", None) or {}).get(key)
@@ -127,7 +127,7 @@ def _cfg_modules(model: nn.Module, key: str) -> tuple[str, ...]:
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     """The key prefixes of the model's classifier(s), as its timm ``pretrained_cfg`` names them."""
-    classifiers = _cfg_modules(model, "classifier")
+    classifiers = pretrained_cfg_modules(model, "classifier")
     if not classifiers:
         raise ValueError(f"{type(model).__name__} names no classifier (pretrained_cfg['classifier']), "
                          "so new_head has nothing to leave out")
@@ -161,7 +161,7 @@ def adapt_input_channels(model: nn.Module, state_dict: StateDict) -> StateDict:
     the input channels alone gets ``adapt_input_conv`` (summed into one channel, or repeated and rescaled);
     any other difference is left to the strict check, which refuses it."""
     adapted = dict(state_dict)  # the caller's mapping stays as it was
-    for name in _cfg_modules(model, "first_conv"):
+    for name in pretrained_cfg_modules(model, "first_conv"):
         key = f"{name}.weight"
         try:
             conv = model.get_submodule(name)

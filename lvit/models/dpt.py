@@ -35,6 +35,8 @@ from einops import rearrange
 from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._manipulate import checkpoint
 
+from lvit.models.convert import adapt_input_channels, pretrained_cfg_modules
+
 READOUTS: tuple[str, ...] = ("ignore", "add", "project")
 TASKS: tuple[str, ...] = ("depth", "segmentation")
 
@@ -339,8 +341,6 @@ class DPT(nn.Module):
         RGB stem is adapted to a backbone built with another ``in_chans``, as :func:`lvit.load_pretrained`
         adapts it.
         """
-        from lvit.models.convert import adapt_input_channels
-
         state_dict = adapt_input_channels(self.backbone, state_dict)
         head = getattr(self.backbone, "head", None)
         weight = state_dict.get("head.weight")
@@ -688,12 +688,8 @@ def _create_dpt(
 
 def _backbone_first_conv(model: DPT) -> str | tuple[str, ...] | None:
     """The backbone's ``first_conv`` (its timm ``pretrained_cfg``) under its name in ``model``."""
-    names = (getattr(model.backbone, "pretrained_cfg", None) or {}).get("first_conv")
-    if not names:
-        return None
-    if isinstance(names, str):
-        return f"backbone.{names}"
-    return tuple(f"backbone.{name}" for name in names)
+    names = tuple(f"backbone.{name}" for name in pretrained_cfg_modules(model.backbone, "first_conv"))
+    return names[0] if len(names) == 1 else names or None
 
 
 @register_model
