@@ -18,7 +18,7 @@ maximum; ReDWeb's (256 − RD) / 256, since its RD maps are negative disparity (
 MiDaS issue #16, which shifts and scales them to [0, 1]; the shift of 256 keeps the farthest valid pixel at
 a finite depth). The training loss, aligned in disparity, is invariant to these affine choices; the scores
 are not: AbsRel is measured in depth after the alignment, so the ReDWeb and HRWSI columns depend on the
-shift chosen here, as they would on any other. Each member dataset is named by ``domain``.
+shift chosen here, as they would on any other. The members are named as in ``ABLATION_DATASETS``.
 
 DPT's validation split (≈1k images in total) was not released. Here: HRWSI's own ``val`` folder; BlendedMVS's
 ``validation_list.txt`` scenes (a scene-level split, because a scene's views are near-duplicates); and the
@@ -111,10 +111,18 @@ def _redweb_val(stem: str) -> bool:
     return int(hashlib.sha1(stem.encode()).hexdigest(), 16) % REDWEB_VAL_BUCKETS == 0
 
 
-class ReDWeb(Dataset):
+class _ImageFiles(Dataset):
+    """A member dataset: one sample per file of ``images``."""
+
+    images: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class ReDWeb(_ImageFiles):
     """ReDWeb V1 (3,600 web stereo images); RD = 255 is invalid (sky). Split: see the module docstring."""
 
-    domain = "redweb"
 
     def __init__(self, data_root: str | Path = "data", split: str = "train") -> None:
         _check_split("ReDWeb", split)
@@ -122,9 +130,6 @@ class ReDWeb(Dataset):
         _require(self.root / "RDs", REDWEB_LAYOUT)
         self.images = [p for p in _images(self.root / "Imgs", REDWEB_LAYOUT)
                        if _redweb_val(p.stem) == (split == "val")]
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
@@ -135,10 +140,9 @@ class ReDWeb(Dataset):
         return _sample(_load_rgb(path), _inverse((256.0 - rd_map) / 256.0), rd_map != REDWEB_SKY, path.name)
 
 
-class HRWSI(Dataset):
+class HRWSI(_ImageFiles):
     """HRWSI (20,378 train / 400 val web stereo images): disparity PNGs with valid masks."""
 
-    domain = "hrwsi"
 
     def __init__(self, data_root: str | Path = "data", split: str = "train") -> None:
         _check_split("HRWSI", split)
@@ -146,9 +150,6 @@ class HRWSI(Dataset):
         for folder in ("gts", "valid_masks"):
             _require(self.root / folder, HRWSI_LAYOUT)
         self.images = _images(self.root / "imgs", HRWSI_LAYOUT)
-
-    def __len__(self) -> int:
-        return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
@@ -160,10 +161,9 @@ class HRWSI(Dataset):
         return _sample(_load_rgb(path), _inverse(disparity), valid, path.name)
 
 
-class BlendedMVS(Dataset):
+class BlendedMVS(_ImageFiles):
     """BlendedMVS rendered depth (PFM, 0 = no surface); scenes split by the release's list files."""
 
-    domain = "blendedmvs"
 
     def __init__(self, data_root: str | Path = "data", split: str = "train") -> None:
         _check_split("BlendedMVS", split)
@@ -176,16 +176,13 @@ class BlendedMVS(Dataset):
         self.images = [p for scene in scenes for p in _images(self.root / scene / "blended_images",
                                                               BLENDEDMVS_LAYOUT)]
 
-    def __len__(self) -> int:
-        return len(self.images)
-
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
         depth = torch.from_numpy(read_pfm(path.parent.parent / "rendered_depth_maps" / f"{path.stem}.pfm"))
         return _sample(_load_rgb(path), depth, torch.ones_like(depth, dtype=torch.bool), path.name)
 
 
-_MEMBERS: dict[str, type[Dataset]] = {"redweb": ReDWeb, "hrwsi": HRWSI, "blendedmvs": BlendedMVS}
+_MEMBERS: dict[str, type[_ImageFiles]] = {"redweb": ReDWeb, "hrwsi": HRWSI, "blendedmvs": BlendedMVS}
 
 
 class AblationMix(Dataset):
