@@ -11,9 +11,10 @@ for a released file, else the dataset's first):
 * ``zero_shot`` (``nyu``, ``kitti``, ``eth3d``, ``sintel``, ``tum``, ``diw``): the MiDaS protocol
   (``dpt.md`` §6.1): keep-aspect resize to multiples of 32 near 384 (bicubic), mean = std = 0.5, prediction
   upsampled bilinearly to the GT, per-image scale and shift in disparity, disparity clamped at 1 / cap
-  (NYU 10 m, KITTI 80 m), AbsRel / δ>1.25 / RMSE per image; DIW: WHDR over its point pairs. NYU uses the
-  official 654 test images with ``rawDepths`` and no crop; KITTI uses the Eigen test images with GT after
-  the KB crop (the MiDaS gist used the KITTI depth-selection set, which lvit does not load).
+  (NYU 10 m, KITTI 80 m; ETH3D and Sintel 72 m, TUM 10 m, where the cap also bounds the valid GT), AbsRel /
+  δ>1.25 / RMSE per image; DIW: WHDR over its point pairs. NYU uses the official 654 test images with
+  ``rawDepths`` and no crop; KITTI uses the Eigen test images with GT after the KB crop (the MiDaS gist used
+  the KITTI depth-selection set, which lvit does not load); the other four sets: ``lvit.data.zero_shot``.
 * ``metric`` (``nyu``, ``kitti``; the fine-tuned release files): DPT ``EVALUATION.md`` (``dpt.md`` §2.8,
   §6.3): the input at its own size (NYU 480×640; KITTI's KB crop 352×1216), depth = 1 / (scale·out + shift),
   written through a uint16 PNG as ``run_monodepth.py`` does, then BTS ``eval_with_pngs.py``: prediction
@@ -198,11 +199,12 @@ def evaluate_zero_shot(
     name: str,
     net_size: int,
     normalized: bool,
-    depth_cap: float,
+    depth_cap: float | None,
     num_workers: int = 0,
 ) -> dict[str, float]:
     """MiDaS zero-shot protocol; metrics named ``<name>_abs_rel``, ``<name>_delta_error``, ``<name>_rmse``
-    (or ``<name>_whdr`` for samples carrying DIW ``pairs``), means over images."""
+    (or ``<name>_whdr`` for samples carrying DIW ``pairs``, which need no ``depth_cap``), means over
+    images."""
     per_image: dict[str, list[float]] = {}
     for sample in _samples(dataset, device, f"evaluate {name}", num_workers):
         image = sample["image"]
@@ -362,6 +364,7 @@ def build_eval_dataset(
     the ``model``: they are rendered at its input size with its class count."""
     from lvit.data import build_dataset
     from lvit.data.datasets import ADE20K, KITTIDepth, NYUv2
+    from lvit.data.zero_shot import DIW, ETH3D, TUM, Sintel
 
     if dataset in PROCEDURAL:
         if model is None:
@@ -382,11 +385,11 @@ def build_eval_dataset(
         split, built = "test", KITTIDepth(data_root, "test", garg_crop=metric, kb_crop=not metric)
     elif dataset == "ade20k":
         split, built = "val", ADE20K(data_root, "val")
-    else:
-        try:
-            split, built = "test", build_dataset(dataset, "test", {}, data_root)
-        except ValueError as err:
-            raise ValueError(f"lvit.data has no loader for {dataset!r} yet ({err})") from err
+    elif dataset == "diw":
+        split, built = "test", DIW(data_root)
+    else:  # ETH3D, Sintel, TUM: valid below the cap the alignment clamps at
+        capped = {"eth3d": ETH3D, "sintel": Sintel, "tum": TUM}[dataset]
+        split, built = "test", capped(data_root, max_depth=options.depth_cap or ZERO_SHOT_DEPTH_CAP[dataset])
     if options.limit is not None:
         built = Subset(built, range(min(options.limit, len(built))))  # type: ignore[arg-type]
     return built, split
@@ -458,7 +461,7 @@ def run_protocol(
         net_size = options.net_size or (DEPTH_NET_SIZE if protocol == "zero_shot" else SEGMENTATION_NET_SIZE)
     if protocol == "zero_shot":
         cap = options.depth_cap or ZERO_SHOT_DEPTH_CAP.get(dataset, SCENES_DEPTH_CAP if procedural else None)
-        if cap is None:
+        if cap is None and dataset != "diw":  # DIW is scored on point pairs (WHDR): no depth to clamp
             raise ValueError(f"no zero-shot depth cap declared for {dataset!r}; pass --depth-cap")
         return evaluate_zero_shot(model, data, device, dataset, net_size, not procedural, cap, workers)
     classes = segmentation_classes(dataset)

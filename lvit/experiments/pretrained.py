@@ -64,8 +64,10 @@ METRIC_DEPTH: Mapping[str, MetricDepthOutput] = {
                                max_depth=80.0, crop="garg"),
 }
 
-# Zero-shot evaluation caps (MiDaS gists: NYU 10 m, KITTI 80 m; dpt.md §6.1). ETH3D, Sintel and TUM caps come
-# from the MiDaS paper and were not verified (dpt.md §9): ``--depth-cap`` overrides any of them.
+# Zero-shot evaluation caps (MiDaS gists: NYU 10 m, KITTI 80 m; dpt.md §6.1). ETH3D, Sintel and TUM caps are
+# the MiDaS paper's as remembered in dpt.md §9 and as third-party re-implementations of its evaluation use
+# them; no MiDaS code for these three was found. ``--depth-cap`` overrides any of them; for ETH3D, Sintel
+# and TUM it also bounds the valid ground truth (lvit.data.zero_shot).
 ZERO_SHOT_DEPTH_CAP: Mapping[str, float] = {"nyu": 10.0, "kitti": 80.0, "eth3d": 72.0, "sintel": 72.0,
                                             "tum": 10.0}
 # The Table 1 column each zero-shot dataset is printed in.

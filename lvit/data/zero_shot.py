@@ -1,0 +1,212 @@
+"""The zero-shot test sets of DPT's Table 1 besides NYUv2 and KITTI: DIW, ETH3D, Sintel and TUM
+(``dpt.md`` §4.1, §6.1), read for ``lvit evaluate`` in their released layouts under ``data_root`` (see
+``data/README.md``).
+
+- DIW: ``diw/DIW_Annotations/DIW_test.csv`` and the images it names (``./DIW_test/<id>.thumb``, relative to
+  ``diw/``). The file alternates an image line and an annotation line ``y_A,x_A,y_B,x_B,rel,width,height``:
+  1-based pixel coordinates of the stored image, ``>`` = A is farther than B, ``<`` = A is closer (the
+  original Lua evaluator scores ``(z_A − z_B) · label > 0`` on depth z with ``>`` as +1).
+- ETH3D (high-res multi-view, training scenes): ``eth3d/<scene>/images/dslr_images/<name>.JPG`` and
+  ``eth3d/<scene>/ground_truth_depth/dslr_images/<name>.JPG``, the latter a headerless little-endian float32
+  raster of the image's size (6048 × 4032) in metres, +inf where there is no ground truth. The depth matches
+  the distorted ``dslr_images``, not ``dslr_images_undistorted``.
+- Sintel: ``sintel/training/final/<scene>/frame_<n>.png`` and ``sintel/training/depth/<scene>/frame_<n>.dpt``
+  (the SDK's format: float32 tag 202021.25, int32 width, int32 height, then row-major float32 depth).
+- TUM: ``tum/*.h5``, the TUM RGB-D subset with people of Li et al. (Mannequin Challenge, 1,815 frames),
+  which the MiDaS paper evaluates on: ``/gt/img_1`` (H, W, 3) in [0, 1] and ``/gt/gt_depth`` (H, W) metres.
+
+Samples are dense dicts (:mod:`lvit.data.datasets`): ``image`` (3, H, W) in [0, 1], and ``depth`` with
+``valid`` = 0 < depth < ``max_depth`` (the evaluation cap, given by the caller: MiDaS's are 72 m for ETH3D
+and Sintel, 10 m for TUM), or DIW's ``pairs`` (1, 5) = ``(y1, x1, y2, x2, ordinal)``, 0-based, ordinal +1
+when point 1 is farther (:func:`lvit.metrics.whdr`).
+
+What the sources leave open, decided here: Sintel uses the final pass (``render_pass="clean"`` for the
+other); no occlusion or human masks; DIW points outside the stored image are clamped onto its border.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lvit.data.datasets import LayoutError, _load_rgb, _require
+
+DIW_LAYOUT = ("  <data_root>/diw/DIW_Annotations/DIW_test.csv  (image line, then y_A,x_A,y_B,x_B,>|<,w,h)\n"
+              "  <data_root>/diw/DIW_test/<id>.thumb             (the paths the csv names, relative to diw/)")
+ETH3D_LAYOUT = ("  <data_root>/eth3d/<scene>/images/dslr_images/<name>.JPG\n"
+                "  <data_root>/eth3d/<scene>/ground_truth_depth/dslr_images/<name>.JPG  (raw float32 depth)")
+SINTEL_LAYOUT = ("  <data_root>/sintel/training/{final,clean}/<scene>/frame_<n>.png\n"
+                 "  <data_root>/sintel/training/depth/<scene>/frame_<n>.dpt")
+TUM_LAYOUT = "  <data_root>/tum/*.h5   (Mannequin Challenge's tum_hdf5: /gt/img_1, /gt/gt_depth)"
+
+SINTEL_TAG = 202021.25
+SINTEL_PASSES = ("final", "clean")
+_DIW_ORDINAL = {">": 1, "<": -1}
+
+
+def _depth_sample(
+    image: torch.Tensor, depth: np.ndarray, max_depth: float, name: str
+) -> dict[str, torch.Tensor]:
+    """The dense sample; ``valid`` = 0 < depth < ``max_depth`` (inf and NaN are not), depth 0 elsewhere."""
+    if depth.shape != tuple(image.shape[-2:]):
+        raise RuntimeError(f"{name}: ground truth {depth.shape}, image {tuple(image.shape[-2:])}")
+    gt = torch.from_numpy(np.array(depth, dtype=np.float32))  # a copy: raw reads are read-only
+    valid = (gt > 0) & (gt < max_depth)  # comparisons with NaN are False
+    return {"image": image, "depth": torch.where(valid, gt, torch.zeros_like(gt)), "valid": valid}
+
+
+def _check_cap(max_depth: float) -> float:
+    if not max_depth > 0:
+        raise ValueError(f"max_depth must be positive, got {max_depth}")
+    return float(max_depth)
+
+
+# ----------------------------------------------------------------------------------------------------- DIW
+
+
+def read_diw_csv(path: Path) -> list[tuple[str, tuple[int, int, int, int, int]]]:
+    """``(image path, (y1, x1, y2, x2, ordinal))`` per test image: 0-based, ordinal +1 = point 1 farther."""
+    lines = [line.strip() for line in _require(path, DIW_LAYOUT).read_text().splitlines() if line.strip()]
+    if len(lines) % 2:
+        raise ValueError(f"{path}: {len(lines)} lines; DIW alternates an image line and an annotation line")
+    samples = []
+    for number, (image, annotation) in enumerate(zip(lines[::2], lines[1::2], strict=True), 1):
+        fields = next(csv.reader([annotation]))
+        if len(fields) != 7 or fields[4] not in _DIW_ORDINAL:
+            raise ValueError(f"{path}:{2 * number}: expected 'y_A,x_A,y_B,x_B,>|<,width,height', "
+                             f"got {annotation!r}")
+        y1, x1, y2, x2 = (int(v) - 1 for v in fields[:4])
+        samples.append((image, (y1, x1, y2, x2, _DIW_ORDINAL[fields[4]])))
+    if not samples:
+        raise LayoutError(f"{path} lists no image; expected layout:\n{DIW_LAYOUT}")
+    return samples
+
+
+class DIW(Dataset):
+    """DIW test set: one human-annotated point pair per image, scored by WHDR."""
+
+    def __init__(self, data_root: str | Path = "data") -> None:
+        self.root = Path(data_root) / "diw"
+        self.samples = read_diw_csv(self.root / "DIW_Annotations" / "DIW_test.csv")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        relative, (y1, x1, y2, x2, ordinal) = self.samples[index]
+        image = _load_rgb(self.root / relative)
+        height, width = image.shape[-2:]
+        rows = [min(max(y, 0), height - 1) for y in (y1, y2)]
+        cols = [min(max(x, 0), width - 1) for x in (x1, x2)]
+        pairs = torch.tensor([[rows[0], cols[0], rows[1], cols[1], ordinal]])
+        return {"image": image, "pairs": pairs}
+
+
+# --------------------------------------------------------------------------------------------------- ETH3D
+
+
+class ETH3D(Dataset):
+    """ETH3D high-res multi-view training scenes (13 scenes, 454 DSLR images), valid below ``max_depth``."""
+
+    def __init__(self, data_root: str | Path = "data", *, max_depth: float) -> None:
+        root = _require(Path(data_root) / "eth3d", ETH3D_LAYOUT)
+        self.max_depth = _check_cap(max_depth)
+        self.images = sorted(root.glob("*/images/dslr_images/*.JPG"))
+        if not self.images:
+            raise LayoutError(f"no DSLR image under {root}; expected layout:\n{ETH3D_LAYOUT}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path = self.images[index]
+        gt_path = path.parents[2] / "ground_truth_depth" / "dslr_images" / path.name
+        image = _load_rgb(path)
+        height, width = image.shape[-2:]
+        try:
+            raw = np.fromfile(gt_path, dtype="<f4")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"ETH3D ground-truth depth not found: {gt_path}") from err
+        if raw.size != height * width:
+            raise RuntimeError(f"{gt_path}: {raw.size} float32 values for a {width}x{height} image")
+        return _depth_sample(image, raw.reshape(height, width), self.max_depth, path.name)
+
+
+# -------------------------------------------------------------------------------------------------- Sintel
+
+
+def read_sintel_depth(path: Path) -> np.ndarray:
+    """A Sintel ``.dpt`` depth map as ``(H, W)`` float32."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"Sintel depth file not found: {path}") from err
+    if len(data) < 12 or np.frombuffer(data[:4], "<f4")[0] != np.float32(SINTEL_TAG):
+        raise RuntimeError(f"{path} is not a Sintel .dpt file (its tag is not {SINTEL_TAG})")
+    width, height = (int(v) for v in np.frombuffer(data[4:12], "<i4"))
+    if len(data) - 12 != 4 * width * height:
+        raise RuntimeError(f"{path}: {len(data) - 12} bytes of depth for a {width}x{height} map")
+    return np.frombuffer(data[12:], "<f4").reshape(height, width)
+
+
+class Sintel(Dataset):
+    """MPI Sintel training frames with depth (23 scenes, 1,064 frames), valid below ``max_depth``."""
+
+    def __init__(
+        self, data_root: str | Path = "data", *, max_depth: float, render_pass: str = "final"
+    ) -> None:
+        if render_pass not in SINTEL_PASSES:
+            raise ValueError(f"unknown Sintel pass {render_pass!r}; valid: {', '.join(SINTEL_PASSES)}")
+        self.root = Path(data_root) / "sintel" / "training"
+        _require(self.root / "depth", SINTEL_LAYOUT)
+        self.max_depth = _check_cap(max_depth)
+        self.images = sorted(_require(self.root / render_pass, SINTEL_LAYOUT).glob("*/frame_*.png"))
+        if not self.images:
+            raise LayoutError(f"no frame under {self.root / render_pass}; expected layout:\n{SINTEL_LAYOUT}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path = self.images[index]
+        depth = read_sintel_depth(self.root / "depth" / path.parent.name / f"{path.stem}.dpt")
+        return _depth_sample(_load_rgb(path), depth, self.max_depth, f"{path.parent.name}/{path.name}")
+
+
+# ----------------------------------------------------------------------------------------------------- TUM
+
+
+class TUM(Dataset):
+    """TUM RGB-D frames with people (Li et al.'s ``tum_hdf5``), valid below ``max_depth``."""
+
+    def __init__(self, data_root: str | Path = "data", *, max_depth: float) -> None:
+        root = _require(Path(data_root) / "tum", TUM_LAYOUT)
+        self.max_depth = _check_cap(max_depth)
+        self.files = sorted(root.glob("*.h5"))
+        if not self.files:
+            raise LayoutError(f"no .h5 file in {root}; expected layout:\n{TUM_LAYOUT}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        import h5py
+
+        path = self.files[index]
+        try:
+            with h5py.File(path, "r") as f:
+                rgb, depth = np.asarray(f["gt/img_1"], dtype=np.float32), np.asarray(f["gt/gt_depth"])
+        except (OSError, KeyError) as err:
+            raise RuntimeError(f"cannot read /gt/img_1 and /gt/gt_depth from {path}: {err}") from err
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.max(initial=0.0) > 1.0 or rgb.min(initial=0.0) < 0.0:
+            raise RuntimeError(f"{path}: /gt/img_1 must be (H, W, 3) in [0, 1], got {rgb.shape} "
+                               f"in [{rgb.min(initial=0.0)}, {rgb.max(initial=0.0)}]")
+        image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+        return _depth_sample(image, depth, self.max_depth, path.name)
+
+
+__all__ = ["DIW", "ETH3D", "TUM", "Sintel", "read_diw_csv", "read_sintel_depth"]
