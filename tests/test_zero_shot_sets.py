@@ -15,6 +15,7 @@ from PIL import Image
 
 from lvit import create_model
 from lvit.cli import main
+from lvit.data.cli import _FAR, _NEAR
 from lvit.data.datasets import LayoutError
 from lvit.data.zero_shot import DIW, ETH3D, TUM, Sintel, read_diw_csv, read_sintel_depth
 from lvit.evaluate import EvalOptions, build_eval_dataset, run_protocol
@@ -269,3 +270,33 @@ def test_diw_csv_errors_name_the_line(tmp_path: Path, content: str, message: str
     path.write_text(content)
     with pytest.raises((ValueError, LayoutError), match=message):
         read_diw_csv(path)
+
+
+# ------------------------------------------------------------------------------------------- data preview
+
+
+def test_preview_marks_the_diw_pair_closer_red_and_farther_blue(tmp_path: Path) -> None:
+    from lvit.data.cli import preview_grid
+
+    _write_diw(tmp_path, [f"30,10,30,80,>,{W},{H}"])  # '>': A (left) is the farther
+    grid = preview_grid("diw", 1, W, "test", 0, None, data_root=tmp_path)
+    assert grid.shape == (3, W, W)  # the 64x96 image fits at scale 1, padded by 16 rows above and below
+    assert grid[:, 16 + 29, 9].tolist() == [0.0, 0.0, 1.0]
+    assert grid[:, 16 + 29, 79].tolist() == [1.0, 0.0, 0.0]
+    assert grid[:, 0, 0].tolist() == [0.0, 0.0, 0.0]  # the padding
+    assert grid[:, 16, 0].tolist() == pytest.approx([1.0, 64 / 255, 128 / 255])  # the image's own pixel
+
+
+def test_preview_shows_eth3d_depth_whole_near_red_far_blue_and_names_a_missing_layout(tmp_path: Path) -> None:
+    from lvit.data.cli import preview_grid
+
+    depth = np.where(np.arange(W)[None, :] < W // 2, 2.0, 4.0) * np.ones((H, 1))
+    _write_eth3d(tmp_path, depth.astype(np.float32))
+    grid = preview_grid("eth3d", 2, 48, "test", 0, None, data_root=tmp_path)
+    assert grid.shape == (3, 2 * (48 + 4), 2 * 48 + 3 * 2)  # RGB row over depth row, each padded by 2 px
+    depth_row = grid[:, 52 + 2 :, 2:]  # the first depth map: 32x48 in the square, 8 padding rows above
+    left, right = depth_row[:, 8 + 16, 4], depth_row[:, 8 + 16, 44]
+    red, blue = torch.tensor(_NEAR), torch.tensor(_FAR)
+    assert (left - red).norm() < (left - blue).norm() and (right - blue).norm() < (right - red).norm()
+    with pytest.raises(SystemExit, match="ground_truth_depth"):
+        main(["data", "preview", "--dataset", "eth3d", "--data-root", str(tmp_path / "elsewhere")])

@@ -2,11 +2,14 @@
 
     lvit data preview --dataset scenes --domain indoor -n 16 --out grid.png
     lvit data preview --dataset dpt_ablation_mix --data-root data --domain redweb --split val --out redweb.png
+    lvit data preview --dataset diw --data-root data -n 16 --out diw.png
 
 Scenes show three rows per group: RGB, depth (turbo colour map per image; invalid = black) and semantic
 labels (one fixed colour per class). LocalShapes shows the images, ordered by class. DPT's ablation mix
 (real files under ``--data-root``) shows RGB and depth as the training loop gets them (the split's crop),
-so a loader's conventions can be checked by eye: near is red, far is blue, in every dataset.
+so a loader's conventions can be checked by eye: near is red, far is blue, in every dataset. The zero-shot
+test sets (ETH3D, Sintel, TUM) show RGB and depth whole, fitted into the square; DIW shows each image with
+its annotated pair as the evaluation reads it: the closer point red, the farther blue.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from pathlib import Path
 
 import matplotlib
 import torch
+import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from lvit.data.ablation_mix import ABLATION_DATASETS
 from lvit.data.scenes import DOMAINS, SCENE_CLASSES, Scenes
 from lvit.data.synthetic import LocalShapes
 
-PREVIEW_DATASETS = ("scenes", "local_shapes", "dpt_ablation_mix")
+ZERO_SHOT_PREVIEWS = ("diw", "eth3d", "sintel", "tum")
+PREVIEW_DATASETS = ("scenes", "local_shapes", "dpt_ablation_mix", *ZERO_SHOT_PREVIEWS)
+_NEAR, _FAR = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)  # DIW's marks: red near, blue far, as in the depth colour map
 _DOMAINS = {"scenes": DOMAINS, "dpt_ablation_mix": ABLATION_DATASETS}
 
 
@@ -60,6 +66,8 @@ def preview_grid(
         return make_grid(images, nrow=min(n, 8), padding=2)
     if dataset == "dpt_ablation_mix":
         return _rows(_real_depth_samples(data_root, split, n, image_size, domain))
+    if dataset in ZERO_SHOT_PREVIEWS:
+        return _rows(_zero_shot_samples(dataset, data_root, n, image_size))
     out = Scenes(split, n, image_size, domains=(domain,) if domain else DOMAINS, seed=seed).generate(indices)
     return _rows([out["image"], colorize_depth(out["depth"], out["valid"]), colorize_labels(out["labels"])])
 
@@ -76,6 +84,52 @@ def _real_depth_samples(
     images = torch.stack([s["image"] for s in samples]) * 0.5 + 0.5  # undo DPT's mean = std = 0.5
     depth, valid = torch.stack([s["depth"] for s in samples]), torch.stack([s["valid"] for s in samples])
     return [images.clamp(0, 1), colorize_depth(depth, valid)]
+
+
+def _zero_shot_samples(dataset: str, data_root: str | Path, n: int, image_size: int) -> list[torch.Tensor]:
+    """The first ``n`` samples of a zero-shot test set as ``lvit evaluate`` reads them, whole: RGB and
+    depth, or DIW's RGB with its pair marked."""
+    from lvit.evaluate import EvalOptions, build_eval_dataset
+
+    data, _ = build_eval_dataset(dataset, "zero_shot", data_root, EvalOptions(limit=n))
+    samples = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+    if dataset == "diw":
+        marked = [_mark_pair(s["image"], s["pairs"][0]) for s in samples]
+        return [torch.stack([_fit_square(image, image_size) for image in marked])]
+    images = torch.stack([_fit_square(s["image"], image_size) for s in samples])
+    depth = torch.stack([_fit_square(s["depth"], image_size, nearest=True) for s in samples])
+    valid = torch.stack([_fit_square(s["valid"], image_size, nearest=True) for s in samples])
+    return [images, colorize_depth(depth, valid)]
+
+
+def _fit_square(tensor: torch.Tensor, size: int, nearest: bool = False) -> torch.Tensor:
+    """``(C, H, W)`` or ``(H, W)`` with its longer side scaled to ``size`` (antialiased bilinear, or nearest
+    for depth and masks), padded with zeros to a ``size`` square."""
+    grid = tensor.float().reshape(-1, *tensor.shape[-2:])[None]
+    height, width = grid.shape[-2:]
+    scale = size / max(height, width)
+    new_hw = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if nearest:
+        resized = F.interpolate(grid, size=new_hw, mode="nearest")
+    else:
+        resized = F.interpolate(grid, size=new_hw, mode="bilinear", antialias=True, align_corners=False)
+        resized = resized.clamp(0, 1)
+    top, left = (size - new_hw[0]) // 2, (size - new_hw[1]) // 2
+    padded = F.pad(resized, (left, size - new_hw[1] - left, top, size - new_hw[0] - top))[0]
+    return padded.reshape(*tensor.shape[:-2], size, size).to(tensor.dtype)
+
+
+def _mark_pair(image: torch.Tensor, pair: torch.Tensor) -> torch.Tensor:
+    """``image`` with discs on a DIW pair ``(y1, x1, y2, x2, ordinal)``: closer point red, farther blue."""
+    y1, x1, y2, x2, ordinal = (int(v) for v in pair)
+    marked = image.clone()
+    radius = max(2, round(0.02 * max(image.shape[-2:])))
+    rows, cols = torch.meshgrid(torch.arange(image.shape[-2]), torch.arange(image.shape[-1]), indexing="ij")
+    colours = (_FAR, _NEAR) if ordinal > 0 else (_NEAR, _FAR)  # ordinal +1: point 1 is the farther
+    for (y, x), colour in zip(((y1, x1), (y2, x2)), colours, strict=True):
+        disc = (rows - y) ** 2 + (cols - x) ** 2 <= radius**2
+        marked[:, disc] = torch.tensor(colour)[:, None]
+    return marked
 
 
 def _rows(parts: list[torch.Tensor]) -> torch.Tensor:
@@ -99,7 +153,7 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="inspect the procedural datasets and DPT's ablation mix")
+    parser = subparsers.add_parser("data", help="inspect the procedural datasets and the real ones")
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     preview = commands.add_parser(
         "preview",
@@ -117,6 +171,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument("--nuisance", type=float, default=1.0,
                          help="local_shapes only: background texture and clutter, 1 (full) to 0 (none)")
-    preview.add_argument("--data-root", default="data", help="dpt_ablation_mix only: the dataset root")
+    preview.add_argument("--data-root", default="data",
+                         help="the real datasets' root (dpt_ablation_mix and the zero-shot test sets)")
     preview.add_argument("--out", default="grid.png")
     preview.set_defaults(func=_preview)
