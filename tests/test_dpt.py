@@ -282,6 +282,11 @@ def test_load_backbone_from_classification_checkpoint() -> None:
     grey.load_backbone(classifier.state_dict())  # an RGB backbone file: its stem summed, as timm adapts it
     rgb_stem = classifier.patch_embed.proj.weight
     torch.testing.assert_close(grey.backbone.patch_embed.proj.weight, rgb_stem.sum(1, keepdim=True))
+    smaller = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=7)
+    model.load_backbone(smaller.state_dict())  # a 4x4 grid of position embeddings, resampled to 8x8
+    assert model.backbone.pos_embed.shape == (1, 1 + 8 * 8, 192)
+    torch.testing.assert_close(model.backbone.pos_embed[:, 0], smaller.pos_embed[:, 0])  # the class token's
+    torch.testing.assert_close(model.backbone.cls_token, smaller.cls_token)
 
 
 def test_localvit_backbone_non_square() -> None:

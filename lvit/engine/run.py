@@ -73,7 +73,7 @@ from lvit.experiments.recipes import (
     model_overrides,
     validate_recipe,
 )
-from lvit.models.convert import load_pretrained, read_state_dict
+from lvit.models.convert import read_state_dict
 
 TRAINING_TASKS = ("classification", "depth", "segmentation")
 
@@ -144,13 +144,6 @@ def _row_model(row: Row, task: str, recipe: Mapping[str, Any]) -> tuple[str, dic
     return name, {**row.model_kwargs, **model_overrides(name, task, recipe)}
 
 
-def _load_backbone(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load classification weights into a dense model's backbone, strictly but for the head, which the dense
-    model does not use: converted by the backbone family's checkpoint filter (timm's, or lvit's for LocalViT),
-    which resamples the position embedding to the backbone's grid."""
-    load_pretrained(backbone, state, new_head=True)
-
-
 def backbone_pretraining(dense: Training, model: nn.Module | None = None) -> Training | None:
     """The classification training a dense training's backbone starts from (None if its recipe has none).
 
@@ -185,7 +178,7 @@ def imagenet_backbone(dense: Training, model: nn.Module) -> dict[str, torch.Tens
     if not found:
         raise LayoutError(f"missing {files[0]} (or {files[1].name}): timm's {arch!r} ImageNet weights, "
                           f"which {dense.model}'s backbone starts from at the paper profile (data/README.md)")
-    return read_state_dict(found[0])  # converted as it is loaded (:func:`_load_backbone`)
+    return read_state_dict(found[0])  # converted as it is loaded (``DPT.load_backbone``)
 
 
 def pretrained_backbone(pretraining: Training) -> tuple[str, dict[str, torch.Tensor]]:
@@ -368,9 +361,9 @@ class Training:
         pretraining = backbone_pretraining(self, model)
         if pretraining is not None:
             backbone_run, weights = pretrained_backbone(pretraining)
-            _load_backbone(model.backbone, weights)  # type: ignore[union-attr]
+            model.load_backbone(weights)  # type: ignore[operator]
         elif (imagenet := imagenet_backbone(self, model)) is not None:
-            _load_backbone(model.backbone, imagenet)  # type: ignore[union-attr]
+            model.load_backbone(imagenet)  # type: ignore[operator]
         return model, backbone_run
 
     def run(self, ckpt: Path) -> tuple[nn.Module, list[dict[str, Any]], str]:

@@ -23,6 +23,7 @@ outputs differ by about 2e-4 relative (``../shared/reference/dpt.md`` §2.6).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,7 +36,7 @@ from einops import rearrange
 from timm.models import generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._manipulate import checkpoint
 
-from lvit.models.convert import adapt_input_channels, pretrained_cfg_modules
+from lvit.models.convert import load_pretrained, pretrained_cfg_modules
 
 READOUTS: tuple[str, ...] = ("ignore", "add", "project")
 TASKS: tuple[str, ...] = ("depth", "segmentation")
@@ -334,20 +335,12 @@ class DPT(nn.Module):
             if name in unused:
                 param.requires_grad_(False)
 
-    def load_backbone(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a classification-pretrained state_dict of the backbone model strictly.
-
-        A classifier of another class count replaces the backbone's head first (the head is unused here); an
-        RGB stem is adapted to a backbone built with another ``in_chans``, as :func:`lvit.load_pretrained`
-        adapts it.
-        """
-        state_dict = adapt_input_channels(self.backbone, state_dict)
-        head = getattr(self.backbone, "head", None)
-        weight = state_dict.get("head.weight")
-        if isinstance(head, nn.Linear) and weight is not None and weight.shape != head.weight.shape:
-            self.backbone.reset_classifier(weight.shape[0])
-        self.backbone.load_state_dict(state_dict, strict=True)
-        self.freeze_unused()
+    def load_backbone(self, path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> None:
+        """Load a classification checkpoint (a file or a state_dict) into the backbone: strictly but for its
+        classifier, which DPT does not use, through :func:`lvit.load_pretrained`, so the backbone family's
+        checkpoint filter converts it (position embedding resampled to the backbone's grid) and an RGB stem is
+        adapted to a backbone built with another ``in_chans``."""
+        load_pretrained(self.backbone, path_or_state_dict, new_head=True)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
