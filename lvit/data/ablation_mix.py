@@ -123,7 +123,6 @@ class _ImageFiles(Dataset):
 class ReDWeb(_ImageFiles):
     """ReDWeb V1 (3,600 web stereo images); RD = 255 is invalid (sky). Split: see the module docstring."""
 
-
     def __init__(self, data_root: str | Path = "data", split: str = "train") -> None:
         _check_split("ReDWeb", split)
         self.root = Path(data_root) / "redweb" / "ReDWeb_V1"
@@ -142,7 +141,6 @@ class ReDWeb(_ImageFiles):
 
 class HRWSI(_ImageFiles):
     """HRWSI (20,378 train / 400 val web stereo images): disparity PNGs with valid masks."""
-
 
     def __init__(self, data_root: str | Path = "data", split: str = "train") -> None:
         _check_split("HRWSI", split)
@@ -163,7 +161,6 @@ class HRWSI(_ImageFiles):
 
 class BlendedMVS(_ImageFiles):
     """BlendedMVS rendered depth (PFM, 0 = no surface); scenes split by the release's list files."""
-
 
     def __init__(self, data_root: str | Path = "data", split: str = "train") -> None:
         _check_split("BlendedMVS", split)
