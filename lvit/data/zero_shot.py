@@ -26,7 +26,6 @@ other); no occlusion or human masks; DIW points outside the stored image are cla
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +74,7 @@ def read_diw_csv(path: Path) -> list[tuple[str, tuple[int, int, int, int, int]]]
         raise ValueError(f"{path}: {len(lines)} lines; DIW alternates an image line and an annotation line")
     samples = []
     for number, (image, annotation) in enumerate(zip(lines[::2], lines[1::2], strict=True), 1):
-        fields = next(csv.reader([annotation]))
+        fields = [field.strip() for field in annotation.split(",")]
         if len(fields) != 7 or fields[4] not in _DIW_ORDINAL:
             raise ValueError(f"{path}:{2 * number}: expected 'y_A,x_A,y_B,x_B,>|<,width,height', "
                              f"got {annotation!r}")
