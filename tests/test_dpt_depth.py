@@ -81,7 +81,9 @@ def test_depth_cli_writes_16_bit_png_and_preview(tmp_path) -> None:
                               "--checkpoint", str(checkpoint), "--out", str(out)])
     assert args.func(args) == 0
     raw, preview = Image.open(out / "scene.png"), Image.open(out / "scene_preview.png")
-    assert raw.mode.startswith("I;16") and raw.size == (56, 40)
+    # the PNG header itself (bit depth 16, colour type 0 = grey): Pillow < 10.3 opens such files as mode "I"
+    header = (out / "scene.png").read_bytes()[:26]
+    assert header[24:26] == bytes([16, 0]) and raw.size == (56, 40)
     assert preview.mode == "RGB" and preview.size == (56, 40)
 
 
