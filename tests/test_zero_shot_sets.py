@@ -92,7 +92,7 @@ def test_eth3d_reads_the_raw_float32_raster_in_place_and_masks_inf_zero_nan_and_
     depth = _depth_pattern()
     _write_eth3d(tmp_path, depth)
     data = ETH3D(tmp_path, max_depth=72.0)
-    assert [p.parts[-4] for p in data.images] == ["courtyard", "office"]
+    assert [p.parts[-4] for p in data.files] == ["courtyard", "office"]
     sample = data[0]
     _assert_dense(sample, depth, 72.0)
     assert sample["image"].shape == (3, H, W)
@@ -207,10 +207,12 @@ def test_tum_reads_image_and_depth_from_the_hdf5_in_place(tmp_path: Path) -> Non
     assert sample["image"][:, 0, -1].tolist() == pytest.approx([0.0, 64 / 255, 128 / 255])
 
 
-def test_tum_refuses_an_image_outside_0_1(tmp_path: Path) -> None:
+def test_tum_refuses_an_image_outside_0_1_and_a_cap_that_is_not_positive(tmp_path: Path) -> None:
     _write_tum(tmp_path, np.ones((H, W), dtype=np.float32), rgb=_rgb().astype(np.float32))
     with pytest.raises(RuntimeError, match=r"must be \(H, W, 3\) in \[0, 1\]"):
         TUM(tmp_path, max_depth=10.0)[0]
+    with pytest.raises(ValueError, match="max_depth must be positive, got nan"):
+        TUM(tmp_path, max_depth=float("nan"))
 
 
 def test_tum_through_the_cli_writes_its_table_1_column(tmp_path: Path) -> None:

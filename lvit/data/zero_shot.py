@@ -58,10 +58,20 @@ def _depth_sample(
     return {"image": image, "depth": torch.where(valid, gt, torch.zeros_like(gt)), "valid": valid}
 
 
-def _check_cap(max_depth: float) -> float:
-    if not max_depth > 0:
-        raise ValueError(f"max_depth must be positive, got {max_depth}")
-    return float(max_depth)
+class _CappedDepthFiles(Dataset):
+    """A depth test set with one sample per file matching ``pattern`` under ``folder``, valid below
+    ``max_depth``."""
+
+    def __init__(self, folder: Path, pattern: str, layout: str, max_depth: float) -> None:
+        if not max_depth > 0:
+            raise ValueError(f"max_depth must be positive, got {max_depth}")
+        self.max_depth = float(max_depth)
+        self.files = sorted(_require(folder, layout).glob(pattern))
+        if not self.files:
+            raise LayoutError(f"no {pattern} under {folder}; expected layout:\n{layout}")
+
+    def __len__(self) -> int:
+        return len(self.files)
 
 
 # ----------------------------------------------------------------------------------------------------- DIW
@@ -108,21 +118,14 @@ class DIW(Dataset):
 # --------------------------------------------------------------------------------------------------- ETH3D
 
 
-class ETH3D(Dataset):
+class ETH3D(_CappedDepthFiles):
     """ETH3D high-res multi-view training scenes (13 scenes, 454 DSLR images), valid below ``max_depth``."""
 
     def __init__(self, data_root: str | Path = "data", *, max_depth: float) -> None:
-        root = _require(Path(data_root) / "eth3d", ETH3D_LAYOUT)
-        self.max_depth = _check_cap(max_depth)
-        self.images = sorted(root.glob("*/images/dslr_images/*.JPG"))
-        if not self.images:
-            raise LayoutError(f"no DSLR image under {root}; expected layout:\n{ETH3D_LAYOUT}")
-
-    def __len__(self) -> int:
-        return len(self.images)
+        super().__init__(Path(data_root) / "eth3d", "*/images/dslr_images/*.JPG", ETH3D_LAYOUT, max_depth)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        path = self.images[index]
+        path = self.files[index]
         gt_path = path.parents[2] / "ground_truth_depth" / "dslr_images" / path.name
         image = _load_rgb(path)
         height, width = image.shape[-2:]
@@ -152,7 +155,7 @@ def read_sintel_depth(path: Path) -> np.ndarray:
     return np.frombuffer(data[12:], "<f4").reshape(height, width)
 
 
-class Sintel(Dataset):
+class Sintel(_CappedDepthFiles):
     """MPI Sintel training frames with depth (23 scenes, 1,064 frames), valid below ``max_depth``."""
 
     def __init__(
@@ -162,16 +165,10 @@ class Sintel(Dataset):
             raise ValueError(f"unknown Sintel pass {render_pass!r}; valid: {', '.join(SINTEL_PASSES)}")
         self.root = Path(data_root) / "sintel" / "training"
         _require(self.root / "depth", SINTEL_LAYOUT)
-        self.max_depth = _check_cap(max_depth)
-        self.images = sorted(_require(self.root / render_pass, SINTEL_LAYOUT).glob("*/frame_*.png"))
-        if not self.images:
-            raise LayoutError(f"no frame under {self.root / render_pass}; expected layout:\n{SINTEL_LAYOUT}")
-
-    def __len__(self) -> int:
-        return len(self.images)
+        super().__init__(self.root / render_pass, "*/frame_*.png", SINTEL_LAYOUT, max_depth)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        path = self.images[index]
+        path = self.files[index]
         depth = read_sintel_depth(self.root / "depth" / path.parent.name / f"{path.stem}.dpt")
         return _depth_sample(_load_rgb(path), depth, self.max_depth, f"{path.parent.name}/{path.name}")
 
@@ -179,18 +176,11 @@ class Sintel(Dataset):
 # ----------------------------------------------------------------------------------------------------- TUM
 
 
-class TUM(Dataset):
+class TUM(_CappedDepthFiles):
     """TUM RGB-D frames with people (Li et al.'s ``tum_hdf5``), valid below ``max_depth``."""
 
     def __init__(self, data_root: str | Path = "data", *, max_depth: float) -> None:
-        root = _require(Path(data_root) / "tum", TUM_LAYOUT)
-        self.max_depth = _check_cap(max_depth)
-        self.files = sorted(root.glob("*.h5"))
-        if not self.files:
-            raise LayoutError(f"no .h5 file in {root}; expected layout:\n{TUM_LAYOUT}")
-
-    def __len__(self) -> int:
-        return len(self.files)
+        super().__init__(Path(data_root) / "tum", "*.h5", TUM_LAYOUT, max_depth)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         import h5py
