@@ -31,7 +31,9 @@ them (``lvit.data.build_dataset``: ImageNet's mean and std for ``local_shapes``,
 ``scenes``), and sized by the model (``net_size`` = its input side).
 
 Result rows go to ``results/pretrained/<experiment>.csv`` (row = the checkpoint's file name) with the
-checkpoint's sha256 in the provenance. A checkpoint that does not load writes nothing.
+checkpoint's sha256 in the provenance. A run off the published protocol (``--limit``, ``--depth-cap``,
+``--net-size``) is marked in its row, e.g. ``dpt_large-midas-2f21e586.pt [cap 80 m]``, so the report never
+compares it with the paper's number. A checkpoint that does not load writes nothing.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class EvalOptions:
     """Protocol settings; ``None`` takes the protocol's value (real data) or the model's size (procedural)."""
 
     net_size: int | None = None  # DPT resize target side (depth 384, segmentation 480)
-    depth_cap: float | None = None  # zero-shot cap in metres (NYU 10, KITTI 80)
+    depth_cap: float | None = None  # zero-shot cap in metres (NYU 10, KITTI 80; ETH3D, Sintel, TUM: also the
+    # upper bound of their valid ground truth)
     batch_size: int = 64  # classification batches; dense sets run image by image (sizes differ)
     num_workers: int = 0
     limit: int | None = None  # evaluate only the first N samples (a quick check; recorded in the config)
@@ -389,7 +392,7 @@ def build_eval_dataset(
         split, built = "test", DIW(data_root)
     else:  # ETH3D, Sintel, TUM: valid below the cap the alignment clamps at
         capped = {"eth3d": ETH3D, "sintel": Sintel, "tum": TUM}[dataset]
-        split, built = "test", capped(data_root, max_depth=options.depth_cap or ZERO_SHOT_DEPTH_CAP[dataset])
+        split, built = "test", capped(data_root, max_depth=zero_shot_cap(dataset, options))
     if options.limit is not None:
         built = Subset(built, range(min(options.limit, len(built))))  # type: ignore[arg-type]
     return built, split
@@ -460,12 +463,38 @@ def run_protocol(
     else:
         net_size = options.net_size or (DEPTH_NET_SIZE if protocol == "zero_shot" else SEGMENTATION_NET_SIZE)
     if protocol == "zero_shot":
-        cap = options.depth_cap or ZERO_SHOT_DEPTH_CAP.get(dataset, SCENES_DEPTH_CAP if procedural else None)
-        if cap is None and dataset != "diw":  # DIW is scored on point pairs (WHDR): no depth to clamp
-            raise ValueError(f"no zero-shot depth cap declared for {dataset!r}; pass --depth-cap")
+        cap = zero_shot_cap(dataset, options)
         return evaluate_zero_shot(model, data, device, dataset, net_size, not procedural, cap, workers)
     classes = segmentation_classes(dataset)
     return evaluate_segmentation(model, data, device, classes, protocol, net_size, not procedural, workers)
+
+
+def zero_shot_cap(dataset: str, options: EvalOptions) -> float | None:
+    """The zero-shot depth cap in metres: ``options.depth_cap``, else the dataset's protocol cap (the engine's
+    for the procedural scenes); None for DIW, which is scored on point pairs and has no depth to clamp."""
+    if dataset == "diw":
+        return None
+    if options.depth_cap is not None:
+        if not options.depth_cap > 0:
+            raise ValueError(f"--depth-cap must be positive, got {options.depth_cap}")
+        return options.depth_cap
+    return SCENES_DEPTH_CAP if dataset in PROCEDURAL else ZERO_SHOT_DEPTH_CAP[dataset]
+
+
+def protocol_departures(dataset: str, protocol: str, options: EvalOptions) -> str:
+    """The row label's marks for a run off the published protocol (a subset, another cap or input size),
+    e.g. `` [first 100] [cap 80 m]``; "" for the protocol itself. Such a row must not stand in for the
+    file's."""
+    marks = [] if options.limit is None else [f"first {options.limit}"]
+    if dataset not in PROCEDURAL:
+        published = EvalOptions()
+        if protocol == "zero_shot" and zero_shot_cap(dataset, options) != zero_shot_cap(dataset, published):
+            marks.append(f"cap {options.depth_cap:g} m")
+        net_size = {"zero_shot": DEPTH_NET_SIZE, "single_scale": SEGMENTATION_NET_SIZE,
+                    "ms_flip": SEGMENTATION_NET_SIZE}.get(protocol)
+        if options.net_size is not None and net_size is not None and options.net_size != net_size:
+            marks.append(f"net {options.net_size}")
+    return "".join(f" [{mark}]" for mark in marks)
 
 
 def result_experiment(dataset: str, protocol: str) -> str:
@@ -504,9 +533,9 @@ def evaluate_checkpoint(
     """Load ``checkpoint`` into ``model``, evaluate it on ``dataset`` by ``protocol``; return the metrics.
 
     With ``results_dir``, also write one result row per metric to
-    ``<results_dir>/pretrained/<experiment>.csv`` (row: ``row`` or the checkpoint's file name, marked
-    ``[first N]`` under ``options.limit``), with the checkpoint's sha256 in the provenance. Nothing is
-    written unless loading and evaluation succeed.
+    ``<results_dir>/pretrained/<experiment>.csv`` (row: ``row`` or the checkpoint's file name, marked by
+    :func:`protocol_departures` when ``options`` leave the published protocol), with the checkpoint's sha256
+    in the provenance. Nothing is written unless loading and evaluation succeed.
     """
     from lvit.engine.loop import resolve_device
     from lvit.results import append_results, provenance
@@ -532,9 +561,7 @@ def evaluate_checkpoint(
                   "protocol": protocol, "options": asdict(options)}
         prov = provenance(RESULT_PROFILE, 0, str(torch_device), config, started_at,
                           time.perf_counter() - start, checkpoint_sha256=sha256)
-        # A partial run is not the published protocol: its row must not stand in for the file's.
-        partial = "" if options.limit is None else f" [first {options.limit}]"
-        label = row or checkpoint.name + partial
+        label = row or checkpoint.name + protocol_departures(dataset, protocol, options)
         records = [{**prov, "row": label, "metric": k, "value": v, "split": split, "epoch": None}
                    for k, v in measured.items()]
         append_results(results_dir, RESULT_PROFILE, result_experiment(dataset, protocol), records)
@@ -595,7 +622,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--row", help="result row label (default: the checkpoint's file name)")
     parser.add_argument("--model-kwargs", metavar="JSON", help="extra model constructor kwargs, as JSON")
     parser.add_argument("--net-size", type=int, help="DPT resize target side (default: 384 depth, 480 seg.)")
-    parser.add_argument("--depth-cap", type=float, help="zero-shot cap, metres (default: per dataset)")
+    parser.add_argument("--depth-cap", type=float, help="zero-shot cap, metres (default: per dataset); for "
+                        "ETH3D, Sintel and TUM also the upper bound of the valid ground truth")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
     parser.add_argument("--samples", type=int, default=64, help="procedural sets: samples (default: 64)")
     parser.add_argument("--image-size", type=int, help="procedural sets: image side (default: the model's)")

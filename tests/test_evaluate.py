@@ -416,7 +416,7 @@ def test_cli_on_a_real_layout_marks_a_partial_run_in_the_row(tmp_path: Path) -> 
     assert code == 0
     df = load_results(tmp_path / "results", profile="pretrained")
     assert set(df["experiment"]) == {"pretrained_dpt_zero_shot"}
-    assert set(df["row"]) == {"dpt_tiny_depth.pt [first 1]"}  # not the file's full-set row
+    assert set(df["row"]) == {"dpt_tiny_depth.pt [first 1] [net 64]"}  # not the file's full-protocol row
     assert set(df["metric"]) == {"nyu_abs_rel", "nyu_delta_error", "nyu_rmse"}
 
 
@@ -431,3 +431,27 @@ def test_a_val_set_missing_class_folders_is_refused_before_it_is_scored(tmp_path
     five.num_classes = 5
     measured = run_protocol(five, "imagenet", "classification", data, CPU, EvalOptions(batch_size=2))
     assert measured["top5"] == 100
+
+
+@pytest.mark.parametrize("dataset, protocol, options, marks", [
+    ("nyu", "zero_shot", EvalOptions(), ""),
+    ("nyu", "zero_shot", EvalOptions(depth_cap=10.0, net_size=384), ""),  # the protocol's own values
+    ("nyu", "zero_shot", EvalOptions(depth_cap=80.0, limit=5), " [first 5] [cap 80 m]"),
+    ("eth3d", "zero_shot", EvalOptions(net_size=512), " [net 512]"),
+    ("diw", "zero_shot", EvalOptions(depth_cap=5.0), ""),  # WHDR has no depth to cap
+    ("ade20k", "ms_flip", EvalOptions(net_size=480, depth_cap=3.0), ""),  # no cap in segmentation
+    ("ade20k", "single_scale", EvalOptions(net_size=520), " [net 520]"),
+    ("nyu", "metric", EvalOptions(net_size=512), ""),  # the metric protocol runs at the image's own size
+    ("scenes", "zero_shot", EvalOptions(net_size=64, depth_cap=9.0), ""),  # procedural: no published protocol
+])
+def test_a_row_off_the_published_protocol_is_marked(dataset, protocol, options, marks) -> None:
+    from lvit.evaluate import protocol_departures
+
+    assert protocol_departures(dataset, protocol, options) == marks
+
+
+def test_depth_cap_must_be_positive() -> None:
+    from lvit.evaluate import zero_shot_cap
+
+    with pytest.raises(ValueError, match="--depth-cap must be positive, got 0"):
+        zero_shot_cap("nyu", EvalOptions(depth_cap=0.0))

@@ -99,26 +99,37 @@ def test_eth3d_reads_the_raw_float32_raster_in_place_and_masks_inf_zero_nan_and_
     assert sample["image"][:, 0, 0].tolist() == pytest.approx([1.0, 64 / 255, 128 / 255])
 
 
-def test_eth3d_refuses_a_raster_of_another_size_and_a_root_without_images(tmp_path: Path) -> None:
+def test_eth3d_refuses_a_raster_of_another_size_a_portrait_image_and_a_root_without_images(tmp_path) -> None:
     _write_eth3d(tmp_path, np.ones((H, W + 1), dtype=np.float32))
     with pytest.raises(RuntimeError, match="float32 values for a 96x64 image"):
         ETH3D(tmp_path, max_depth=72.0)[0]
     with pytest.raises(LayoutError, match="ground_truth_depth"):
         ETH3D(tmp_path / "elsewhere", max_depth=72.0)
+    # a rotated image has the raster's pixel count, so only its orientation shows the mismatch
+    rotated = ETH3D(tmp_path, max_depth=72.0).files[0]
+    Image.fromarray(np.rot90(_rgb()).copy()).save(rotated, format="PNG")
+    raster = rotated.parents[2] / "ground_truth_depth" / "dslr_images" / rotated.name
+    np.ones((H, W), dtype="<f4").tofile(raster)
+    with pytest.raises(RuntimeError, match="portrait: ETH3D stores every image and its depth landscape"):
+        ETH3D(tmp_path, max_depth=72.0)[0]
 
 
-def test_eth3d_zero_shot_scores_abs_rel_against_the_72m_cap(tmp_path: Path) -> None:
-    depth = _depth_pattern()
-    _write_eth3d(tmp_path, depth)
-    data, split = build_eval_dataset("eth3d", "zero_shot", tmp_path, EvalOptions())
-    measured = run_protocol(ConstantDepth(), "eth3d", "zero_shot", data, CPU, EvalOptions(net_size=64))
+@pytest.mark.parametrize("dataset, metric, cap", [
+    ("eth3d", "eth3d_abs_rel", 72.0), ("sintel", "sintel_abs_rel", 72.0), ("tum", "tum_abs_rel", 10.0),
+])
+def test_zero_shot_scores_against_the_dataset_cap_and_depth_cap_moves_it(tmp_path, dataset, metric, cap):
+    """A constant prediction lands on the cap everywhere, so AbsRel tells which cap clamped and masked."""
+    depth = _depth_pattern() * (cap / 72.0)  # a share of the pixels beyond the cap (75 m, scaled)
+    {"eth3d": _write_eth3d, "sintel": _write_sintel, "tum": _write_tum}[dataset](tmp_path, depth)
+    data, split = build_eval_dataset(dataset, "zero_shot", tmp_path, EvalOptions())
+    measured = run_protocol(ConstantDepth(), dataset, "zero_shot", data, CPU, EvalOptions(net_size=64))
     assert split == "test"
-    assert measured["eth3d_abs_rel"] == pytest.approx(_abs_rel_at_cap(depth, 72.0))
-    # --depth-cap moves the clamp and the valid range together: the 75 m pixels now count
-    data, _ = build_eval_dataset("eth3d", "zero_shot", tmp_path, EvalOptions(depth_cap=80.0))
-    measured = run_protocol(ConstantDepth(), "eth3d", "zero_shot", data, CPU,
-                            EvalOptions(net_size=64, depth_cap=80.0))
-    assert measured["eth3d_abs_rel"] == pytest.approx(_abs_rel_at_cap(depth, 80.0))
+    assert measured[metric] == pytest.approx(_abs_rel_at_cap(depth, cap))
+    # --depth-cap moves the clamp and the valid range together: the pixels beyond the old cap now count
+    options = EvalOptions(net_size=64, depth_cap=cap * 80 / 72)
+    data, _ = build_eval_dataset(dataset, "zero_shot", tmp_path, options)
+    measured = run_protocol(ConstantDepth(), dataset, "zero_shot", data, CPU, options)
+    assert measured[metric] == pytest.approx(_abs_rel_at_cap(depth, cap * 80 / 72))
 
 
 def test_eth3d_aligned_prediction_of_the_true_layout_scores_zero(tmp_path: Path) -> None:
@@ -176,14 +187,6 @@ def test_sintel_refuses_a_file_without_the_tag_or_with_missing_bytes(tmp_path: P
         read_sintel_depth(path)
 
 
-def test_sintel_zero_shot_scores_abs_rel_against_the_72m_cap(tmp_path: Path) -> None:
-    depth = _depth_pattern()
-    _write_sintel(tmp_path, depth)
-    data, _ = build_eval_dataset("sintel", "zero_shot", tmp_path, EvalOptions())
-    measured = run_protocol(ConstantDepth(), "sintel", "zero_shot", data, CPU, EvalOptions(net_size=64))
-    assert measured["sintel_abs_rel"] == pytest.approx(_abs_rel_at_cap(depth, 72.0))
-
-
 # --------------------------------------------------------------------------------------------------- TUM
 
 
@@ -203,12 +206,14 @@ def test_tum_reads_image_and_depth_from_the_hdf5_in_place(tmp_path: Path) -> Non
     assert [p.name for p in data.files] == ["ZL1tYG0uZu4_10366667.jpg.h5", "aB3_200.jpg.h5"]
     sample = data[0]
     _assert_dense(sample, depth, 10.0)
-    assert 0 < int(sample["valid"].sum()) < H * W - 20
     assert sample["image"][:, 0, -1].tolist() == pytest.approx([0.0, 64 / 255, 128 / 255])
 
 
-def test_tum_refuses_an_image_outside_0_1_and_a_cap_that_is_not_positive(tmp_path: Path) -> None:
-    _write_tum(tmp_path, np.ones((H, W), dtype=np.float32), rgb=_rgb().astype(np.float32))
+@pytest.mark.parametrize("scale, nan", [(1.0, False), (1 / 255, True)])
+def test_tum_refuses_an_image_outside_0_1_or_nan_and_a_cap_that_is_not_positive(tmp_path, scale, nan) -> None:
+    rgb = _rgb().astype(np.float32) * scale  # 0..255, or 0..1 with a NaN
+    rgb[0, 0, 0] = np.nan if nan else rgb[0, 0, 0]
+    _write_tum(tmp_path, np.ones((H, W), dtype=np.float32), rgb=rgb)
     with pytest.raises(RuntimeError, match=r"must be \(H, W, 3\) in \[0, 1\]"):
         TUM(tmp_path, max_depth=10.0)[0]
     with pytest.raises(ValueError, match="max_depth must be positive, got nan"):
@@ -247,11 +252,13 @@ def _write_diw(root: Path, annotations: list[str]) -> None:
 
 
 def test_diw_reads_1_based_y_x_pairs_and_the_relation(tmp_path: Path) -> None:
-    _write_diw(tmp_path, [f"10,5,20,90,>,{W},{H}", f"1,1,64,96,<,{W},{H}", f"70,0,3,120,>,{W},{H}"])
+    _write_diw(tmp_path, [f"10,5,20,90,>,{W},{H}", f"1,1,64,96,<,{W},{H}", f"70,0,3,120,>,{W},{H}",
+                          f"21,11,41,181,<,{2 * W},{2 * H}"])
     data = DIW(tmp_path)
     assert data[0]["pairs"].tolist() == [[9, 4, 19, 89, 1]]  # '>': point A is farther
     assert data[1]["pairs"].tolist() == [[0, 0, 63, 95, -1]]  # '<': A is closer; corners, 0-based
-    assert data[2]["pairs"].tolist() == [[63, 0, 2, 95, 1]]  # outside the stored image: onto its border
+    assert data[2]["pairs"].tolist() == [[63, 0, 2, 95, 1]]  # outside the annotated frame: onto its border
+    assert data[3]["pairs"].tolist() == [[10, 5, 20, 90, -1]]  # annotated at twice the stored size: halved
 
 
 def test_diw_whdr_reads_greater_than_as_point_a_farther(tmp_path: Path) -> None:

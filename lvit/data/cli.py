@@ -9,7 +9,8 @@ labels (one fixed colour per class). LocalShapes shows the images, ordered by cl
 (real files under ``--data-root``) shows RGB and depth as the training loop gets them (the split's crop),
 so a loader's conventions can be checked by eye: near is red, far is blue, in every dataset. The zero-shot
 test sets (ETH3D, Sintel, TUM) show RGB and depth whole, fitted into the square; DIW shows each image with
-its annotated pair as the evaluation reads it: the closer point red, the farther blue.
+its annotated pair as the evaluation reads it: the closer point red, the farther blue. They show their test
+set from its start: ``--split`` and ``--seed`` do not apply.
 """
 
 from __future__ import annotations
@@ -92,14 +93,21 @@ def _zero_shot_samples(dataset: str, data_root: str | Path, n: int, image_size: 
     from lvit.evaluate import EvalOptions, build_eval_dataset
 
     data, _ = build_eval_dataset(dataset, "zero_shot", data_root, EvalOptions(limit=n))
-    samples = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+    fitted = [_fit_sample(data[i], image_size) for i in range(len(data))]  # type: ignore[arg-type]
+    parts = [torch.stack(part) for part in zip(*fitted, strict=True)]
     if dataset == "diw":
-        marked = [_mark_pair(s["image"], s["pairs"][0]) for s in samples]
-        return [torch.stack([_fit_square(image, image_size) for image in marked])]
-    images = torch.stack([_fit_square(s["image"], image_size) for s in samples])
-    depth = torch.stack([_fit_square(s["depth"], image_size, nearest=True) for s in samples])
-    valid = torch.stack([_fit_square(s["valid"], image_size, nearest=True) for s in samples])
+        return parts
+    images, depth, valid = parts
     return [images, colorize_depth(depth, valid)]
+
+
+def _fit_sample(sample: dict[str, torch.Tensor], size: int) -> list[torch.Tensor]:
+    """One zero-shot sample shrunk to the preview square as soon as it is read (an ETH3D sample is 0.4 GB):
+    DIW's RGB with its pair marked, or RGB, depth and valid mask."""
+    if "pairs" in sample:
+        return [_fit_square(_mark_pair(sample["image"], sample["pairs"][0]), size)]
+    return [_fit_square(sample["image"], size), _fit_square(sample["depth"], size, nearest=True),
+            _fit_square(sample["valid"], size, nearest=True)]
 
 
 def _fit_square(tensor: torch.Tensor, size: int, nearest: bool = False) -> torch.Tensor:
@@ -144,7 +152,8 @@ def _preview(args: argparse.Namespace) -> int:
     try:
         grid = preview_grid(args.dataset, args.n, args.image_size, args.split, args.seed, args.domain,
                             args.nuisance, args.data_root)
-    except (ValueError, FileNotFoundError) as error:  # a bad option, or real files not in their layout
+    except (ValueError, FileNotFoundError, RuntimeError) as error:  # a bad option, or real files not in their
+        # layout or format (the loaders raise RuntimeError naming a malformed file)
         raise SystemExit(f"lvit data preview: {error}") from None
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image(grid, args.out)

@@ -4,29 +4,33 @@
 
 - DIW: ``diw/DIW_Annotations/DIW_test.csv`` and the images it names (``./DIW_test/<id>.thumb``, relative to
   ``diw/``). The file alternates an image line and an annotation line ``y_A,x_A,y_B,x_B,rel,width,height``:
-  1-based pixel coordinates of the stored image, ``>`` = A is farther than B, ``<`` = A is closer (the
-  original Lua evaluator scores ``(z_A − z_B) · label > 0`` on depth z with ``>`` as +1).
+  1-based pixel coordinates in a ``width`` × ``height`` frame (the stored thumbnails' own size; a stored
+  image of another size gets the coordinates rescaled to it), ``>`` = A is farther than B, ``<`` = A is
+  closer (the original Lua evaluator scores ``(z_A − z_B) · label > 0`` on depth z with ``>`` as +1).
 - ETH3D (high-res multi-view, training scenes): ``eth3d/<scene>/images/dslr_images/<name>.JPG`` and
   ``eth3d/<scene>/ground_truth_depth/dslr_images/<name>.JPG``, the latter a headerless little-endian float32
-  raster of the image's size (6048 × 4032) in metres, +inf where there is no ground truth. The depth matches
-  the distorted ``dslr_images``, not ``dslr_images_undistorted``.
+  raster of the image's size (6048 × 4032, every image stored landscape) in metres, +inf where there is no
+  ground truth. The depth matches the distorted ``dslr_images``, not ``dslr_images_undistorted``.
 - Sintel: ``sintel/training/final/<scene>/frame_<n>.png`` and ``sintel/training/depth/<scene>/frame_<n>.dpt``
   (the SDK's format: float32 tag 202021.25, int32 width, int32 height, then row-major float32 depth).
 - TUM: ``tum/*.h5``, the TUM RGB-D subset with people of Li et al. (Mannequin Challenge, 1,815 frames),
-  which the MiDaS paper evaluates on: ``/gt/img_1`` (H, W, 3) in [0, 1] and ``/gt/gt_depth`` (H, W) metres.
+  the subset MiDaS-style re-implementations evaluate on: ``/gt/img_1`` (H, W, 3) in [0, 1] and
+  ``/gt/gt_depth`` (H, W) metres.
 
 Samples are dense dicts (:mod:`lvit.data.datasets`): ``image`` (3, H, W) in [0, 1], and ``depth`` with
-``valid`` = 0 < depth < ``max_depth`` (the evaluation cap, given by the caller: MiDaS's are 72 m for ETH3D
-and Sintel, 10 m for TUM), or DIW's ``pairs`` (1, 5) = ``(y1, x1, y2, x2, ordinal)``, 0-based, ordinal +1
-when point 1 is farther (:func:`lvit.metrics.whdr`).
+``valid`` = 0 < depth < ``max_depth`` (the evaluation cap, given by the caller: ``lvit evaluate`` uses 72 m
+for ETH3D and Sintel and 10 m for TUM, the caps of third-party re-implementations of the MiDaS evaluation),
+or DIW's ``pairs`` (1, 5) = ``(y1, x1, y2, x2, ordinal)``, 0-based, ordinal +1 when point 1 is farther
+(:func:`lvit.metrics.whdr`).
 
 What the sources leave open, decided here: Sintel uses the final pass (``render_pass="clean"`` for the
-other); no occlusion or human masks; DIW points outside the stored image are clamped onto its border.
+other); no occlusion or human masks; a DIW point outside its annotated frame is clamped onto the border.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -53,7 +57,10 @@ def _depth_sample(
     """The dense sample; ``valid`` = 0 < depth < ``max_depth`` (inf and NaN are not), depth 0 elsewhere."""
     if depth.shape != tuple(image.shape[-2:]):
         raise RuntimeError(f"{name}: ground truth {depth.shape}, image {tuple(image.shape[-2:])}")
-    gt = torch.from_numpy(np.array(depth, dtype=np.float32))  # a copy: raw reads are read-only
+    gt_array = np.asarray(depth, dtype=np.float32)
+    if not gt_array.flags.writeable:  # np.frombuffer's view of the file's bytes: torch wants its own memory
+        gt_array = gt_array.copy()
+    gt = torch.from_numpy(gt_array)
     valid = (gt > 0) & (gt < max_depth)  # comparisons with NaN are False
     return {"image": image, "depth": torch.where(valid, gt, torch.zeros_like(gt)), "valid": valid}
 
@@ -77,19 +84,37 @@ class _CappedDepthFiles(Dataset):
 # ----------------------------------------------------------------------------------------------------- DIW
 
 
-def read_diw_csv(path: Path) -> list[tuple[str, tuple[int, int, int, int, int]]]:
-    """``(image path, (y1, x1, y2, x2, ordinal))`` per test image: 0-based, ordinal +1 = point 1 farther."""
+class DIWPair(NamedTuple):
+    """One DIW annotation: 0-based points in a ``height`` × ``width`` frame, ordinal +1 = point 1 farther."""
+
+    image: str
+    y1: int
+    x1: int
+    y2: int
+    x2: int
+    ordinal: int
+    height: int
+    width: int
+
+
+def read_diw_csv(path: Path) -> list[DIWPair]:
+    """The annotations of a DIW csv, one per test image."""
     lines = [line.strip() for line in _require(path, DIW_LAYOUT).read_text().splitlines() if line.strip()]
     if len(lines) % 2:
         raise ValueError(f"{path}: {len(lines)} lines; DIW alternates an image line and an annotation line")
     samples = []
     for number, (image, annotation) in enumerate(zip(lines[::2], lines[1::2], strict=True), 1):
         fields = [field.strip() for field in annotation.split(",")]
-        if len(fields) != 7 or fields[4] not in _DIW_ORDINAL:
+        try:
+            y1, x1, y2, x2, width, height = (int(fields[i]) for i in (0, 1, 2, 3, 5, 6))
+            ordinal = _DIW_ORDINAL[fields[4]]
+        except (IndexError, KeyError, ValueError):
             raise ValueError(f"{path}:{2 * number}: expected 'y_A,x_A,y_B,x_B,>|<,width,height', "
+                             f"got {annotation!r}") from None
+        if len(fields) != 7 or width < 1 or height < 1:
+            raise ValueError(f"{path}:{2 * number}: expected 7 fields and a positive width and height, "
                              f"got {annotation!r}")
-        y1, x1, y2, x2 = (int(v) - 1 for v in fields[:4])
-        samples.append((image, (y1, x1, y2, x2, _DIW_ORDINAL[fields[4]])))
+        samples.append(DIWPair(image, y1 - 1, x1 - 1, y2 - 1, x2 - 1, ordinal, height, width))
     if not samples:
         raise LayoutError(f"{path} lists no image; expected layout:\n{DIW_LAYOUT}")
     return samples
@@ -106,13 +131,17 @@ class DIW(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        relative, (y1, x1, y2, x2, ordinal) = self.samples[index]
-        image = _load_rgb(self.root / relative)
+        pair = self.samples[index]
+        image = _load_rgb(self.root / pair.image)
         height, width = image.shape[-2:]
-        rows = [min(max(y, 0), height - 1) for y in (y1, y2)]
-        cols = [min(max(x, 0), width - 1) for x in (x1, x2)]
-        pairs = torch.tensor([[rows[0], cols[0], rows[1], cols[1], ordinal]])
-        return {"image": image, "pairs": pairs}
+        rows = [_to_stored(y, pair.height, height) for y in (pair.y1, pair.y2)]
+        cols = [_to_stored(x, pair.width, width) for x in (pair.x1, pair.x2)]
+        return {"image": image, "pairs": torch.tensor([[rows[0], cols[0], rows[1], cols[1], pair.ordinal]])}
+
+
+def _to_stored(coordinate: int, annotated: int, stored: int) -> int:
+    """A 0-based pixel of an ``annotated``-pixel axis on the stored image's ``stored`` pixels, clamped."""
+    return min(max(coordinate * stored // annotated, 0), stored - 1)
 
 
 # --------------------------------------------------------------------------------------------------- ETH3D
@@ -129,6 +158,9 @@ class ETH3D(_CappedDepthFiles):
         gt_path = path.parents[2] / "ground_truth_depth" / "dslr_images" / path.name
         image = _load_rgb(path)
         height, width = image.shape[-2:]
+        if height > width:  # the same pixel count as the raster, so only the orientation can tell
+            raise RuntimeError(f"{path} is {width}x{height}, portrait: ETH3D stores every image and its "
+                               "depth landscape (6048x4032); was the file rotated by its EXIF orientation?")
         try:
             raw = np.fromfile(gt_path, dtype="<f4")
         except FileNotFoundError as err:
@@ -191,11 +223,11 @@ class TUM(_CappedDepthFiles):
                 rgb, depth = np.asarray(f["gt/img_1"], dtype=np.float32), np.asarray(f["gt/gt_depth"])
         except (OSError, KeyError) as err:
             raise RuntimeError(f"cannot read /gt/img_1 and /gt/gt_depth from {path}: {err}") from err
-        if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.max(initial=0.0) > 1.0 or rgb.min(initial=0.0) < 0.0:
+        if rgb.ndim != 3 or rgb.shape[-1] != 3 or not ((rgb >= 0) & (rgb <= 1)).all():  # NaN fails too
             raise RuntimeError(f"{path}: /gt/img_1 must be (H, W, 3) in [0, 1], got {rgb.shape} "
                                f"in [{rgb.min(initial=0.0)}, {rgb.max(initial=0.0)}]")
         image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
         return _depth_sample(image, depth, self.max_depth, path.name)
 
 
-__all__ = ["DIW", "ETH3D", "TUM", "Sintel", "read_diw_csv", "read_sintel_depth"]
+__all__ = ["DIW", "ETH3D", "TUM", "DIWPair", "Sintel", "read_diw_csv", "read_sintel_depth"]

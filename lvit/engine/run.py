@@ -73,7 +73,6 @@ from lvit.experiments.recipes import (
     model_overrides,
     validate_recipe,
 )
-from lvit.models.convert import read_state_dict
 
 TRAINING_TASKS = ("classification", "depth", "segmentation")
 
@@ -164,11 +163,12 @@ def backbone_pretraining(dense: Training, model: nn.Module | None = None) -> Tra
                     dense.data_root, f"pretrain {arch}")  # fmt: skip
 
 
-def imagenet_backbone(dense: Training, model: nn.Module) -> dict[str, torch.Tensor] | None:
-    """The ImageNet weights a dense model's backbone starts from at the paper profile
+def imagenet_backbone(dense: Training, model: nn.Module) -> Path | None:
+    """The file of ImageNet weights a dense model's backbone starts from at the paper profile
     (``pretrain="imagenet"``: the paper's JAX in21k→in1k 384 releases), or None for another recipe. Nothing
     is downloaded here: the user supplies ``<data_root>/pretrained/<timm architecture>.safetensors`` (or
-    ``.pth``), converted by timm's ``checkpoint_filter_fn`` for the architecture as it is loaded."""
+    ``.pth``), converted by timm's ``checkpoint_filter_fn`` for the architecture as it is loaded
+    (``DPT.load_backbone``)."""
     if dense.task == "classification" or dense.recipe.get("pretrain") != "imagenet":
         return None
     backbone = model.backbone
@@ -178,7 +178,7 @@ def imagenet_backbone(dense: Training, model: nn.Module) -> dict[str, torch.Tens
     if not found:
         raise LayoutError(f"missing {files[0]} (or {files[1].name}): timm's {arch!r} ImageNet weights, "
                           f"which {dense.model}'s backbone starts from at the paper profile (data/README.md)")
-    return read_state_dict(found[0])  # converted as it is loaded (``DPT.load_backbone``)
+    return found[0]
 
 
 def pretrained_backbone(pretraining: Training) -> tuple[str, dict[str, torch.Tensor]]:

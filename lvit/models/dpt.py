@@ -337,10 +337,13 @@ class DPT(nn.Module):
 
     def load_backbone(self, path_or_state_dict: str | os.PathLike | Mapping[str, Any]) -> None:
         """Load a classification checkpoint (a file or a state_dict) into the backbone: strictly but for its
-        classifier, which DPT does not use, through :func:`lvit.load_pretrained`, so the backbone family's
-        checkpoint filter converts it (position embedding resampled to the backbone's grid) and an RGB stem is
-        adapted to a backbone built with another ``in_chans``."""
+        classifier, which DPT does not use (the backbone keeps its own, frozen), through
+        :func:`lvit.load_pretrained`. So the backbone family's checkpoint filter converts it, as timm's does
+        for pretrained weights: the position embedding is resampled to the backbone's grid and, for timm's
+        ViTs, a patch-embedding kernel of another patch size is resampled too; an RGB stem is adapted to a
+        backbone built with another ``in_chans``. Parameters DPT does not use are frozen again afterwards."""
         load_pretrained(self.backbone, path_or_state_dict, new_head=True)
+        self.freeze_unused()
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
