@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lvit.data.datasets import LayoutError, _load_png_array, _load_rgb, _require
+from lvit.data.datasets import LayoutError, _dense_sample, _load_png_array, _load_rgb, _require
 
 ABLATION_DATASETS: tuple[str, ...] = ("redweb", "hrwsi", "blendedmvs")
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -75,18 +75,8 @@ def read_pfm(path: Path) -> np.ndarray:
     return np.flipud(np.frombuffer(data, dtype=dtype).reshape(height, width)).astype(np.float32)
 
 
-def _sample(
-    image: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, name: str
-) -> dict[str, torch.Tensor]:
-    """The dense sample, valid where the mask says and the depth is positive and finite (0 elsewhere)."""
-    if depth.shape != image.shape[-2:]:
-        raise RuntimeError(f"{name}: ground truth {tuple(depth.shape)}, image {tuple(image.shape[1:])}")
-    valid = valid & torch.isfinite(depth) & (depth > 0)
-    return {"image": image, "depth": torch.where(valid, depth, torch.zeros_like(depth)), "valid": valid}
-
-
 def _inverse(disparity: torch.Tensor) -> torch.Tensor:
-    """Depth of a disparity map; a disparity of 0 (no value) gives inf, which :func:`_sample` masks."""
+    """Depth of a disparity map; a disparity of 0 (no value) gives inf, which the dense sample masks."""
     return 1.0 / disparity
 
 
@@ -136,7 +126,8 @@ class ReDWeb(_ImageFiles):
         if rd.dtype != np.uint8:
             raise RuntimeError(f"ReDWeb RD map {path.stem}.png must be 8-bit, not {rd.dtype}")
         rd_map = torch.from_numpy(rd.astype(np.float32))
-        return _sample(_load_rgb(path), _inverse((256.0 - rd_map) / 256.0), rd_map != REDWEB_SKY, path.name)
+        depth = _inverse((256.0 - rd_map) / 256.0)
+        return _dense_sample(_load_rgb(path), depth, rd_map != REDWEB_SKY, path.name)
 
 
 class HRWSI(_ImageFiles):
@@ -156,7 +147,7 @@ class HRWSI(_ImageFiles):
             raise RuntimeError(f"HRWSI disparity {path.stem}.png must be unsigned integers, not {gt.dtype}")
         valid = torch.from_numpy(_grey(_load_png_array(self.root / "valid_masks" / f"{path.stem}.png")) > 0)
         disparity = torch.from_numpy(gt.astype(np.float32) / np.iinfo(gt.dtype).max)
-        return _sample(_load_rgb(path), _inverse(disparity), valid, path.name)
+        return _dense_sample(_load_rgb(path), _inverse(disparity), valid, path.name)
 
 
 class BlendedMVS(_ImageFiles):
@@ -176,7 +167,7 @@ class BlendedMVS(_ImageFiles):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.images[index]
         depth = torch.from_numpy(read_pfm(path.parent.parent / "rendered_depth_maps" / f"{path.stem}.pfm"))
-        return _sample(_load_rgb(path), depth, torch.ones_like(depth, dtype=torch.bool), path.name)
+        return _dense_sample(_load_rgb(path), depth, torch.ones_like(depth, dtype=torch.bool), path.name)
 
 
 _MEMBERS: dict[str, type[_ImageFiles]] = {"redweb": ReDWeb, "hrwsi": HRWSI, "blendedmvs": BlendedMVS}

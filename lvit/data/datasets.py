@@ -71,6 +71,17 @@ def _load_png_array(path: Path) -> np.ndarray:
         raise RuntimeError(f"cannot read annotation {path}: {err}") from err
 
 
+def _dense_sample(
+    image: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor, name: str
+) -> dict[str, torch.Tensor]:
+    """The dense sample of a real depth dataset, valid where ``valid`` says and the depth is positive and
+    finite (0 elsewhere); ``name`` names the file in the error for a ground truth of another size."""
+    if depth.shape != image.shape[-2:]:
+        raise RuntimeError(f"{name}: ground truth {tuple(depth.shape)}, image {tuple(image.shape[1:])}")
+    valid = valid & torch.isfinite(depth) & (depth > 0)
+    return {"image": image, "depth": torch.where(valid, depth, torch.zeros_like(depth)), "valid": valid}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Evaluation crops (BTS ``eval_with_pngs.py``), as masks so images keep their size.
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lvit.data.datasets import LayoutError, _load_rgb, _require
+from lvit.data.datasets import LayoutError, _dense_sample, _load_rgb, _require
 
 DIW_LAYOUT = ("  <data_root>/diw/DIW_Annotations/DIW_test.csv  (image line, then y_A,x_A,y_B,x_B,>|<,w,h)\n"
               "  <data_root>/diw/DIW_test/<id>.thumb             (the paths the csv names, relative to diw/)")
@@ -51,18 +51,16 @@ SINTEL_PASSES = ("final", "clean")
 _DIW_ORDINAL = {">": 1, "<": -1}
 
 
-def _depth_sample(
+def _capped_sample(
     image: torch.Tensor, depth: np.ndarray, max_depth: float, name: str
 ) -> dict[str, torch.Tensor]:
-    """The dense sample; ``valid`` = 0 < depth < ``max_depth`` (inf and NaN are not), depth 0 elsewhere."""
-    if depth.shape != tuple(image.shape[-2:]):
-        raise RuntimeError(f"{name}: ground truth {depth.shape}, image {tuple(image.shape[-2:])}")
-    gt_array = np.asarray(depth, dtype=np.float32)
-    if not gt_array.flags.writeable:  # np.frombuffer's view of the file's bytes: torch wants its own memory
-        gt_array = gt_array.copy()
-    gt = torch.from_numpy(gt_array)
-    valid = (gt > 0) & (gt < max_depth)  # comparisons with NaN are False
-    return {"image": image, "depth": torch.where(valid, gt, torch.zeros_like(gt)), "valid": valid}
+    """The dense sample of a depth array, valid below ``max_depth`` (and, as every dense sample, where the
+    depth is positive and finite)."""
+    gt = np.asarray(depth, dtype=np.float32)
+    if not gt.flags.writeable:  # np.frombuffer's view of the file's bytes: torch wants its own memory
+        gt = gt.copy()
+    depth_map = torch.from_numpy(gt)
+    return _dense_sample(image, depth_map, depth_map < max_depth, name)
 
 
 class _CappedDepthFiles(Dataset):
@@ -167,7 +165,7 @@ class ETH3D(_CappedDepthFiles):
             raise FileNotFoundError(f"ETH3D ground-truth depth not found: {gt_path}") from err
         if raw.size != height * width:
             raise RuntimeError(f"{gt_path}: {raw.size} float32 values for a {width}x{height} image")
-        return _depth_sample(image, raw.reshape(height, width), self.max_depth, path.name)
+        return _capped_sample(image, raw.reshape(height, width), self.max_depth, path.name)
 
 
 # -------------------------------------------------------------------------------------------------- Sintel
@@ -202,7 +200,7 @@ class Sintel(_CappedDepthFiles):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path = self.files[index]
         depth = read_sintel_depth(self.root / "depth" / path.parent.name / f"{path.stem}.dpt")
-        return _depth_sample(_load_rgb(path), depth, self.max_depth, f"{path.parent.name}/{path.name}")
+        return _capped_sample(_load_rgb(path), depth, self.max_depth, f"{path.parent.name}/{path.name}")
 
 
 # ----------------------------------------------------------------------------------------------------- TUM
@@ -227,7 +225,7 @@ class TUM(_CappedDepthFiles):
             raise RuntimeError(f"{path}: /gt/img_1 must be (H, W, 3) in [0, 1], got {rgb.shape} "
                                f"in [{rgb.min(initial=0.0)}, {rgb.max(initial=0.0)}]")
         image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
-        return _depth_sample(image, depth, self.max_depth, path.name)
+        return _capped_sample(image, depth, self.max_depth, path.name)
 
 
 __all__ = ["DIW", "ETH3D", "TUM", "DIWPair", "Sintel", "read_diw_csv", "read_sintel_depth"]
