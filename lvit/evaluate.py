@@ -106,6 +106,10 @@ _RESULT_EXPERIMENT: Mapping[tuple[str, str], str] = {
 # Network input sides of the released models (dpt.md §2.8): depth 384, segmentation 480.
 DEPTH_NET_SIZE = 384
 SEGMENTATION_NET_SIZE = 480
+# The input side each resizing protocol targets on real data (``metric`` runs at the image's own size).
+PROTOCOL_NET_SIZE: Mapping[str, int] = {
+    "zero_shot": DEPTH_NET_SIZE, "single_scale": SEGMENTATION_NET_SIZE, "ms_flip": SEGMENTATION_NET_SIZE,
+}
 # PyTorch-Encoding's ADE20K multi-scale evaluation: base size 520, crop 480, these scales, flip, stride 2/3.
 MS_SCALES: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 MS_BASE_OVER_CROP = 520 / 480
@@ -461,7 +465,7 @@ def run_protocol(
     if procedural:
         net_size = options.net_size or options.image_size or input_side(model)
     else:
-        net_size = options.net_size or (DEPTH_NET_SIZE if protocol == "zero_shot" else SEGMENTATION_NET_SIZE)
+        net_size = options.net_size or PROTOCOL_NET_SIZE[protocol]
     if protocol == "zero_shot":
         cap = zero_shot_cap(dataset, options)
         return evaluate_zero_shot(model, data, device, dataset, net_size, not procedural, cap, workers)
@@ -490,8 +494,7 @@ def protocol_departures(dataset: str, protocol: str, options: EvalOptions) -> st
         published = EvalOptions()
         if protocol == "zero_shot" and zero_shot_cap(dataset, options) != zero_shot_cap(dataset, published):
             marks.append(f"cap {options.depth_cap:g} m")
-        net_size = {"zero_shot": DEPTH_NET_SIZE, "single_scale": SEGMENTATION_NET_SIZE,
-                    "ms_flip": SEGMENTATION_NET_SIZE}.get(protocol)
+        net_size = PROTOCOL_NET_SIZE.get(protocol)
         if options.net_size is not None and net_size is not None and options.net_size != net_size:
             marks.append(f"net {options.net_size}")
     return "".join(f" [{mark}]" for mark in marks)
