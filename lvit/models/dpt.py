@@ -662,15 +662,15 @@ def _create_dpt(
         raise ValueError(f"{variant}: nothing is downloaded; build, then lvit.load_pretrained(model, file)")
     kwargs.pop("cache_dir", None)
     if isinstance(pretrained_cfg, str):  # a tag, as in timm.create_model("dpt_large.segmentation")
-        kwargs.setdefault("task", pretrained_cfg)
+        task = kwargs.setdefault("task", pretrained_cfg)
+        if task != pretrained_cfg:  # refused before the backbone (up to ViT-L) is built for nothing
+            raise ValueError(f"{variant}.{pretrained_cfg} is the {pretrained_cfg} preprocessing, "
+                             f"but task={task!r}")
     config = {**_VARIANTS[variant], **kwargs}
     for_backbone = {k: config.pop(k) for k in _BACKBONE_KEYWORDS if k in config}
     if for_backbone:
         config["backbone_kwargs"] = {**config.get("backbone_kwargs", {}), **for_backbone}
     model = DPT(**config)
-    if isinstance(pretrained_cfg, str) and pretrained_cfg != model.task:
-        raise ValueError(f"{variant}.{pretrained_cfg} is the {pretrained_cfg} preprocessing, "
-                         f"but task={model.task!r}")
     # timm's data config (resolve_data_config, create_transform) reads these; build_model_with_cfg is not
     # used (no features_only, no weights to fetch), so they are set as it sets them.
     model.pretrained_cfg = resolve_pretrained_cfg(
