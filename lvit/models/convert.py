@@ -77,11 +77,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(message) from error
 
 
-def read_state_dict(path: str | os.PathLike) -> StateDict:
-    """The state_dict in a checkpoint file (:func:`read_checkpoint`), unwrapped from a training checkpoint."""
-    return _unwrap(read_checkpoint(path))
-
-
 def _unwrap(checkpoint: Mapping[str, Any]) -> StateDict:
     """The tensor mapping of a training checkpoint (``{'model': ...}``) or a plain state_dict."""
     for key in _CONTAINER_KEYS:
@@ -196,10 +191,8 @@ def load_pretrained(
     Raises:
         CheckpointMismatchError: missing/unexpected keys or shape mismatches; the model is unchanged.
     """
-    if isinstance(path_or_state_dict, Mapping):
-        state_dict = _unwrap(dict(path_or_state_dict))
-    else:
-        state_dict = read_state_dict(path_or_state_dict)
+    is_mapping = isinstance(path_or_state_dict, Mapping)
+    state_dict = _unwrap(dict(path_or_state_dict) if is_mapping else read_checkpoint(path_or_state_dict))
     filter_fn = filter_fn or checkpoint_filter_for(model)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
