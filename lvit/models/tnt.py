@@ -12,12 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.tnt import TNT, Block, checkpoint_filter_fn
 from timm.models.tnt import _cfg as tnt_cfg
 
 from lvit.models.locality import LocalityFeedForward, apply_to_patch_tokens
+from lvit.models.localvit import _cfg as localvit_cfg
 from lvit.models.localvit import getter_feature_cfg
 
 __all__ = ["LocalityTNTBlock", "LocalViTTNT"]
@@ -73,10 +73,8 @@ default_cfgs = generate_default_cfgs({
     # Not TNT's preprocessing (mean = std = 0.5, crop 0.9): LocalViT's main.py trained and evaluated every
     # backbone with DeiT's transforms, Resize 256 bicubic -> CenterCrop 224 -> ImageNet mean/std (localvit.md
     # §3, "Eval"), as lvit's own evaluation does (lvit.data.transforms.deit_eval_transform).
-    "localvit_tnt_tiny.paper_in1k": tnt_cfg(
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, crop_pct=0.875,
-        origin_url="https://github.com/ofsoundof/LocalViT", paper_ids="arXiv:2104.05707",
-        paper_name="LocalViT: Bringing Locality to Vision Transformers"),
+    "localvit_tnt_tiny.paper_in1k": localvit_cfg(
+        first_conv="pixel_embed.proj", paper_name="LocalViT: Bringing Locality to Vision Transformers"),
 })
 
 # TNT-T: dim 192, pixel dim 12, 3 outer and 3 inner heads, no qkv bias, legacy layout.
