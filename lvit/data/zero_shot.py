@@ -56,10 +56,7 @@ def _capped_sample(
 ) -> dict[str, torch.Tensor]:
     """The dense sample of a depth array, valid below ``max_depth`` (and, as every dense sample, where the
     depth is positive and finite)."""
-    gt = np.asarray(depth, dtype=np.float32)
-    if not gt.flags.writeable:  # np.frombuffer's view of the file's bytes: torch wants its own memory
-        gt = gt.copy()
-    depth_map = torch.from_numpy(gt)
+    depth_map = torch.from_numpy(np.asarray(depth, dtype=np.float32))
     return _dense_sample(image, depth_map, depth_map < max_depth, name)
 
 
@@ -182,7 +179,8 @@ def read_sintel_depth(path: Path) -> np.ndarray:
     width, height = (int(v) for v in np.frombuffer(data[4:12], "<i4"))
     if len(data) - 12 != 4 * width * height:
         raise RuntimeError(f"{path}: {len(data) - 12} bytes of depth for a {width}x{height} map")
-    return np.frombuffer(data[12:], "<f4").reshape(height, width)
+    # a copy: np.frombuffer's view of the file's bytes is read-only; torch.from_numpy wants writable memory
+    return np.frombuffer(data[12:], "<f4").reshape(height, width).copy()
 
 
 class Sintel(_CappedDepthFiles):
