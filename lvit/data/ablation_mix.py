@@ -36,7 +36,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lvit.data.datasets import LayoutError, _dense_sample, _load_png_array, _load_rgb, _require
+from lvit.data.datasets import (
+    LayoutError,
+    _dense_sample,
+    _load_png_array,
+    _load_rgb,
+    _require,
+    _require_files,
+)
 
 ABLATION_DATASETS: tuple[str, ...] = ("redweb", "hrwsi", "blendedmvs")
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -86,10 +93,7 @@ def _grey(array: np.ndarray) -> np.ndarray:
 
 
 def _images(folder: Path, layout: str) -> list[Path]:
-    images = sorted(p for p in _require(folder, layout).glob("*.jpg") if not p.stem.endswith("_masked"))
-    if not images:
-        raise LayoutError(f"no .jpg images in {folder}; expected layout:\n{layout}")
-    return images
+    return _require_files(folder, "*.jpg", layout, keep=lambda path: not path.stem.endswith("_masked"))
 
 
 def _check_split(name: str, split: str) -> None:

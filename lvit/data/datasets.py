@@ -46,6 +46,17 @@ def _require(path: Path, layout: str) -> Path:
     return path
 
 
+def _require_files(
+    folder: Path, pattern: str, layout: str, keep: Callable[[Path], bool] = lambda path: True
+) -> list[Path]:
+    """The files under ``folder`` that match ``pattern`` and ``keep``, sorted; a missing folder or no such
+    file is a :class:`LayoutError` showing ``layout``."""
+    files = sorted(path for path in _require(folder, layout).glob(pattern) if keep(path))
+    if not files:
+        raise LayoutError(f"no {pattern} in {folder}; expected layout:\n{layout}")
+    return files
+
+
 def _load_rgb(path: Path) -> torch.Tensor:
     """``(3, H, W)`` float32 in [0, 1]; a missing or unreadable file raises an error naming it."""
     try:
@@ -340,11 +351,8 @@ class ADE20K(Dataset):
         if split not in folders:
             raise ValueError(f"unknown ADE20K split {split!r}; valid splits: {', '.join(folders)}")
         root = Path(data_root) / "ADEChallengeData2016"
-        images = _require(root / "images" / folders[split], ADE20K_LAYOUT)
+        self.images = _require_files(root / "images" / folders[split], "*.jpg", ADE20K_LAYOUT)
         self.annotations = _require(root / "annotations" / folders[split], ADE20K_LAYOUT)
-        self.images = sorted(images.glob("*.jpg"))
-        if not self.images:
-            raise LayoutError(f"no .jpg images in {images}; expected layout:\n{ADE20K_LAYOUT}")
         self.transform = transform
 
     def __len__(self) -> int:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lvit.data.datasets import LayoutError, _dense_sample, _load_rgb, _require
+from lvit.data.datasets import LayoutError, _dense_sample, _load_rgb, _require, _require_files
 
 DIW_LAYOUT = ("  <data_root>/diw/DIW_Annotations/DIW_test.csv  (image line, then y_A,x_A,y_B,x_B,>|<,w,h)\n"
               "  <data_root>/diw/DIW_test/<id>.thumb             (the paths the csv names, relative to diw/)")
@@ -68,9 +68,7 @@ class _CappedDepthFiles(Dataset):
         if not max_depth > 0:
             raise ValueError(f"max_depth must be positive, got {max_depth}")
         self.max_depth = float(max_depth)
-        self.files = sorted(_require(folder, layout).glob(pattern))
-        if not self.files:
-            raise LayoutError(f"no {pattern} under {folder}; expected layout:\n{layout}")
+        self.files = _require_files(folder, pattern, layout)
 
     def __len__(self) -> int:
         return len(self.files)
