@@ -236,9 +236,7 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     if train_workers < 0:
         raise ValueError(f"train_workers must be >= 0, got {train_workers}")
-    chosen, parameters, checked = _checked_request(profile, only, seeds, device, overrides)
-    skipped = _without_loader(chosen, checked.profile)
-    chosen = [name for name in chosen if name not in skipped]
+    chosen, parameters, checked, skipped = _checked_request(profile, only, seeds, device, overrides)
     output_dir = checked.profile_dir / "notebooks"
 
     def run_one(name: str) -> tuple[Failure | None, float]:
@@ -272,9 +270,10 @@ def reproduce(profile: str, only: Sequence[str] | None = None, seeds: int | None
 def _checked_request(
     profile: str, only: Sequence[str] | None, seeds: int | None, device: str,
     overrides: Mapping[str, Any] | None,
-) -> tuple[list[str], dict[str, Any], NotebookParameters]:
-    """The chosen notebooks, their parameters and the checked, resolved values, or ``ValueError`` before
-    anything runs; the resolved paths are the ones the notebooks will use."""
+) -> tuple[list[str], dict[str, Any], NotebookParameters, dict[str, str]]:
+    """The chosen notebooks that can run, their parameters, the checked, resolved values and the chosen
+    tables skipped for want of a loader (:func:`_without_loader`), or ``ValueError`` before anything runs;
+    the resolved paths are the ones the notebooks will use. Skipped notebooks' parameters are checked too."""
     names = notebook_names()
     chosen = list(only) if only else names
     unknown = [f"{n!r}{did_you_mean(n, names)}" for n in chosen if n not in names]
@@ -287,7 +286,8 @@ def _checked_request(
                                   results_dir=parameters.get("results_dir", ""))
     for name in chosen:
         check_parameter_names(notebooks_dir() / f"{name}.ipynb", parameters)
-    return chosen, parameters, checked
+    skipped = _without_loader(chosen, checked.profile)
+    return [name for name in chosen if name not in skipped], parameters, checked, skipped
 
 
 def skip_note(name: str, dataset: str, profile: str) -> str:
@@ -320,11 +320,10 @@ def plan(
     override is refused), and the tables it would skip for want of a loader."""
     from lvit.engine.run import pending_work
 
-    chosen, parameters, checked = _checked_request(profile, only, seeds, device, overrides)
+    chosen, parameters, checked, skipped = _checked_request(profile, only, seeds, device, overrides)
     if "rows" in parameters:
         raise ValueError("a dry run lists whole tables; drop the rows parameter")
-    skipped = _without_loader(chosen, checked.profile)
-    tables = [name for name in _experiment_notebooks(chosen) if name not in skipped]
+    tables = _experiment_notebooks(chosen)
     pending = pending_work(tables, checked.profile, seeds, checked.device, checked.results_dir,
                            checked.data_root)  # fmt: skip
     return checked, pending, skipped
