@@ -64,7 +64,7 @@ from lvit.engine.loop import (
     resolve_device,
     save_checkpoint,
 )
-from lvit.engine.tasks import build_task, world_size
+from lvit.engine.tasks import build_task, rank, world_size
 from lvit.experiments import Experiment, Row, get_experiment, list_experiments
 from lvit.experiments.base import PROFILES, TRAINED_PROFILES
 from lvit.experiments.recipes import (
@@ -435,7 +435,7 @@ def _run_row(
         model, history, ckpt, shared_run, backbone_run = trained[train_key]
         # every rank: under torchrun a dense row is evaluated by all ranks, each on its share of the images
         metrics.update(_evaluate(experiment, row, model, history, recipe, device, data_root))
-        if _rank() != 0:
+        if rank() != 0:
             return []
         store.write_history(results_dir, profile, experiment.name, row.label, seed, history)
         # The results are stored; the resume point is no longer needed.
@@ -659,7 +659,7 @@ def _shared_run(
         run = _decided_by_rank0(
             lambda: store.retraining_name(t.key, started) if first.exists() else first.stem
         )
-        if _rank() == 0:
+        if rank() == 0:
             provenance = store.provenance(t.profile, t.seed, str(t.device), dict(t.recipe), started, wall_s)
             record = {"model": t.model, "kwargs": t.kwargs, "seed": t.seed, "wall_s": wall_s,
                       "history": history, "provenance": provenance}  # fmt: skip
@@ -671,23 +671,19 @@ def _shared_run(
     return model, history, wall_s, run
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
 def _decided_by_rank0(decide: Callable[..., Any], *args: Any) -> Any:
     """``decide(*args)`` as rank 0 finds it, on every rank: under torchrun the ranks must take one branch,
     and a file check could differ between them (a file another job is writing)."""
     if not dist.is_initialized():
         return decide(*args)
-    box = [decide(*args) if dist.get_rank() == 0 else None]
+    box = [decide(*args) if rank() == 0 else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
 def _locked_by_rank0(path: Path) -> contextlib.AbstractContextManager[None]:
     """``path``'s file lock, which under torchrun rank 0 takes for all ranks: they follow its decisions."""
-    return contextlib.nullcontext() if _rank() != 0 else store.locked(path)
+    return contextlib.nullcontext() if rank() != 0 else store.locked(path)
 
 
 # ----------------------------------------------------------------------------------------- API
@@ -978,7 +974,7 @@ def _run_command(args: argparse.Namespace) -> int:
                             args.results_dir, args.rows, reuse=not args.no_reuse)  # fmt: skip
     except (LayoutError, TrainSetTooSmallError, TorchrunError) as error:  # the paper's data are the user's
         raise SystemExit(f"lvit run: {error}") from None
-    if int(os.environ.get("RANK", "0")) == 0 and len(df):
+    if rank() == 0 and len(df):  # run_experiment started the process group under torchrun
         print(store.summarize(df).to_string(index=False))
     return 0
 

@@ -45,6 +45,11 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def rank() -> int:
+    """This process's rank in the process group (0 without one)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def _summed_over_ranks(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``values`` summed over the process group's ranks (on ``device``, where NCCL needs them)."""
     summed = values.to(device, copy=True)
@@ -113,7 +118,7 @@ class Task:
         indices = range(len(dataset))  # type: ignore[arg-type]
         if across_ranks:
             _share_rank0_buffers(model)
-            indices = indices[dist.get_rank()::world_size()]
+            indices = indices[rank()::world_size()]
         workers = int(self.recipe.get("num_workers", 0))  # real datasets decode and resize on the CPU
         for batch in iterate_batches(dataset, indices, batch_size, device, workers, drop_last=False):
             inputs, targets = self.prepare_batch(to_device(batch, device), training=False)
