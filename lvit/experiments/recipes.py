@@ -106,7 +106,7 @@ DEPTH_PROFILES: dict[str, Recipe] = {
 ABLATION_DEPTH_PROFILES: dict[str, Recipe] = {
     **DEPTH_PROFILES,
     "paper": dict(DEPTH_PROFILES["paper"], dataset="dpt_ablation_mix", depth_cap=None,
-                  metric_domains={f"{name}_abs_rel": name for name in ("hrwsi", "blendedmvs", "redweb")}),
+                  metric_domains={metric: metric.removesuffix("_abs_rel") for metric in _READ_DOMAINS}),
 }
 
 # DPT segmentation: SGD momentum 0.9, lr 0.002 at batch 48, poly 0.9, CE + 0.2 aux (dpt.md §5.3).
