@@ -4,14 +4,12 @@ paper profile trained on it."""
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 
 from lvit import metrics
@@ -19,7 +17,6 @@ from lvit import results as store
 from lvit.data import build_dataset
 from lvit.data.ablation_mix import HRWSI, AblationMix, BlendedMVS, ReDWeb, _redweb_val, read_pfm
 from lvit.data.datasets import LayoutError
-from lvit.engine import loop
 from lvit.engine import run as runner
 from lvit.experiments import recipes
 
@@ -229,19 +226,13 @@ def test_table7_trains_on_the_ablation_mix_at_the_paper_profile_and_scores_each_
     _assert_four_scores(_run_table7(mix_root[0], tmp_path / "results"))
 
 
-def _rank_of_table7(rank: int, port: int, root: Path, results_dir: Path) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _rank_of_table7(rank: int, root: Path, results_dir: Path) -> None:
     _run_table7(root, results_dir)
-    loop.cleanup_distributed()
 
 
 def test_under_torchrun_every_rank_scores_its_share_and_rank0_writes_the_row_once(mix_root, tmp_path,
-                                                                                 shrunk_paper, free_port):
-    # fork: the ranks inherit the shrunk recipe and the imported modules
-    mp.start_processes(_rank_of_table7, args=(free_port, mix_root[0], tmp_path / "results"), nprocs=2,
-                       join=True, start_method="fork")
+                                                                                 shrunk_paper, on_two_ranks):
+    on_two_ranks(_rank_of_table7, mix_root[0], tmp_path / "results")  # the ranks inherit the shrunk recipe
     _assert_four_scores(store.load_results(tmp_path / "results", "paper", "dpt_read_ablation"))
 
 

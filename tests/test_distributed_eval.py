@@ -7,7 +7,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn as nn
 from torch.utils.data import Dataset
 
@@ -70,19 +69,15 @@ def _evaluate(task: str, across_ranks: bool = False) -> tuple[dict[str, float], 
     return metrics, data.read
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _worker(rank: int, out_dir: str) -> None:
     loop.init_distributed(torch.device("cpu"))
     results = {task: _evaluate(task, across_ranks=True) for task in RECIPES}
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
         json.dump(results, handle)
-    loop.cleanup_distributed()
 
 
-def test_every_rank_gets_the_whole_sets_metrics_of_rank0s_model(tmp_path, free_port):
-    mp.start_processes(_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+def test_every_rank_gets_the_whole_sets_metrics_of_rank0s_model(tmp_path, on_two_ranks):
+    on_two_ranks(_worker, str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for task in RECIPES:
         (metrics0, read0), (metrics1, read1) = ranks[0][task], ranks[1][task]

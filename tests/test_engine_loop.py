@@ -163,15 +163,7 @@ def test_nan_guard_raises_and_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
 
-def _ddp_worker(rank, world, port, out_dir):
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    torch.set_num_threads(1)
+def _ddp_worker(rank, out_dir):
     model = _model(batchnorm=False)
     recipe = dict(RECIPE, mixup=0.0, cutmix=0.0, random_erasing=0.0, label_smoothing=0.0)
     fit(
@@ -184,14 +176,10 @@ def _ddp_worker(rank, world, port, out_dir):
     )
     if rank == 0:
         torch.save(model.state_dict(), os.path.join(out_dir, "ddp.pt"))
-    loop.cleanup_distributed()
 
 
-def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path, free_port):
-    # fork: the children inherit the imported modules instead of re-importing torch and timm (seconds each)
-    mp.start_processes(
-        _ddp_worker, args=(2, free_port, str(tmp_path)), nprocs=2, join=True, start_method="fork"
-    )
+def test_ddp_two_gloo_processes_match_one_process_with_same_global_batch(tmp_path, on_two_ranks):
+    on_two_ranks(_ddp_worker, str(tmp_path))
     single = _model(batchnorm=False)
     recipe = dict(RECIPE, mixup=0.0, cutmix=0.0, random_erasing=0.0, label_smoothing=0.0)
     fit(

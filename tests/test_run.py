@@ -1,7 +1,6 @@
 """run_experiment: rows with provenance, reuse of stored (row, seed) pairs, bad input refused up front."""
 
 import json
-import os
 import subprocess
 import threading
 
@@ -9,11 +8,9 @@ import pandas as pd
 import pytest
 import timm
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 
 from lvit import results as store
-from lvit.engine import loop
 from lvit.engine import run as runner
 from lvit.engine.run import resolve, run_experiment
 from lvit.experiments import recipes
@@ -133,20 +130,15 @@ def test_the_torchrun_relaunch_passes_the_seeds_themselves_and_its_failure_is_on
         main([*args, "--seed", "1"])
 
 
-def _rank_of_a_two_rank_run(rank, port, results_dir, data_root):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
-                      LOCAL_RANK=str(rank))  # fmt: skip
-    torch.set_num_threads(1)
+def _rank_of_a_two_rank_run(rank, results_dir, data_root):
     run_experiment("localvit_curves", "smoke", seeds=[0], device="cpu", results_dir=results_dir,
                    data_root=data_root, rows=["DeiT-T"])  # fmt: skip
-    loop.cleanup_distributed()
 
 
-def test_under_torchrun_a_classification_row_is_one_shared_run_with_weights(tmp_path, monkeypatch, free_port):
+def test_under_torchrun_a_classification_row_is_one_shared_run_with_weights(tmp_path, monkeypatch,
+                                                                            on_two_ranks):
     dirs = dict(results_dir=tmp_path / "results", data_root=tmp_path / "data")
-    # fork: the ranks inherit the imported modules instead of re-importing torch and timm (seconds each)
-    mp.start_processes(_rank_of_a_two_rank_run, args=(free_port, *dirs.values()), nprocs=2, join=True,
-                       start_method="fork")  # fmt: skip
+    on_two_ranks(_rank_of_a_two_rank_run, *dirs.values())
     rows = store.load_results(dirs["results_dir"], "smoke", "localvit_curves")
     top1 = rows[rows["metric"] == "top1"]
     assert len(top1) == 1  # written once, by rank 0
