@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from test_evaluate import ConstantDepth
 
 from lvit import create_model
 from lvit.cli import main
@@ -55,13 +56,6 @@ class RedInverseDepth(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]
-
-
-class ConstantDepth(nn.Module):
-    """The same output everywhere: the alignment has det = 0, so every pixel lands on the cap."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ones(x.shape[0], *x.shape[-2:])
 
 
 def _assert_dense(sample: dict[str, torch.Tensor], depth: np.ndarray, cap: float) -> None:
@@ -122,13 +116,13 @@ def test_zero_shot_scores_against_the_dataset_cap_and_depth_cap_moves_it(tmp_pat
     depth = _depth_pattern() * (cap / 72.0)  # a share of the pixels beyond the cap (75 m, scaled)
     {"eth3d": _write_eth3d, "sintel": _write_sintel, "tum": _write_tum}[dataset](tmp_path, depth)
     data, split = build_eval_dataset(dataset, "zero_shot", tmp_path, EvalOptions())
-    measured = run_protocol(ConstantDepth(), dataset, "zero_shot", data, CPU, EvalOptions(net_size=64))
+    measured = run_protocol(ConstantDepth(1.0), dataset, "zero_shot", data, CPU, EvalOptions(net_size=64))
     assert split == "test"
     assert measured[metric] == pytest.approx(_abs_rel_at_cap(depth, cap))
     # --depth-cap moves the clamp and the valid range together: the pixels beyond the old cap now count
     options = EvalOptions(net_size=64, depth_cap=cap * 80 / 72)
     data, _ = build_eval_dataset(dataset, "zero_shot", tmp_path, options)
-    measured = run_protocol(ConstantDepth(), dataset, "zero_shot", data, CPU, options)
+    measured = run_protocol(ConstantDepth(1.0), dataset, "zero_shot", data, CPU, options)
     assert measured[metric] == pytest.approx(_abs_rel_at_cap(depth, cap * 80 / 72))
 
 
@@ -210,12 +204,16 @@ def test_tum_reads_image_and_depth_from_the_hdf5_in_place(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("scale, nan", [(1.0, False), (1 / 255, True)])
-def test_tum_refuses_an_image_outside_0_1_or_nan_and_a_cap_that_is_not_positive(tmp_path, scale, nan) -> None:
+def test_tum_refuses_an_image_outside_0_1_or_nan(tmp_path, scale, nan) -> None:
     rgb = _rgb().astype(np.float32) * scale  # 0..255, or 0..1 with a NaN
     rgb[0, 0, 0] = np.nan if nan else rgb[0, 0, 0]
     _write_tum(tmp_path, np.ones((H, W), dtype=np.float32), rgb=rgb)
     with pytest.raises(RuntimeError, match=r"must be \(H, W, 3\) in \[0, 1\]"):
         TUM(tmp_path, max_depth=10.0)[0]
+
+
+def test_tum_refuses_a_cap_that_is_not_positive(tmp_path) -> None:
+    _write_tum(tmp_path, np.ones((H, W), dtype=np.float32))
     with pytest.raises(ValueError, match="max_depth must be positive, got nan"):
         TUM(tmp_path, max_depth=float("nan"))
 
