@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_dpt import MICRO_DPT
 from timm.layers import resample_abs_pos_embed
 
 import lvit
@@ -141,7 +142,7 @@ def test_family_filter_lookup() -> None:
 
 @pytest.mark.parametrize("name", ["pvt_tiny", "localvit_pvt_tiny"])
 def test_pvt_position_embeddings_resampled_per_stage(name: str, tmp_path: Path) -> None:
-    small = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1), num_classes=3)
+    small = dict(_SMALL["pvt_tiny"][0], num_classes=3)
     built_224 = lvit.create_model(name, **small).eval()
     torch.save({"model": built_224.state_dict()}, tmp_path / "pvt_224.pth")
     model = load_pretrained(lvit.create_model(name, img_size=256, **small), tmp_path / "pvt_224.pth").eval()
@@ -177,8 +178,7 @@ _SMALL = {  # name: (keywords of a small model, the name of its first conv)
     "localvit_tiny": (dict(embed_dim=48, depth=1, num_heads=2), "patch_embed.proj"),
     "pvt_tiny": (dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), depths=(1, 1, 1, 1)),
                  "patch_embed1.proj"),
-    "dpt_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
-                      backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2)), "backbone.patch_embed.proj"),
+    "dpt_tiny": (MICRO_DPT, "backbone.patch_embed.proj"),
 }
 
 

@@ -40,11 +40,14 @@ def _meta_model(name: str, **kwargs) -> DPT:
         return lvit.create_model(name, **kwargs)
 
 
+# dpt_tiny's keywords for a DPT with the official decoder arithmetic on a 4-block, 32-wide ViT
+MICRO_DPT = dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
+                 backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2))
+
+
 def _micro(**kwargs) -> DPT:
-    """A DPT with the official decoder arithmetic on a 4-block, 32-wide ViT: fast at 384-640 px."""
-    config = dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
-                  backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2))
-    return lvit.create_model("dpt_tiny", **{**config, **kwargs})
+    """A micro DPT (:data:`MICRO_DPT`): fast at 384-640 px."""
+    return lvit.create_model("dpt_tiny", **{**MICRO_DPT, **kwargs})
 
 
 # (total = sum of all parameters, trainable = total minus ImageNet head, final norm, refinenet4.resConfUnit1)
@@ -429,10 +432,9 @@ def test_data_config_tag_contradicting_task_is_refused() -> None:
 
 
 _CHECKPOINTED = {  # name: (DPT kwargs, torch.utils.checkpoint calls per forward)
-    "dpt_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
-                      backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2)), 4),
-    "dpt_localvit_tiny": (dict(block_taps=(0, 1, 2, 3), reassemble_channels=(8, 16, 32, 32), features=16,
-                               backbone_kwargs=dict(depth=5, embed_dim=32, num_heads=2, se_reduction=4)), 4),
+    "dpt_tiny": (MICRO_DPT, 4),
+    "dpt_localvit_tiny": (
+        dict(MICRO_DPT, backbone_kwargs=dict(depth=5, embed_dim=32, num_heads=2, se_reduction=4)), 4),
     # 2 ViT blocks and the ResNet's 3 + 4 + 9 blocks (timm checkpoints each of them in its stage)
     "dpt_hybrid": (dict(block_taps=(0, 1), reassemble_channels=(256, 512, 32, 32), features=16,
                         backbone_kwargs=dict(depth=2, embed_dim=32, num_heads=2)), 2 + 16),

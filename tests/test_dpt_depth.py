@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 from PIL import Image
+from test_dpt import MICRO_DPT
 
 import lvit
 from lvit.cli import _COMMAND_MODULES
@@ -124,8 +125,6 @@ def test_depth_cli_refuses_to_run_without_weights(tmp_path, capsys) -> None:
 
 
 def test_segmentation_model_is_refused_up_front() -> None:
-    model = lvit.create_model("dpt_tiny", task="segmentation", num_classes=3, block_taps=(0, 1, 2, 3),
-                              reassemble_channels=(8, 16, 32, 32), features=16,
-                              backbone_kwargs=dict(depth=4, embed_dim=32, num_heads=2))
+    model = lvit.create_model("dpt_tiny", task="segmentation", num_classes=3, **MICRO_DPT)
     with pytest.raises(ValueError, match=r"needs a depth model \(task='depth'\)"):
         lvit.predict_depth(model, np.zeros((64, 64, 3), dtype=np.uint8), net_size=64)
